@@ -1,0 +1,252 @@
+"""YAML → pydantic config (extra="forbid"), `--set` overrides, and the config hash.
+
+A config names its input, an ordered list of stages (each `{name, id?, **params}`, parameters
+validated by the stage's own `Params` model), the output, and the default engines:
+
+    input:  {path: examples/data/alpaca_mix.jsonl, format: auto}
+    llm:    {engine: transformers, model: embedded}
+    stages:
+      - name: heuristics
+      - name: filter
+        where: "length.response >= 20"
+    output: {path: out/default, format: parquet}
+
+Every error (wrong key, wrong type, unknown stage) names the file, the key path and, where the
+YAML gives it, the line — before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from datacraft.llm.config import EngineConfig
+from datacraft.stages.base import RunContext, Stage
+from datacraft.stages.registry import UnknownStageError, stage_class
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file, key and line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class InputConfig(_Strict):
+    path: str | list[str]
+    format: str = "auto"
+    batch_size: int = Field(4096, ge=1)
+    max_row_chars: int = Field(2_000_000, ge=1)
+    allow_empty_response: bool = False
+    limit: int | None = Field(None, ge=1, description="read at most this many records per file (a dry look)")
+    split: str = "train"
+
+
+class OutputConfig(_Strict):
+    path: str | None = None
+    format: Literal["parquet", "jsonl", "datasets"] = "parquet"
+    row_format: str = Field("datacraft", description="datacraft | keep (the input's own format) | alpaca | sharegpt | …")
+    split: str = "train"
+    shard_rows: int = Field(200_000, ge=1)
+    dropped_format: Literal["jsonl", "parquet"] = "jsonl"
+    keep_embedding: bool = False
+    overwrite: bool = False
+
+
+class EmbedderConfig(_Strict):
+    kind: Literal["sentence-transformers", "static"] = "sentence-transformers"
+    model: str = "embedded"
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+
+
+class RunnerConfig(_Strict):
+    runner: str = "FnApiRunner"
+    options: list[str] = Field(default_factory=list, description="extra Beam pipeline options")
+
+
+class PipelineConfig(_Strict):
+    name: str = "datacraft"
+    input: InputConfig
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    llm: EngineConfig = Field(default_factory=EngineConfig)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    cache_dir: str | None = None
+    seed: int = 0
+
+    def context(self) -> RunContext:
+        return RunContext(
+            output_dir=self.output.path,
+            cache_dir=self.cache_dir or (str(Path(self.output.path) / "cache") if self.output.path else None),
+            llm=self.llm.model_dump(),
+            embedder=self.embedder.model_dump(),
+            seed=self.seed,
+        )
+
+    def stage_labels(self) -> list[str]:
+        return [s.get("id") or s["name"] for s in self.stages]
+
+    def build_stages(self) -> list[Stage]:
+        ctx = self.context()
+        out = []
+        for spec in self.stages:
+            params = {k: v for k, v in spec.items() if k not in ("name", "id")}
+            out.append(stage_class(spec["name"])(params, label=spec.get("id") or spec["name"], context=ctx))
+        return out
+
+    def hash(self) -> str:
+        return config_hash(self)
+
+
+def config_hash(config: PipelineConfig) -> str:
+    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+def _line_index(text: str) -> dict[tuple[Any, ...], int]:
+    """Map key paths (as tuples) to 1-based YAML lines."""
+    index: dict[tuple[Any, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        index[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                index[(*path, key.value)] = key.start_mark.line + 1
+                walk(value, (*path, key.value))
+                index[(*path, key.value)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _where(source: str, lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> str:
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return f"{source}:{lines[path[:n]]}"
+    return source
+
+
+def _fmt_path(path: tuple[Any, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<root>"
+
+
+def _raise_validation(err: ValidationError, source: str, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = ()) -> None:
+    msgs = []
+    for e in err.errors():
+        path = (*prefix, *e["loc"])
+        what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msgs.append(f"{_where(source, lines, path)}: {_fmt_path(path)}: {what}")
+    raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
+
+
+def validate_stages(config: PipelineConfig, source: str = "<config>", lines: dict[tuple[Any, ...], int] | None = None) -> None:
+    lines = lines or {}
+    seen: set[str] = set()
+    for i, spec in enumerate(config.stages):
+        if "name" not in spec:
+            raise ConfigError(f"{_where(source, lines, ('stages', i))}: stages[{i}]: missing 'name'")
+        label = spec.get("id") or spec["name"]
+        if label in seen:
+            raise ConfigError(
+                f"{_where(source, lines, ('stages', i))}: stages[{i}]: a second stage labelled {label!r}; give it an 'id'"
+            )
+        seen.add(label)
+        try:
+            cls = stage_class(spec["name"])
+        except UnknownStageError as err:
+            raise ConfigError(f"{_where(source, lines, ('stages', i, 'name'))}: stages[{i}].name: {err}") from None
+        params = {k: v for k, v in spec.items() if k not in ("name", "id")}
+        try:
+            cls.Params.model_validate(params)
+        except ValidationError as err:
+            _raise_validation(err, source, lines, ("stages", i))
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars / flow collections: 3, 0.5, true, [a, b], {k: v}, text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides; the first key may be a stage id/name."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        value = raw if parts[-1] == "path" else parse_value(raw)  # paths stay strings, even with ':' in them
+        stages = data.get("stages") or []
+        target: Any
+        matches = [s for s in stages if isinstance(s, dict) and (s.get("id") or s.get("name")) == parts[0]]
+        if matches and parts[0] not in PipelineConfig.model_fields:
+            target = matches[0]
+            parts = parts[1:]
+            if not parts:
+                raise ConfigError(f"--set {item!r}: name a parameter of stage {key!r}")
+        else:
+            target = data
+        for p in parts[:-1]:
+            target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+        target[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load and validate a config file (or a dict), applying `--set` overrides."""
+    source = str(path) if path else "<config>"
+    text = ""
+    if data is None:
+        if path is None:
+            raise ConfigError("no config given")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"{source}: cannot read: {err.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark else source
+            raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
+    lines = _line_index(text) if text else {}
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        _raise_validation(err, source, lines)
+    validate_stages(config, source, lines)
+    return config
+
+
+def dump_config(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=False), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,370 @@
+"""Streaming readers: JSONL (plain / .gz), Parquet files or folders, `datasets` folders, Hub names.
+
+A source is split into `ReadTask`s (a file, a byte range of a large JSONL file, a Parquet file, a
+split of a datasets folder) so that Beam can read them in parallel. `read_task` streams one task
+as batches of `batch_size` rows and returns, per batch, the converted rows and the rows it had to
+drop (malformed JSON, not UTF-8, unknown format, missing fields, empty text, too large) with the
+file, line and field in the drop detail. Nothing is read whole into memory.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from datacraft.io.formats import FORMATS, RecordError, describe_unknown, detect_format, to_row
+from datacraft.records import batch_from_rows, from_output_frame, make_row, with_drop
+
+READ_STAGE = "read"
+SPLIT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    format: str = "auto"
+    batch_size: int = 4096
+    max_row_chars: int = 2_000_000
+    allow_empty_response: bool = False
+    limit: int | None = None
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    kind: str  # jsonl | parquet | datasets | hub
+    path: str
+    start: int = 0
+    end: int = -1  # byte range for jsonl; -1 = to the end
+
+
+def _is_jsonl(path: str) -> bool:
+    return path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz"))
+
+
+def plan_reads(path: str, split_bytes: int = SPLIT_BYTES) -> list[ReadTask]:
+    """The read tasks of a path: a file, a folder, a glob, or a Hub dataset name."""
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path))
+        if not files:
+            raise FileNotFoundError(f"{path}: no file matches")
+        return [t for f in files for t in plan_reads(f, split_bytes)]
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(
+            os.path.join(path, "dataset_info.json")
+        ):
+            return [ReadTask("datasets", path)]
+        files = sorted(
+            f
+            for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+            if os.path.isfile(f) and (f.endswith(".parquet") or _is_jsonl(f)) and "/dropped/" not in f
+        )
+        if not files:
+            raise FileNotFoundError(f"{path}: folder holds no .jsonl/.parquet files and is not a datasets folder")
+        return [t for f in files for t in plan_reads(f, split_bytes)]
+    if os.path.isfile(path):
+        if path.endswith(".parquet"):
+            return [ReadTask("parquet", path)]
+        size = os.path.getsize(path)
+        if path.endswith(".gz") or size <= split_bytes:
+            return [ReadTask("jsonl", path)]
+        return [ReadTask("jsonl", path, s, min(s + split_bytes, size)) for s in range(0, size, split_bytes)]
+    if "/" in path and not path.startswith((".", "/")) and path.count("/") == 1:
+        return [ReadTask("hub", path)]
+    raise FileNotFoundError(f"{path}: no such file, folder or dataset")
+
+
+class _BatchBuilder:
+    """Collects converted rows and drops; flushes every `batch_size` rows."""
+
+    def __init__(self, options: ReadOptions, source: str) -> None:
+        self.options = options
+        self.source = source
+        self.rows: list[dict[str, Any]] = []
+        self.dropped: list[dict[str, Any]] = []
+        self.fmt: str | None = None if options.format == "auto" else options.format
+        if self.fmt is not None and self.fmt not in FORMATS:
+            raise ValueError(f"unknown format {self.fmt!r}; expected auto or one of {FORMATS}")
+        self.emitted = 0
+
+    def drop_raw(self, where: str, reason: str, detail: str, raw: str) -> None:
+        where = _resolve(where)
+        row = make_row([], id=f"{reason}:{where}", source=self.source, meta={"where": where, "raw": raw[:2000]})
+        row.update(drop_stage=READ_STAGE, drop_reason=reason, drop_detail=f"{where}: {detail}")
+        self.dropped.append(row)
+
+    def add(self, record: Any, where: str, raw_size: int) -> None:
+        if raw_size > self.options.max_row_chars:
+            self.drop_raw(where, "too_large", f"row of {raw_size} chars exceeds max_row_chars={self.options.max_row_chars}", "")
+            return
+        if not isinstance(record, Mapping):
+            self.drop_raw(where, "malformed", f"expected a JSON object, got {type(record).__name__}", str(record))
+            return
+        fmt = self.fmt if self.options.format != "auto" else detect_format(record)
+        if fmt is None:
+            self.drop_raw(where, "unknown_format", describe_unknown(record), json.dumps(record, default=str)[:2000])
+            return
+        try:
+            row = to_row(record, fmt, source=self.source)
+        except RecordError as err:
+            self.drop_raw(where, "bad_record", str(err), json.dumps(record, default=str)[:2000])
+            return
+        reason = self._empty_reason(row)
+        if reason:
+            row.update(drop_stage=READ_STAGE, drop_reason=reason[0], drop_detail=f"{_resolve(where)}: {reason[1]}")
+            self.dropped.append(row)
+            return
+        self.rows.append(row)
+
+    def _empty_reason(self, row: Mapping[str, Any]) -> tuple[str, str] | None:
+        messages = row["messages"]
+        users = [m for m in messages if m["role"] == "user"]
+        if not users or not any(m["content"].strip() for m in users):
+            return "empty_text", "field 'instruction' (user turn) is empty"
+        if self.options.allow_empty_response or row.get("chosen") is not None:
+            if row.get("chosen") is not None and not any(m["content"].strip() for m in row["chosen"]):
+                return "empty_text", "field 'chosen' is empty"
+            return None
+        answers = [m for m in messages if m["role"] == "assistant"]
+        if not answers or not answers[-1]["content"].strip():
+            return "empty_text", "field 'output' (assistant turn) is empty"
+        return None
+
+    def full(self) -> bool:
+        return len(self.rows) + len(self.dropped) >= self.options.batch_size
+
+    def flush(self) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        if not self.rows and not self.dropped:
+            return None
+        kept = batch_from_rows(self.rows)
+        dropped = batch_from_rows(self.dropped)
+        self.emitted += len(self.rows)
+        self.rows, self.dropped = [], []
+        return kept, dropped
+
+
+def _line_number(path: str, offset: int) -> int:
+    """1-based line number of the line starting at byte `offset` (only computed for errors)."""
+    if offset == 0:
+        return 1
+    count = 0
+    with open(path, "rb") as fh:
+        remaining = offset
+        while remaining > 0:
+            chunk = fh.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return count + 1
+
+
+def _iter_jsonl_lines(task: ReadTask) -> Iterator[tuple[bytes, str]]:
+    """(line bytes, "file:line") for lines that *start* inside the task's byte range."""
+    if task.path.endswith(".gz"):
+        with gzip.open(task.path, "rb") as fh:
+            for n, line in enumerate(fh, 1):
+                yield line, f"{task.path}:{n}"
+        return
+    with open(task.path, "rb") as fh:
+        pos = task.start
+        if pos > 0:
+            fh.seek(pos - 1)
+            if fh.read(1) != b"\n":
+                pos += len(fh.readline())  # that line began in the previous range
+        range_start, index = pos, 0
+        while task.end < 0 or pos < task.end:
+            line = fh.readline()
+            if not line:
+                break
+            pos += len(line)
+            yield line, (f"{task.path}:{index + 1}" if range_start == 0 else _LazyWhere(task.path, range_start, index))
+            index += 1
+
+
+class _LazyWhere(str):
+    """`file:line` for a line inside a byte range, computed only when it is rendered (errors)."""
+
+    def __new__(cls, path: str, base_pos: int, index: int) -> _LazyWhere:
+        obj = super().__new__(cls, f"{path}:@{base_pos}+{index}")
+        obj._args = (path, base_pos, index)  # type: ignore[attr-defined]
+        return obj
+
+    def resolve(self) -> str:
+        path, base_pos, index = self._args  # type: ignore[attr-defined]
+        return f"{path}:{_line_number(path, base_pos) + index}"
+
+
+def _resolve(where: str) -> str:
+    return where.resolve() if isinstance(where, _LazyWhere) else where
+
+
+def read_jsonl(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    builder = _BatchBuilder(options, os.path.basename(task.path))
+    seen = 0
+    for line, where in _iter_jsonl_lines(task):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if options.limit is not None and seen >= options.limit:
+            break
+        seen += 1
+        try:
+            text = stripped.decode("utf-8")
+        except UnicodeDecodeError as err:
+            builder.drop_raw(_resolve(where), "malformed", f"not UTF-8 (byte {err.start})", stripped[:2000].decode("utf-8", "replace"))
+        else:
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                builder.drop_raw(_resolve(where), "malformed", f"invalid JSON: {err.msg} at column {err.colno}", text)
+            else:
+                builder.add(record, where, len(text))
+        if builder.full():
+            out = builder.flush()
+            if out:
+                yield out
+    out = builder.flush()
+    if out:
+        yield out
+
+
+def _records_from_arrow_batches(batches: Iterator[Any], task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Parquet / datasets tables: our own layout is taken as is, other formats converted per record."""
+    builder = _BatchBuilder(options, os.path.basename(task.path.rstrip("/")))
+    row_no = 0
+    for rb in batches:
+        frame = pl.from_arrow(rb)
+        if isinstance(frame, pl.Series):
+            frame = frame.to_frame()
+        if options.limit is not None:
+            frame = frame.head(max(0, options.limit - row_no))
+            if frame.height == 0:
+                break
+        if {"id", "messages", "lineage"} <= set(frame.columns) and options.format in ("auto", "datacraft"):
+            kept = from_output_frame(frame)
+            row_no += frame.height
+            yield kept, batch_from_rows([])
+            continue
+        for record in frame.iter_rows(named=True):
+            row_no += 1
+            builder.add(record, f"{task.path}:row {row_no}", len(json.dumps(record, default=str)))
+            if builder.full():
+                out = builder.flush()
+                if out:
+                    yield out
+    out = builder.flush()
+    if out:
+        yield out
+
+
+def read_task(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Stream one read task as (kept batch, dropped batch) pairs."""
+    if task.kind == "jsonl":
+        yield from read_jsonl(task, options)
+    elif task.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        yield from _records_from_arrow_batches(pq.ParquetFile(task.path).iter_batches(options.batch_size), task, options)
+    elif task.kind == "datasets":
+        import datasets
+
+        loaded = datasets.load_from_disk(task.path)
+        if isinstance(loaded, datasets.DatasetDict):
+            if options.split not in loaded:
+                raise ValueError(f"{task.path}: no split {options.split!r}; it has {list(loaded)}")
+            loaded = loaded[options.split]
+        yield from _records_from_arrow_batches(iter(loaded.data.to_batches(options.batch_size)), task, options)
+    elif task.kind == "hub":
+        import datasets
+
+        loaded = datasets.load_dataset(task.path, split=options.split, streaming=True)
+        def _chunks() -> Iterator[Any]:
+            import pyarrow as pa
+
+            buf: list[dict[str, Any]] = []
+            for rec in loaded:
+                buf.append(rec)
+                if len(buf) >= options.batch_size:
+                    yield pa.Table.from_pylist(buf)
+                    buf = []
+            if buf:
+                yield pa.Table.from_pylist(buf)
+        yield from _records_from_arrow_batches(_chunks(), task, options)
+    else:
+        raise ValueError(f"unknown read task kind {task.kind!r}")
+
+
+def read_all(path: str, options: ReadOptions | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read a whole source into (kept, dropped) frames — for tests and small inputs."""
+    from datacraft.records import concat_batches
+
+    options = options or ReadOptions()
+    kept, dropped = [], []
+    for task in plan_reads(path):
+        for k, d in read_task(task, options):
+            kept.append(k)
+            dropped.append(d)
+    return concat_batches(kept), concat_batches(dropped)
+
+
+def sniff_format(path: str, n: int = 50) -> str:
+    """Detect the format of a source from its first records; raises with the fields seen."""
+    task = plan_reads(path)[0]
+    seen_fields: set[str] = set()
+    if task.kind == "jsonl":
+        for line, _where in _iter_jsonl_lines(task):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                n -= 1
+                if n <= 0:
+                    break
+                continue
+            if isinstance(record, Mapping):
+                fmt = detect_format(record)
+                if fmt:
+                    return fmt
+                seen_fields |= set(record)
+            n -= 1
+            if n <= 0:
+                break
+    else:
+        import pyarrow.parquet as pq
+
+        if task.kind == "parquet":
+            cols = pq.ParquetFile(task.path).schema_arrow.names
+        else:
+            import datasets
+
+            loaded = datasets.load_from_disk(task.path)
+            cols = (loaded[next(iter(loaded))] if isinstance(loaded, datasets.DatasetDict) else loaded).column_names
+        fmt = detect_format(dict.fromkeys(cols))
+        if fmt:
+            return fmt
+        seen_fields = set(cols)
+    if not seen_fields:
+        raise FormatDetectionError(f"{path}: no JSON object found in its first records (empty file or not JSON)")
+    raise FormatDetectionError(f"{path}: " + describe_unknown(dict.fromkeys(seen_fields)))
+
+
+from datacraft.io.formats import FormatDetectionError  # noqa: E402  (re-export)
+
+__all__ = [
+    "FormatDetectionError",
+    "ReadOptions",
+    "ReadTask",
+    "plan_reads",
+    "read_all",
+    "read_task",
+    "sniff_format",
+    "with_drop",
+]

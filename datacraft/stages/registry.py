@@ -1,0 +1,77 @@
+"""Stages by name. Modules are imported lazily so a no-model pipeline never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from datacraft.stages.base import RunContext, Stage
+
+# name → "module:Class"
+_BUILTIN: dict[str, str] = {
+    # cheap tier
+    "heuristics": "datacraft.stages.score.heuristics:HeuristicsStage",
+    "filter": "datacraft.stages.transform.filter:FilterStage",
+    "exact_dedup": "datacraft.stages.dedup.exact:ExactDedupStage",
+    "near_dedup": "datacraft.stages.dedup.minhash:MinHashDedupStage",
+    "sample": "datacraft.stages.transform.sample:SampleStage",
+    "write": "datacraft.io.writers:WriteStage",
+    # embeddings, dedup, selection
+    "embed": "datacraft.embed:EmbedStage",
+    "semantic_dedup": "datacraft.stages.dedup.semantic:SemanticDedupStage",
+    "select": "datacraft.stages.select.submodular:SubmodularSelectStage",
+    "smart_mixture": "datacraft.stages.select.mixture:SmartMixtureStage",
+    "deita_select": "datacraft.stages.select.deita:DeitaSelectStage",
+    # scoring
+    "quality": "datacraft.stages.score.quality:QualityStage",
+    "complexity": "datacraft.stages.score.complexity:ComplexityStage",
+    "reward": "datacraft.stages.score.quality:RewardModelStage",
+    "diversity": "datacraft.stages.score.diversity:DiversityStage",
+    "ifd": "datacraft.stages.score.ifd:IFDStage",
+    "ds2_curate": "datacraft.stages.score.ds2:DS2CurateStage",
+    # synthesis
+    "generate": "datacraft.llm.stage:GenerateStage",
+    "multihop": "datacraft.stages.synthesize.multihop:MultiHopStage",
+    "reflection": "datacraft.stages.synthesize.reflection:ReflectionStage",
+    "mosaic": "datacraft.stages.synthesize.mosaic:MosaicStage",
+    "dpo_pairs": "datacraft.stages.synthesize.dpo:DPOPairsStage",
+    # hand-off
+    "decontaminate": "datacraft.train.export:DecontaminateStage",
+}
+_EXTRA: dict[str, type[Stage]] = {}
+
+
+class UnknownStageError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator for stages defined outside the built-in list (plugins, tests)."""
+    _EXTRA[cls.name] = cls
+    return cls
+
+
+def stage_names() -> list[str]:
+    """Names whose module is present in this installation."""
+    names = []
+    for name, spec in _BUILTIN.items():
+        module = spec.split(":")[0]
+        if importlib.util.find_spec(module) is not None:
+            names.append(name)
+    return sorted({*names, *_EXTRA})
+
+
+def stage_class(name: str) -> type[Stage]:
+    if name in _EXTRA:
+        return _EXTRA[name]
+    spec = _BUILTIN.get(name)
+    if spec is None or name not in stage_names():
+        raise UnknownStageError(f"unknown stage {name!r}; known stages: {', '.join(stage_names())}")
+    module, cls = spec.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_stage(name: str, params: dict[str, Any] | None = None, *, label: str | None = None, context: RunContext | None = None) -> Stage:
+    return stage_class(name)(params or {}, label=label, context=context)

@@ -1,0 +1,99 @@
+"""`heuristics`: the cheap scoring tier, vectorized polars expressions over a batch (no model).
+
+Reads: messages (instruction = first user turn, response = last assistant turn / chosen).
+Writes `scores.*` columns:
+
+    length.instruction, length.response   word counts
+    chars.response                        character count
+    response_ratio                        response words / instruction words
+    lexical_diversity                     distinct / total words of the response (type-token ratio)
+    repetition                            share of repeated lines in the response (0 = none)
+    alpha_ratio                           letters / non-space characters of the response (low = code, tables, junk)
+    stopword_ratio                        English function words / words (a cheap English language-id signal)
+    refusal                               1.0 when the response matches refusal / AI-boilerplate patterns
+
+No row is dropped here; pair it with `filter` (e.g. `where: "refusal == 0 and length.response >= 3"`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+from pydantic import Field
+
+from datacraft.records import SCORE_PREFIX, instruction_expr, response_expr
+from datacraft.stages.base import RowStage, StageParams, StageResult
+
+REFUSAL_PATTERNS = (
+    r"as an ai(?: language)? model",
+    r"as a (?:large )?language model",
+    r"i(?:'m| am) (?:just )?an ai",
+    r"i(?:'m| am) sorry,? but i (?:cannot|can't|am unable)",
+    r"i cannot (?:fulfill|comply|assist|help with) (?:that|this|your)",
+    r"i(?:'m| am) (?:not able|unable) to (?:provide|help|assist|comply)",
+    r"my (?:knowledge )?cutoff",
+    r"i don't have (?:personal )?(?:opinions|feelings|emotions|access to real-time)",
+    r"openai(?:'s)? (?:policy|guidelines|content policy)",
+)
+_STOPWORDS = r"(?i)\b(?:the|and|of|to|a|in|is|that|for|it|with|as|on|be|this|are|was|by|or|an|at|from|not|you|can|have|will|which|we|they)\b"
+_WORD = r"\S+"
+
+ALL_SCORES = (
+    "length.instruction",
+    "length.response",
+    "chars.response",
+    "response_ratio",
+    "lexical_diversity",
+    "repetition",
+    "alpha_ratio",
+    "stopword_ratio",
+    "refusal",
+)
+
+
+class HeuristicsParams(StageParams):
+    scores: list[Literal[ALL_SCORES]] = Field(default_factory=lambda: list(ALL_SCORES))  # type: ignore[valid-type]
+    extra_refusal_patterns: list[str] = Field(default_factory=list, description="more regexes (case-insensitive)")
+
+
+def heuristic_exprs(names: list[str], extra_patterns: list[str] = ()) -> list[pl.Expr]:
+    """The score expressions by name; they read the `_ins` / `_res` helper columns."""
+    ins, res = pl.col("_ins"), pl.col("_res")
+    ins_words = ins.str.count_matches(_WORD)
+    res_words = res.str.count_matches(_WORD)
+    refusal = "(?i)(?:" + "|".join((*REFUSAL_PATTERNS, *extra_patterns)) + ")"
+    non_space = res.str.replace_all(r"\s", "").str.len_chars()
+    lines = res.str.split("\n").list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
+    exprs = {
+        "length.instruction": ins_words,
+        "length.response": res_words,
+        "chars.response": res.str.len_chars(),
+        "response_ratio": res_words / pl.max_horizontal(ins_words, pl.lit(1)),
+        "lexical_diversity": pl.when(res_words > 0)
+        .then(res.str.to_lowercase().str.extract_all(r"\w+").list.n_unique() / res.str.extract_all(r"\w+").list.len())
+        .otherwise(0.0),
+        "repetition": pl.when(lines.list.len() > 0)
+        .then(1.0 - lines.list.n_unique() / lines.list.len())
+        .otherwise(0.0),
+        "alpha_ratio": pl.when(non_space > 0).then(res.str.count_matches(r"[^\W\d_]") / non_space).otherwise(0.0),
+        "stopword_ratio": pl.when(res_words > 0).then((res.str.count_matches(_STOPWORDS) / res_words).clip(0.0, 1.0)).otherwise(0.0),
+        "refusal": res.str.contains(refusal).cast(pl.Float64),
+    }
+    return [exprs[n].cast(pl.Float64).alias(SCORE_PREFIX + n) for n in names]
+
+
+class HeuristicsStage(RowStage):
+    """Cheap per-row quality signals as `scores.*` columns; keeps every row."""
+
+    name = "heuristics"
+    Params = HeuristicsParams
+
+    def process(self, batch: pl.DataFrame) -> StageResult:
+        p: HeuristicsParams = self.params  # type: ignore[assignment]
+        scored = (
+            batch.with_columns(instruction_expr().alias("_ins"), response_expr().alias("_res"))
+            .with_columns(heuristic_exprs(list(p.scores), p.extra_refusal_patterns))
+            .drop("_ins", "_res")
+        )
+        return StageResult(kept=scored)

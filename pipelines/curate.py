@@ -1,0 +1,231 @@
+"""The curation pipeline, built from a config:
+
+    rows, dropped = read(config.input)
+    for stage in config.stages: rows, dropped[stage] = rows | stage
+    write(rows, config.output); write(dropped, OUT/dropped); write_report(ledger)
+
+Run it with `datacraft run CONFIG` or `python -m pipelines.curate --config CONFIG [beam options]`.
+The default runner is Beam's in-process FnApiRunner (no Prism download); any other runner
+(`--runner=FlinkRunner|SparkRunner|DataflowRunner|PortableRunner …`) is passed through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.pvalue import TaggedOutput
+
+from datacraft.config import PipelineConfig, dump_config, load_config
+from datacraft.io.readers import READ_STAGE, ReadOptions, plan_reads, read_task
+from datacraft.io.writers import merge_parts, prepare_output_dir, to_datasets_folder, write_part
+from datacraft.report import build_report, merge_stats, write_report
+from datacraft.stages.beam import DROPPED, KEPT, STATS
+
+STATS_FILE = "_stats.json"
+
+
+class _ReadDoFn(beam.DoFn):
+    def __init__(self, options: ReadOptions) -> None:
+        self.options = options
+
+    def process(self, task: Any) -> Any:
+        for kept, dropped in read_task(task, self.options):
+            t0 = time.perf_counter()
+            if kept.height:
+                yield kept
+            if dropped.height:
+                yield TaggedOutput(DROPPED, dropped)
+            reasons: dict[str, int] = {}
+            for r in dropped["drop_reason"].to_list() if dropped.height else []:
+                reasons[r] = reasons.get(r, 0) + 1
+            yield TaggedOutput(
+                STATS,
+                {"stage": READ_STAGE, "in": kept.height + dropped.height, "kept": kept.height, "created": 0,
+                 "dropped": reasons, "seconds": time.perf_counter() - t0, "counters": {}, "extras": {}},
+            )
+
+
+class _MergeStats(beam.CombineFn):
+    def create_accumulator(self) -> list[dict[str, Any]]:
+        return []
+
+    def add_input(self, acc: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+        acc.append(entry)
+        return acc
+
+    def merge_accumulators(self, accs: Any) -> list[dict[str, Any]]:
+        return [e for acc in accs for e in acc]
+
+    def extract_output(self, acc: list[dict[str, Any]]) -> dict[str, Any]:
+        return merge_stats(acc)
+
+
+class WriteBatches(beam.PTransform):
+    """Write batches as content-named parts, then merge them into `<prefix>-SSSSS-of-NNNNN` shards."""
+
+    def __init__(self, target: str, prefix: str, file_format: str, row_format: str = "datacraft", shard_rows: int = 200_000, keep_embedding: bool = False, write_empty: bool = True) -> None:
+        super().__init__()
+        self.target, self.prefix, self.file_format = target, prefix, file_format
+        self.row_format, self.shard_rows, self.keep_embedding = row_format, shard_rows, keep_embedding
+        self.write_empty = write_empty
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        parts_dir = os.path.join(self.target, f"_parts-{self.prefix}")
+        return (
+            batches
+            | "Part" >> beam.Map(lambda b: write_part(b, parts_dir, self.file_format, self.row_format, self.keep_embedding)[0])
+            | "Parts" >> beam.combiners.ToList()
+            | "Merge" >> beam.Map(self._merge, parts_dir)
+        )
+
+    def _merge(self, parts: list[str], parts_dir: str) -> list[str]:
+        if not parts and not self.write_empty:
+            return []
+        names = merge_parts(parts, self.target, self.prefix, self.file_format, self.shard_rows)
+        if os.path.isdir(parts_dir) and not os.listdir(parts_dir):
+            os.rmdir(parts_dir)
+        return names
+
+
+def build(p: beam.Pipeline, config: PipelineConfig, out_dir: str) -> dict[str, Any]:
+    """Add the whole curation graph to `p`; returns the PCollections of kept rows and stats."""
+    options = ReadOptions(
+        format=config.input.format,
+        batch_size=config.input.batch_size,
+        max_row_chars=config.input.max_row_chars,
+        allow_empty_response=config.input.allow_empty_response,
+        limit=config.input.limit,
+        split=config.input.split,
+    )
+    paths = config.input.path if isinstance(config.input.path, list) else [config.input.path]
+    tasks = [t for path in paths for t in plan_reads(path)]
+    read = (
+        p
+        | "ReadTasks" >> beam.Create(tasks)
+        | "Spread" >> beam.Reshuffle()
+        | "Read" >> beam.ParDo(_ReadDoFn(options)).with_outputs(DROPPED, STATS, main=KEPT)
+    )
+    rows = read[KEPT]
+    dropped = {READ_STAGE: read[DROPPED]}
+    stats = [read[STATS]]
+    for stage in config.build_stages():
+        outs = rows | stage.label >> stage.transform()
+        rows = outs[KEPT]
+        dropped[stage.label] = outs[DROPPED]
+        stats.append(outs[STATS])
+
+    out = config.output
+    data_format = "jsonl" if out.format == "jsonl" else "parquet"
+    written = rows | "WriteOutput" >> WriteBatches(
+        os.path.join(out_dir, "data"), out.split, data_format, out.row_format, out.shard_rows, out.keep_embedding
+    )
+    for label, pcoll in dropped.items():
+        _ = pcoll | f"WriteDropped[{label}]" >> WriteBatches(
+            os.path.join(out_dir, "dropped"), label, out.dropped_format, "datacraft", out.shard_rows, out.keep_embedding, write_empty=False
+        )
+    stats_path = os.path.join(out_dir, STATS_FILE)
+    merged = (
+        stats
+        | "AllStats" >> beam.Flatten()
+        | "MergeStats" >> beam.CombineGlobally(_MergeStats())
+        | "SaveStats" >> beam.Map(lambda s: Path(stats_path).write_text(json.dumps(s), encoding="utf-8"))
+    )
+    return {"rows": rows, "written": written, "stats": merged}
+
+
+def pipeline_options(config: PipelineConfig, beam_args: Sequence[str] = ()) -> tuple[PipelineOptions, Any]:
+    """Beam options from the config's runner section and extra args; returns (options, runner)."""
+    args = [*config.runner.options, *beam_args]
+    options = PipelineOptions(args)
+    runner_name = options.view_as(StandardOptions).runner or config.runner.runner
+    if runner_name in (None, "", "FnApiRunner", "fnapirunner", "DirectRunner", "directrunner"):
+        # The in-process runner directly: DirectRunner would try Prism first, which downloads a binary.
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return options, FnApiRunner()
+    options.view_as(StandardOptions).runner = runner_name
+    return options, None
+
+
+def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """Run a config end to end; returns the report (also written to OUT/report.json)."""
+    if not config.output.path:
+        raise ValueError("output.path is not set (use -o OUT)")
+    out_dir = config.output.path
+    prepare_output_dir(out_dir, config.output.overwrite)
+    Path(out_dir, "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    if test_pipeline is not None:
+        p = test_pipeline
+        build(p, config, out_dir)
+        p.run().wait_until_finish()
+    else:
+        options, runner = pipeline_options(config, beam_args)
+        p = beam.Pipeline(runner=runner, options=options) if runner is not None else beam.Pipeline(options=options)
+        build(p, config, out_dir)
+        p.run().wait_until_finish()
+    seconds = time.perf_counter() - t0
+    stats_path = Path(out_dir, STATS_FILE)
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    stats_path.unlink()
+    data_dir = os.path.join(out_dir, "data")
+    if config.output.format == "datasets":
+        shards = sorted(str(f) for f in Path(data_dir).glob("*.parquet"))
+        tmp = tempfile.mkdtemp(dir=out_dir)
+        to_datasets_folder(shards, os.path.join(tmp, "ds"), config.output.split)
+        for f in shards:
+            os.remove(f)
+        os.rmdir(data_dir)
+        os.replace(os.path.join(tmp, "ds"), data_dir)
+        os.rmdir(tmp)
+    report = build_report(
+        name=config.name,
+        config_hash=config.hash(),
+        stage_order=[READ_STAGE, *config.stage_labels()],
+        stats=stats,
+        input_path=config.input.path,
+        output={"path": out_dir, "format": config.output.format, "row_format": config.output.row_format,
+                "files": sorted(str(f.relative_to(out_dir)) for f in Path(data_dir).rglob("*") if f.is_file())},
+        started=started,
+        seconds=seconds,
+    )
+    write_report(out_dir, report)
+    return report
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """`python -m pipelines.curate --config C [--input I] [--output O] [--set k=v] [beam options]`."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--input")
+    parser.add_argument("--output")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--overwrite", action="store_true")
+    known, beam_args = parser.parse_known_args(argv)
+    overrides = list(known.overrides)
+    if known.input:
+        overrides.append(f"input.path={known.input}")
+    if known.output:
+        overrides.append(f"output.path={known.output}")
+    if known.overwrite:
+        overrides.append("output.overwrite=true")
+    config = load_config(known.config, overrides)
+    return run_config(config, beam_args, test_pipeline)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
+    print(json.dumps(run(), indent=2)[:4000])
