@@ -46,6 +46,7 @@ class InputConfig(_Strict):
     allow_empty_response: bool = False
     limit: int | None = Field(None, ge=1, description="read at most this many records per file (a dry look)")
     split: str = "train"
+    task_field: str = Field("task", description="record field that holds the task label (mixtures)")
 
 
 class OutputConfig(_Strict):

@@ -76,7 +76,8 @@ class SentenceTransformerEmbedder(Embedder):
         self.name = model
         self.batch_size = batch_size
         self.model = SentenceTransformer(_resolve(model), device=device)
-        self.dim = int(self.model.get_sentence_embedding_dimension() or 0)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim() or 0)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:

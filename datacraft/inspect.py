@@ -399,7 +399,7 @@ def render_explanation(expl: Mapping[str, Any]) -> Any:
                 body.add_row(key, truncate(m.get("content"), 600))
     scores = row_scores(row)
     if scores:
-        body.add_row("scores", ", ".join(f"{k}={v:.3g}" for k, v in scores.items()))
+        body.add_row("scores", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     parts: list[Any] = [Panel(Group(head, Text(""), body), title=f"row {expl['id']}", border_style=border)]
 
     def label(node: Mapping[str, Any]) -> Text:

@@ -25,6 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import TaggedOutput
 
+from datacraft import progress
 from datacraft.config import PipelineConfig, dump_config, load_config
 from datacraft.io.readers import READ_STAGE, ReadOptions, plan_reads, read_task
 from datacraft.io.writers import merge_parts, prepare_output_dir, to_datasets_folder, write_part
@@ -41,6 +42,7 @@ class _ReadDoFn(beam.DoFn):
     def process(self, task: Any) -> Any:
         for kept, dropped in read_task(task, self.options):
             t0 = time.perf_counter()
+            progress.advance(READ_STAGE, kept.height + dropped.height, kept.height)
             if kept.height:
                 yield kept
             if dropped.height:
@@ -106,6 +108,7 @@ def build(p: beam.Pipeline, config: PipelineConfig, out_dir: str) -> dict[str, A
         allow_empty_response=config.input.allow_empty_response,
         limit=config.input.limit,
         split=config.input.split,
+        task_field=config.input.task_field,
     )
     paths = config.input.path if isinstance(config.input.path, list) else [config.input.path]
     tasks = [t for path in paths for t in plan_reads(path)]

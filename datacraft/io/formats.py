@@ -125,7 +125,7 @@ def _source_id(record: Mapping[str, Any]) -> str | None:
     return None
 
 
-def to_row(record: Mapping[str, Any], fmt: str, source: str | None = None) -> dict[str, Any]:
+def to_row(record: Mapping[str, Any], fmt: str, source: str | None = None, task_field: str = "task") -> dict[str, Any]:
     """One input record → one row in batch layout. Raises RecordError on a bad record."""
     if not isinstance(record, Mapping):
         raise RecordError("<record>", f"expected a JSON object, got {type(record).__name__}")
@@ -170,8 +170,8 @@ def to_row(record: Mapping[str, Any], fmt: str, source: str | None = None) -> di
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if not messages:
         raise RecordError("messages", "empty conversation")
-    meta.update(_extras(record, used))
-    task = record.get("task")
+    meta.update(_extras(record, used | {task_field}))
+    task = record.get(task_field)
     return make_row(
         messages,
         id=_source_id(record),

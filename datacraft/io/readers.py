@@ -34,6 +34,7 @@ class ReadOptions:
     allow_empty_response: bool = False
     limit: int | None = None
     split: str = "train"
+    task_field: str = "task"
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class _BatchBuilder:
             self.drop_raw(where, "unknown_format", describe_unknown(record), json.dumps(record, default=str)[:2000])
             return
         try:
-            row = to_row(record, fmt, source=self.source)
+            row = to_row(record, fmt, source=self.source, task_field=self.options.task_field)
         except RecordError as err:
             self.drop_raw(where, "bad_record", str(err), json.dumps(record, default=str)[:2000])
             return

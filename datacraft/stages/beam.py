@@ -9,6 +9,7 @@ import apache_beam as beam
 import polars as pl
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
+from datacraft import progress
 from datacraft.records import concat_batches
 from datacraft.stages.base import GlobalStage, RowStage, Stage, StageResult, stats_of
 
@@ -16,6 +17,7 @@ KEPT, DROPPED, STATS = "kept", "dropped", "stats"
 
 
 def _emit(label: str, n_in: int, result: StageResult, seconds: float) -> Any:
+    progress.advance(label, n_in, result.kept.height)
     if result.kept.height:
         yield result.kept
     if result.dropped is not None and result.dropped.height:

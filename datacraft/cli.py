@@ -1,0 +1,344 @@
+"""The `datacraft` command line.
+
+    datacraft run CONFIG [-i INPUT] [-o OUT] [--set k=v]... [--overwrite] [-- BEAM OPTIONS]
+    datacraft filter INPUT -o OUT [--dedup exact|near|semantic] [--min SCORE=V] [--select N|P%] …
+    datacraft inspect FILE [--id ID]
+    datacraft stages
+    … plus the commands other modules register (serve, dedup-calibrate, train, publish, report, why).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+app = typer.Typer(
+    name="datacraft",
+    help=(
+        "Curate instruction-tuning data for LLMs: read → synthesize → score → deduplicate → select → write, "
+        "as an Apache Beam pipeline (in-process by default; Flink / Spark / Dataflow with --runner).\n\n"
+        "Example: datacraft run configs/default.yaml -o out/default"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True)
+
+# Modules that add their own commands with `register(app)`.
+COMMAND_MODULES = (
+    "datacraft.llm.cli",
+    "datacraft.stages.dedup.cli",
+    "datacraft.train.cli",
+    "datacraft.report_cli",
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
+    """Run a config with live per-stage row counts, then print the funnel table."""
+    from datacraft import progress
+    from datacraft.report import report_table
+    from pipelines.curate import run_config
+
+    labels = ["read", *config.stage_labels()]
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description:<18}"), TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as bar:
+        tasks = {label: bar.add_task(label, total=None, counts="waiting") for label in labels}
+        seen: dict[str, list[int]] = {label: [0, 0] for label in labels}
+
+        def sink(stage: str, rows_in: int, rows_kept: int) -> None:
+            if stage in tasks:
+                seen[stage][0] += rows_in
+                seen[stage][1] += rows_kept
+                bar.update(tasks[stage], counts=f"{seen[stage][0]:>9,} in  {seen[stage][1]:>9,} kept")
+
+        progress.set_sink(sink)
+        try:
+            report = run_config(config, beam_args)
+        finally:
+            progress.set_sink(None)
+    Console().print(report_table(report))
+    if not report["ledger_ok"]:
+        console.print("[bold red]ledger does not balance:[/] " + "; ".join(report["ledger_problems"]))
+    console.print(f"wrote {config.output.path} (report: {Path(config.output.path) / 'report.html'})")
+    return report
+
+
+def _load(config_path: str | None, overrides: list[str], data: dict[str, Any] | None = None) -> Any:
+    from datacraft.config import ConfigError, load_config
+
+    try:
+        return load_config(config_path, overrides, data=data)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _run_or_fail(config: Any, beam_args: list[str]) -> dict[str, Any]:
+    from datacraft.io.formats import FormatDetectionError
+
+    try:
+        report = _run_with_progress(config, beam_args)
+    except (FileExistsError, FileNotFoundError, FormatDetectionError, ValueError) as err:
+        _fail(str(err))
+    if not report["ledger_ok"]:
+        raise typer.Exit(1)
+    return report
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Example: datacraft run configs/filter.yaml -i data.jsonl -o out/clean --set filter.where='length.response >= 5' -- --direct_num_workers=2",
+)
+def run(
+    ctx: typer.Context,
+    config: Annotated[str, typer.Argument(help="YAML config (see configs/)")],
+    input: Annotated[str | None, typer.Option("-i", "--input", help="replace the config's input path")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="output folder")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override: stage.param=value or section.key=value")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
+) -> None:
+    """Run a pipeline from a YAML config. Extra arguments after `--` go to Beam (--runner, …)."""
+    overrides = list(set_)
+    if input:
+        overrides.append(f"input.path={input}")
+    if output:
+        overrides.append(f"output.path={output}")
+    if overwrite:
+        overrides.append("output.overwrite=true")
+    cfg = _load(config, overrides)
+    _run_or_fail(cfg, list(ctx.args))
+
+
+def _parse_min(items: list[str]) -> list[str]:
+    conds = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--min {item!r}: expected SCORE=VALUE, e.g. --min length.response=5")
+        try:
+            float(value)
+        except ValueError:
+            _fail(f"--min {item!r}: {value!r} is not a number")
+        conds.append(f"{name.strip()} >= {value.strip()}")
+    return conds
+
+
+LLM_SCORERS = {"quality", "complexity", "ifd", "reward"}
+SELECT_STAGES = {"facility-location": "select", "deita": "deita_select", "smart": "smart_mixture"}
+
+
+def filter_config(
+    input_path: str,
+    output: str,
+    *,
+    fmt: str = "auto",
+    dedup: list[str] = (),
+    threshold: float | None = None,
+    mins: list[str] = (),
+    select: str | None = None,
+    by: str = "facility-location",
+    task_field: str = "task",
+    keep_format: bool = False,
+    sample: int | None = None,
+    llm_engine: str | None = None,
+    llm_model: str | None = None,
+    llm_base_url: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """The config dict equivalent to `datacraft filter` flags."""
+    from datacraft.io.readers import sniff_format
+
+    detected = sniff_format(input_path) if fmt == "auto" else fmt
+    conditions = _parse_min(list(mins))
+    scores = {c.split()[0] for c in conditions}
+    stages: list[dict[str, Any]] = [{"name": "heuristics"}]
+    for scorer in sorted(scores & LLM_SCORERS):
+        if not llm_engine and scorer != "ifd":
+            _fail(f"--min {scorer}=…: the {scorer} scorer needs an engine (--llm-engine transformers|vllm|openai)")
+        stages.append({"name": scorer})
+    if conditions:
+        stages.append({"name": "filter", "where": conditions})
+    for kind in dedup:
+        if kind == "exact":
+            stages.append({"name": "exact_dedup", "text": "instruction"})
+        elif kind == "near":
+            stages.append({"name": "near_dedup", **({"threshold": threshold} if threshold is not None else {})})
+        elif kind == "semantic":
+            stages.append({"name": "semantic_dedup", **({"threshold": threshold} if threshold is not None else {})})
+        else:
+            _fail(f"--dedup {kind!r}: expected exact, near or semantic")
+    if select:
+        if by not in SELECT_STAGES:
+            _fail(f"--by {by!r}: expected one of {', '.join(SELECT_STAGES)}")
+        budget: Any = select.strip()
+        if budget.endswith("%"):
+            budget = {"fraction": float(budget[:-1]) / 100}
+        else:
+            try:
+                budget = {"budget": int(budget)}
+            except ValueError:
+                _fail(f"--select {select!r}: expected a row count (1000) or a percentage (10%)")
+        stages.append({"name": SELECT_STAGES[by], **budget})
+    out_format = "jsonl" if keep_format and not input_path.endswith(".parquet") and not os.path.isdir(input_path) else "parquet"
+    config: dict[str, Any] = {
+        "name": "filter",
+        "input": {"path": input_path, "format": detected, "task_field": task_field, **({"limit": sample} if sample else {})},
+        "stages": stages,
+        "output": {"path": output, "format": out_format, "row_format": "keep" if keep_format else "datacraft", "overwrite": overwrite},
+    }
+    llm = {k: v for k, v in {"engine": llm_engine, "model": llm_model, "base_url": llm_base_url}.items() if v}
+    if llm:
+        config["llm"] = llm
+    return config
+
+
+@app.command(
+    "filter",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=(
+        "Examples:\n\n"
+        "  datacraft filter corpus.jsonl -o out/clean --dedup exact --min length.response=5 --keep-format\n\n"
+        "  datacraft filter t0.jsonl -o out/mix --dedup semantic --threshold 0.92 --select 10% --by smart --task-field task\n\n"
+        "  datacraft filter corpus.jsonl -o out/look --sample 200 --save-config my.yaml"
+    ),
+)
+def filter_cmd(
+    ctx: typer.Context,
+    input: Annotated[str, typer.Argument(help="JSONL(.gz) / Parquet file or folder / datasets folder")],
+    output: Annotated[str, typer.Option("-o", "--output", help="output folder")],
+    format: Annotated[str, typer.Option("--format", help="auto|alpaca|sharegpt|messages|completion|preference")] = "auto",
+    dedup: Annotated[list[str], typer.Option("--dedup", help="exact | near | semantic (repeatable)")] = [],  # noqa: B006
+    threshold: Annotated[float | None, typer.Option(help="near: Jaccard; semantic: cosine similarity")] = None,
+    min_: Annotated[list[str], typer.Option("--min", help="SCORE=VALUE, keep rows with score >= value (repeatable)")] = [],  # noqa: B006
+    select: Annotated[str | None, typer.Option(help="keep N rows or P% (e.g. 1000 or 10%)")] = None,
+    by: Annotated[str, typer.Option(help="facility-location | deita | smart")] = "facility-location",
+    task_field: Annotated[str, typer.Option(help="record field with the task label (for --by smart)")] = "task",
+    keep_format: Annotated[bool, typer.Option(help="write rows back in the input's own format")] = False,
+    sample: Annotated[int | None, typer.Option(help="read only the first N records (a dry look)")] = None,
+    save_config: Annotated[str | None, typer.Option(help="write the equivalent YAML config here")] = None,
+    llm_engine: Annotated[str | None, typer.Option(help="engine for LLM scorers: transformers|vllm|openai")] = None,
+    llm_model: Annotated[str | None, typer.Option(help="model name or path (default: embedded)")] = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
+) -> None:
+    """Clean and cut down an existing corpus in one command, without writing a YAML file."""
+    from datacraft.io.formats import FormatDetectionError
+
+    try:
+        data = filter_config(
+            input, output, fmt=format, dedup=dedup, threshold=threshold, mins=min_, select=select, by=by,
+            task_field=task_field, keep_format=keep_format, sample=sample, llm_engine=llm_engine,
+            llm_model=llm_model, llm_base_url=llm_base_url, overwrite=overwrite,
+        )
+    except (FormatDetectionError, FileNotFoundError) as err:
+        _fail(str(err))
+    cfg = _load(None, [], data=data)
+    if save_config:
+        saved = {k: v for k, v in data.items()}
+        saved["output"] = {k: v for k, v in data["output"].items() if k != "overwrite"}
+        Path(save_config).write_text(yaml.safe_dump(saved, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        console.print(f"saved the equivalent config to {save_config} (repeat with: datacraft run {save_config} -o OUT)")
+    _run_or_fail(cfg, list(ctx.args))
+
+
+@app.command(epilog="Examples: datacraft inspect out/default/data/train-00000-of-00001.parquet ; datacraft inspect out/default --id 3fa2…")
+def inspect(
+    path: Annotated[str, typer.Argument(help="a data file / folder, or a run folder with --id")],
+    id: Annotated[str | None, typer.Option("--id", help="explain this row: why dropped / where it came from")] = None,  # noqa: A002
+    rows: Annotated[int, typer.Option("-n", help="rows to show")] = 3,
+) -> None:
+    """Show a file's format, schema, counts and a few rows — or, with --id, why a row was dropped and its lineage."""
+    try:
+        from datacraft import inspect as inspect_mod
+    except ImportError:
+        inspect_mod = None  # type: ignore[assignment]
+    if id is not None:
+        if inspect_mod is None:
+            _fail("explaining rows needs datacraft.inspect")
+        Console().print_json(data=inspect_mod.explain_row(path, id))
+        return
+    if inspect_mod is not None and hasattr(inspect_mod, "describe_file"):
+        Console().print(inspect_mod.describe_file(path, rows))
+        return
+    from datacraft.io.readers import read_all, sniff_format
+
+    kept, dropped = read_all(path)
+    Console().print(f"{path}: format {sniff_format(path)}, {kept.height} rows readable, {dropped.height} unreadable")
+    Console().print(kept.head(rows))
+
+
+@app.command(epilog="Example: datacraft stages")
+def stages() -> None:
+    """List the registered stages and their parameters (with defaults)."""
+    from rich.table import Table
+
+    from datacraft.stages.registry import stage_class, stage_names
+
+    table = Table(title="stages")
+    table.add_column("name")
+    table.add_column("kind")
+    table.add_column("parameters (default)")
+    for name in stage_names():
+        try:
+            cls = stage_class(name)
+        except Exception as err:  # a stage whose optional dependency is missing
+            table.add_row(name, "?", f"unavailable: {err}")
+            continue
+        params = ", ".join(
+            f"{k}={'…' if f.is_required() else repr(f.default)[:30]}" for k, f in cls.Params.model_fields.items()
+        )
+        table.add_row(name, cls.kind, params)
+    Console().print(table)
+
+
+def _register_plugins() -> None:
+    for module in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            if err.name and module.startswith(err.name):
+                continue  # module not present in this installation
+            raise
+        mod.register(app)
+
+
+_register_plugins()
+
+
+class _QuietBeamImports(logging.Filter):
+    """Beam warns at import time about GCP client libraries this tool never uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietBeamImports())
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume (finished LLM / embedding calls are cached)")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

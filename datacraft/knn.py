@@ -1,0 +1,199 @@
+"""FAISS k-nearest-neighbour search and the sparse similarity graphs built from it.
+
+Vectors are L2-normalised float32, so inner product = cosine similarity.
+
+* `knn(x, k)` — exact (`faiss.knn`, the blocked BLAS form of IndexFlatIP) up to `exact_max` rows;
+  above it, `method="ivf"`: k-means centroids trained on a sample, every row stored in the inverted
+  list of its nearest centroid, every query probing its `nprobe` nearest lists — searched list by list
+  as exact BLAS blocks (the same arithmetic as IndexIVFFlat, 3–5× faster on CPU because it is GEMM,
+  not per-pair SIMD). Recall trade-off: a true neighbour is missed only when it lies in none of the
+  query's `nprobe` nearest lists; on sentence embeddings nprobe=3 gives ≥ 0.99 recall@10 for
+  neighbours with cos ≥ 0.8 (see benchmarks/bench_semdedup.py). `method="hnsw"` uses
+  faiss.IndexHNSWFlat (M=32, efSearch=max(64, 2k)) instead. Memory: the vectors + O(N·k) results
+  + one block of (queries of a list × list size) floats.
+* `knn_graph` — the (n × n) scipy CSR graph of those neighbours (self loops optional).
+* `kmeans` / `assign` — spherical k-means centroids and the top-m centroids of each row.
+* `union_find_groups` — connected components of an edge list (transitive duplicate groups).
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+IP = faiss.METRIC_INNER_PRODUCT
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def exact_search(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of each query against `base` (k clipped to len(base); pads with -1)."""
+    k = min(k, base.shape[0])
+    if k <= 0 or queries.shape[0] == 0:
+        return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
+    sims, idx = faiss.knn(_f32(queries), _f32(base), k, metric=IP)
+    return sims, idx
+
+
+def kmeans(x: np.ndarray, n_clusters: int, *, sample: int = 200_000, niter: int = 12, seed: int = 0) -> np.ndarray:
+    """Spherical k-means centroids (n_clusters, d), trained on at most `sample` rows."""
+    x = _f32(x)
+    n_clusters = max(1, min(n_clusters, x.shape[0]))
+    if x.shape[0] > sample:
+        x = x[np.random.default_rng(seed).choice(x.shape[0], sample, replace=False)]
+    km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, spherical=True, seed=seed, max_points_per_centroid=max(256, sample // n_clusters))
+    km.train(x)
+    return _f32(km.centroids)
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, top: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(sims, ids) of each row's `top` nearest centroids."""
+    return exact_search(x, centroids, top)
+
+
+def _merge_topk(s_old: np.ndarray, i_old: np.ndarray, s_new: np.ndarray, i_new: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = np.concatenate([s_old, s_new], axis=1)
+    i = np.concatenate([i_old, i_new], axis=1)
+    if s.shape[1] > k:
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        s = np.take_along_axis(s, part, 1)
+        i = np.take_along_axis(i, part, 1)
+    return s, i
+
+
+def ivf_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, nprobe: int = 3, n_clusters: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-k by inverted lists searched as exact BLAS blocks (see module doc)."""
+    base = _f32(base)
+    q = base if queries is None else _f32(queries)
+    n = base.shape[0]
+    n_clusters = n_clusters or max(1, int(round(math.sqrt(n) * 2)))
+    centroids = kmeans(base, n_clusters, seed=seed)
+    _, home = assign(base, centroids, 1)
+    home = home[:, 0]
+    _, probes = assign(q, centroids, min(nprobe, centroids.shape[0]))
+    order = np.argsort(home, kind="stable")
+    bounds = np.searchsorted(home[order], np.arange(centroids.shape[0] + 1))
+    flat_q = np.repeat(np.arange(q.shape[0]), probes.shape[1])
+    flat_c = probes.ravel()
+    qorder = np.argsort(flat_c, kind="stable")
+    qbounds = np.searchsorted(flat_c[qorder], np.arange(centroids.shape[0] + 1))
+    best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+    best_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+    for c in range(centroids.shape[0]):
+        members = order[bounds[c] : bounds[c + 1]]
+        qs = flat_q[qorder[qbounds[c] : qbounds[c + 1]]]
+        if members.size == 0 or qs.size == 0:
+            continue
+        s, i = exact_search(q[qs], base[members], k)
+        s, i = _merge_topk(best_s[qs], best_i[qs], s, members[i], k)
+        best_s[qs], best_i[qs] = s, i
+    return best_s, best_i
+
+
+def hnsw_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, m: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    index = faiss.IndexHNSWFlat(base.shape[1], m, IP)
+    index.hnsw.efSearch = max(64, 2 * k)
+    index.add(_f32(base))
+    return index.search(_f32(base if queries is None else queries), k)
+
+
+def _sort_desc(s: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    o = np.argsort(-s, axis=1, kind="stable")
+    return np.take_along_axis(s, o, 1), np.take_along_axis(i, o, 1)
+
+
+def _drop_self(s: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    n = i.shape[0]
+    is_self = i == np.arange(n)[:, None]
+    none = ~is_self.any(axis=1)
+    is_self[none, -1] = True  # self not found (ties / approximate search): drop the farthest instead
+    twice = is_self.sum(axis=1) > 1
+    if twice.any():  # cannot happen with unique ids; keep the first mark only
+        first = np.argmax(is_self, axis=1)
+        is_self[:] = False
+        is_self[np.arange(n), first] = True
+    keep = ~is_self
+    w = i.shape[1] - 1
+    return s[keep].reshape(n, w)[:, :k], i[keep].reshape(n, w)[:, :k]
+
+
+def knn(
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    exact_max: int = 50_000,
+    nprobe: int = 3,
+    queries: np.ndarray | None = None,
+    method: str = "auto",
+    n_clusters: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices), each (n_queries, k), sorted by similarity descending.
+
+    With `queries=None` the rows query themselves and self is excluded. Exact under `exact_max` rows
+    (or `method="exact"`), else `method` "ivf" (default above the threshold) or "hnsw". Missing
+    neighbours (k ≥ n) are index -1 with similarity -inf.
+    """
+    base = _f32(embeddings)
+    n = base.shape[0]
+    self_query = queries is None
+    kk = k + 1 if self_query else k
+    if method == "auto":
+        method = "exact" if n <= exact_max else "ivf"
+    if n == 0:
+        m = n if self_query else queries.shape[0]  # type: ignore[union-attr]
+        return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
+    if method == "exact":
+        s, i = exact_search(base if self_query else queries, base, kk)  # type: ignore[arg-type]
+    elif method == "ivf":
+        s, i = ivf_search(base, min(kk, n), queries=queries, nprobe=nprobe, n_clusters=n_clusters, seed=seed)
+    elif method == "hnsw":
+        s, i = hnsw_search(base, min(kk, n), queries=queries)
+    else:
+        raise ValueError(f"unknown knn method {method!r}; expected auto, exact, ivf or hnsw")
+    s, i = _sort_desc(s, i)
+    if s.shape[1] < kk:  # fewer rows than k: pad
+        pad = kk - s.shape[1]
+        s = np.concatenate([s, np.full((s.shape[0], pad), -np.inf, np.float32)], axis=1)
+        i = np.concatenate([i, np.full((i.shape[0], pad), -1, np.int64)], axis=1)
+    i = np.where(i < 0, -1, i)
+    s = np.where(i < 0, -np.inf, s).astype(np.float32)
+    if self_query:
+        s, i = _drop_self(s, i, k)
+    return s, i
+
+
+def knn_graph(sims: np.ndarray, idx: np.ndarray, *, self_loops: bool = True, symmetric: bool = False, transform: str = "cos") -> sp.csr_matrix:
+    """The (n × n) CSR graph with an edge i → idx[i, j] of weight f(sims[i, j]) (f: cos clipped at 0, or cos²).
+
+    `symmetric=True` takes the max of both directions; `self_loops` adds weight 1 on the diagonal.
+    """
+    n = idx.shape[0]
+    valid = idx >= 0
+    rows = np.repeat(np.arange(n), idx.shape[1])[valid.ravel()]
+    cols = idx[valid]
+    w = sims[valid].astype(np.float64)
+    w = np.square(w) if transform == "cos2" else np.clip(w, 0.0, None)
+    g = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
+    g.sum_duplicates()
+    if symmetric:
+        g = g.maximum(g.T).tocsr()
+    if self_loops:
+        g = (g + sp.identity(n, format="csr", dtype=np.float64) - sp.diags(g.diagonal())).tocsr()
+    g.eliminate_zeros()
+    return g
+
+
+def union_find_groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Component label of each of n nodes given undirected edges a[i] — b[i] (union-find / connected components)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    g = sp.coo_matrix((np.ones(len(a), dtype=np.int8), (np.asarray(a, np.int64), np.asarray(b, np.int64))), shape=(n, n))
+    _, labels = connected_components(g, directed=False)
+    return labels.astype(np.int64)

@@ -1,0 +1,245 @@
+"""Duplicate groups from candidate edges, shared by `near_dedup` (MinHash) and `semantic_dedup` (FAISS).
+
+Both stages produce edges `(a, b, sim)` between row ids whose similarity passes the threshold; the
+rows' priorities (`score` desc, then text `length` desc, then `id` asc) decide which row a group
+keeps. `resolve` turns edges + priorities into one drop table (id → kept id), computed once over
+the whole collection, so a row that appears in several partitions is still decided exactly once;
+`apply_drops` splits any batch by that table. The Beam form (`edge_dedup_beam`) is:
+
+    rows ─ prepare ─┬─ key (list of partition keys) ─ GroupByKey ─ edges per partition ─┐
+                    │                                                     ToList ─ resolve (side input)
+                    └──────────────────────────── apply_drops(batch, side input) ─ kept / dropped / stats
+
+Memory of `resolve`: O(#edges + #rows with an edge) — duplicates only, never the whole corpus.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from datacraft.knn import union_find_groups
+from datacraft.records import SCORE_PREFIX, text_expr, with_drop
+from datacraft.stages.base import StageResult
+
+EDGE_SCHEMA = {"a": pl.Utf8, "b": pl.Utf8, "sim": pl.Float64}
+NODE_SCHEMA = {"id": pl.Utf8, "score": pl.Float64, "length": pl.Int64, "text": pl.Utf8}
+
+
+def node_frame(frame: pl.DataFrame, score: str | None, text: str) -> pl.DataFrame:
+    """Per-row priority facts: id, score (null when missing), text length and a text preview."""
+    col = SCORE_PREFIX + score if score else None
+    s = pl.col(col).cast(pl.Float64) if col and col in frame.columns else pl.lit(None, dtype=pl.Float64)
+    return frame.select(
+        pl.col("id"),
+        s.alias("score"),
+        text_expr(text).str.len_chars().cast(pl.Int64).alias("length"),
+        text_expr(text).str.slice(0, 160).alias("text"),
+    )
+
+
+def _greedy_keep(n: int, order: np.ndarray, ia: np.ndarray, ib: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """Non-transitive grouping: in priority order, a node is dropped when it has an edge to an already
+    kept node; returns, per node, the index of the kept node it duplicates (itself when kept)."""
+    a = np.concatenate([ia, ib])
+    b = np.concatenate([ib, ia])
+    s = np.concatenate([sim, sim])
+    o = np.lexsort((-s, a))
+    a, b = a[o], b[o]
+    bounds = np.searchsorted(a, np.arange(n + 1))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    kept_as = np.full(n, -1, dtype=np.int64)
+    for u in order.tolist():
+        best = u
+        for v in b[bounds[u] : bounds[u + 1]].tolist():  # neighbours, most similar first
+            if kept_as[v] == v and rank[v] < rank[u]:
+                best = v
+                break
+        kept_as[u] = best
+    return kept_as
+
+
+def resolve(edges: pl.DataFrame, nodes: pl.DataFrame, tau: float, metric: str = "cos", examples: int = 5, grouping: str = "union_find") -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Union-find over the edges; each group keeps its best node (`grouping="greedy"`: a row is dropped
+    only when it is directly linked to a better kept row — no chaining). Returns (drops, extras):
+    drops = (id, kept_id, sim, via) with `via` the group member the row was linked through when it has
+    no direct edge to the kept row; extras = group-size histogram and example groups near the threshold."""
+    empty = pl.DataFrame(schema={"id": pl.Utf8, "kept_id": pl.Utf8, "sim": pl.Float64, "via": pl.Utf8})
+    if edges.height == 0:
+        return empty, {"group_sizes": {}, "groups": 0, "examples": []}
+    edges = edges.filter(pl.col("a") != pl.col("b"))
+    nodes = nodes.unique("id", keep="first", maintain_order=True)
+    ids = pl.concat([edges["a"], edges["b"]]).unique(maintain_order=True)
+    index = pl.DataFrame({"id": ids, "ix": np.arange(len(ids))})
+    e = edges.join(index.rename({"id": "a", "ix": "ia"}), on="a").join(index.rename({"id": "b", "ix": "ib"}), on="b")
+    labels = union_find_groups(len(ids), e["ia"].to_numpy(), e["ib"].to_numpy())
+    members = index.with_columns(pl.Series("group", labels)).join(nodes, on="id", how="left")
+    ranked = members.sort(["group", "score", "length", "id"], descending=[False, True, True, False], nulls_last=True)
+    kept = ranked.group_by("group", maintain_order=True).first().select("group", pl.col("id").alias("kept_id"))
+    if grouping == "greedy":
+        order = ranked["ix"].to_numpy()
+        kept_as = _greedy_keep(len(ids), order, e["ia"].to_numpy(), e["ib"].to_numpy(), e["sim"].to_numpy())
+        kept = pl.DataFrame({"ix": np.arange(len(ids)), "kept_id": ids.gather(kept_as)})
+        members = members.join(kept, on="ix").with_columns(pl.col("kept_id").rank("dense").alias("group"))
+    elif grouping == "union_find":
+        members = members.join(kept, on="group")
+    else:
+        raise ValueError(f"unknown grouping {grouping!r}; expected union_find or greedy")
+    dropped = members.filter(pl.col("id") != pl.col("kept_id"))
+    # similarity to the kept row: the direct edge when there is one, else the row's strongest edge
+    both = pl.concat([edges, edges.select(pl.col("b").alias("a"), pl.col("a").alias("b"), "sim")])
+    direct = dropped.join(both, left_on=["id", "kept_id"], right_on=["a", "b"], how="left").group_by("id").agg(pl.col("sim").max())
+    strongest = both.sort("sim", descending=True).group_by("a", maintain_order=True).first().rename({"a": "id", "b": "via_id", "sim": "via_sim"})
+    drops = (
+        dropped.join(direct, on="id", how="left")
+        .join(strongest, on="id", how="left")
+        .select(
+            "id",
+            "kept_id",
+            pl.coalesce("sim", "via_sim").alias("sim"),
+            pl.when(pl.col("sim").is_null()).then(pl.col("via_id")).otherwise(None).alias("via"),
+        )
+    )
+    sizes = members.group_by("group").len()
+    hist = Counter(int(x) for x in sizes["len"].to_list())
+    extras: dict[str, Any] = {
+        "group_sizes": {str(k): v for k, v in sorted(hist.items())},
+        "groups": int(sizes.height),
+        "examples": threshold_examples(drops, nodes, tau, metric, examples),
+    }
+    return drops.sort("id"), extras
+
+
+def threshold_examples(drops: pl.DataFrame, nodes: pl.DataFrame, tau: float, metric: str, n: int) -> list[dict[str, Any]]:
+    """The dropped/kept pairs whose similarity is closest to the threshold (what a person should look at)."""
+    if drops.height == 0 or n <= 0:
+        return []
+    near = drops.with_columns((pl.col("sim") - tau).abs().alias("gap")).sort("gap").head(n)
+    text = dict(zip(nodes["id"].to_list(), nodes["text"].to_list(), strict=True))
+    return [
+        {metric: round(float(r["sim"]), 4), "kept_id": r["kept_id"], "kept": text.get(r["kept_id"]), "dropped_id": r["id"], "dropped": text.get(r["id"])}
+        for r in near.iter_rows(named=True)
+    ]
+
+
+def apply_drops(stage_label: str, batch: pl.DataFrame, drops: pl.DataFrame, metric: str = "cos") -> StageResult:
+    """Split a batch by the drop table: rows in it are dropped "near-duplicate" with
+    detail "near-duplicate of <kept id> (cos=0.93)" (plus "via <id>" for a transitive link)."""
+    if drops.height == 0 or batch.height == 0:
+        return StageResult(kept=batch)
+    marked = batch.join(drops, on="id", how="left", maintain_order="left")
+    hit = marked["kept_id"].is_not_null()
+    detail = pl.concat_str(
+        pl.lit("near-duplicate of "),
+        pl.col("kept_id"),
+        pl.lit(f" ({metric}="),
+        pl.col("sim").round(3).cast(pl.Utf8),
+        pl.when(pl.col("via").is_not_null()).then(pl.concat_str(pl.lit(" via "), pl.col("via"))).otherwise(pl.lit("")),
+        pl.lit(")"),
+    )
+    dropped = with_drop(marked.filter(hit), stage_label, "near-duplicate", detail).drop(["kept_id", "sim", "via"])
+    return StageResult(kept=batch.filter(~hit), dropped=dropped)
+
+
+def dedup_result(stage_label: str, frame: pl.DataFrame, edges: pl.DataFrame, nodes: pl.DataFrame, tau: float, metric: str, counters: dict[str, float] | None = None, grouping: str = "union_find") -> StageResult:
+    """One-process form: resolve the edges and split the frame."""
+    drops, extras = resolve(edges, nodes, tau, metric, grouping=grouping)
+    result = apply_drops(stage_label, frame, drops, metric)
+    result.extras = extras
+    result.counters = {**(counters or {}), f"{metric}.edges": float(edges.height)}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam form
+
+
+def edge_dedup_beam(
+    stage: Any,
+    rows: Any,
+    *,
+    prepare: Callable[[pl.DataFrame], pl.DataFrame],
+    facts: Callable[[pl.DataFrame], Any] | None,
+    keyed: Callable[[pl.DataFrame, Any], Iterable[tuple[Any, pl.DataFrame]]],
+    edges_of: Callable[[Any, pl.DataFrame, Any], tuple[pl.DataFrame, pl.DataFrame]],
+    tau: float,
+    metric: str,
+    sample_fraction: float = 0.05,
+    grouping: str = "union_find",
+) -> dict[str, Any]:
+    """The scale-out graph shared by the dedup stages (see module doc). `prepare` adds what the keys need
+    (embeddings, signatures) once per row; `keyed` yields small (key, frame) pieces; `edges_of` turns one
+    partition into (edges, nodes)."""
+    import apache_beam as beam
+    from apache_beam.pvalue import AsSingleton, TaggedOutput
+
+    from datacraft.records import concat_batches
+    from datacraft.stages.base import stats_of
+    from datacraft.stages.beam import DROPPED, KEPT, STATS, sample_rows
+
+    class _Prepare(beam.DoFn):
+        def setup(self) -> None:
+            stage.setup()
+
+        def process(self, batch: pl.DataFrame) -> Any:
+            yield prepare(batch)
+
+    class _Key(beam.DoFn):
+        def process(self, batch: pl.DataFrame, side: Any) -> Any:
+            yield from keyed(batch, side)
+
+    class _Edges(beam.DoFn):
+        def process(self, item: tuple[Any, list[pl.DataFrame]], side: Any) -> Any:
+            key, parts = item
+            yield edges_of(key, pl.concat(list(parts), how="vertical_relaxed"), side)
+
+    def _resolve(pieces: list[tuple[pl.DataFrame, pl.DataFrame]]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        edges = pl.concat([p[0] for p in pieces], how="vertical_relaxed") if pieces else pl.DataFrame(schema=EDGE_SCHEMA)
+        nodes = pl.concat([p[1] for p in pieces], how="vertical_relaxed") if pieces else pl.DataFrame(schema=NODE_SCHEMA)
+        edges = edges.unique(["a", "b"])
+        drops, extras = resolve(edges, nodes, tau, metric, grouping=grouping)
+        return {"drops": drops, "extras": extras, "edges": edges.height, "seconds": time.perf_counter() - t0}
+
+    class _Apply(beam.DoFn):
+        def process(self, batch: pl.DataFrame, res: dict[str, Any]) -> Any:
+            t0 = time.perf_counter()
+            result = apply_drops(stage.label, batch, res["drops"], metric)
+            if result.kept.height:
+                yield result.kept
+            if result.dropped is not None and result.dropped.height:
+                yield TaggedOutput(DROPPED, result.dropped)
+            yield TaggedOutput(STATS, stats_of(stage.label, batch.height, result, time.perf_counter() - t0))
+
+    def _summary(res: dict[str, Any]) -> dict[str, Any]:
+        empty = StageResult(kept=pl.DataFrame(), extras=res["extras"], counters={f"{metric}.edges": float(res["edges"])})
+        return stats_of(stage.label, 0, empty, res["seconds"])
+
+    prepared = rows | "Prepare" >> beam.ParDo(_Prepare())
+    if facts is not None:
+        side = (
+            prepared
+            | "Sample" >> beam.Map(sample_rows, sample_fraction)
+            | "SampleAll" >> beam.combiners.ToList()
+            | "Facts" >> beam.Map(lambda bs: facts(concat_batches(bs)))
+        )
+    else:
+        side = rows.pipeline | "NoFacts" >> beam.Create([None])
+    resolution = (
+        prepared
+        | "Key" >> beam.ParDo(_Key(), AsSingleton(side))
+        | "Group" >> beam.GroupByKey()
+        | "Edges" >> beam.ParDo(_Edges(), AsSingleton(side))
+        | "AllEdges" >> beam.combiners.ToList()
+        | "Resolve" >> beam.Map(_resolve)
+    )
+    outs = prepared | "Apply" >> beam.ParDo(_Apply(), AsSingleton(resolution)).with_outputs(DROPPED, STATS, main=KEPT)
+    summary = resolution | "Summary" >> beam.Map(_summary)
+    stats = (outs[STATS], summary) | "Stats" >> beam.Flatten()
+    return {KEPT: outs[KEPT], DROPPED: outs[DROPPED], STATS: stats}

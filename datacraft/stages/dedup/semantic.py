@@ -1,0 +1,146 @@
+"""`semantic_dedup`: embedding near-duplicates (FAISS), transitive groups by union-find, best row kept.
+
+Reads `embedding` (or embeds `text` with the run's embedder) and the score `score` (default `quality`;
+rows without it are ranked by text length). Rows whose cosine similarity ≥ `threshold` are linked;
+every linked component keeps one row and drops the others as "near-duplicate" with detail
+"near-duplicate of <id> (cos=0.93)".
+
+One process: each row's `k` nearest neighbours — exact (`faiss.knn`) up to `exact_max` rows, IVF
+(k-means lists, `nprobe` probes) above, see `datacraft.knn` for the recall trade-off. Groups larger
+than k stay connected through union-find. Memory: the N×d vectors + N×k neighbours.
+
+Scale-out (Beam): k-means centroids trained on a sample are a side input; each row is keyed by its
+nearest and second-nearest centroid (so pairs across a border meet in one partition); each partition
+finds its edges after GroupByKey; a single resolve step over the edges (duplicates only) decides each
+row once, and the original rows are split against that side input — so a row present in two
+partitions is kept or dropped exactly once. Memory per worker: one partition (≈ 2N/clusters rows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from datacraft.embed import EMBEDDING_COLUMN, embedding_series, embeddings_of, ensure_embeddings
+from datacraft.knn import assign, kmeans, knn
+from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.dedup.groups import EDGE_SCHEMA, apply_drops, edge_dedup_beam, node_frame, resolve
+
+
+class SemanticDedupParams(StageParams):
+    text: Literal["instruction", "instruction_response", "response", "conversation"] = "instruction_response"
+    threshold: float = Field(0.9, gt=0.0, le=1.0, description="cosine similarity at or above which two rows are duplicates")
+    k: int = Field(10, ge=1, description="neighbours examined per row")
+    score: str | None = Field("quality", description="score that picks the kept row of a group (else the longest text)")
+    method: Literal["auto", "exact", "ivf", "hnsw"] = "auto"
+    exact_max: int = Field(50_000, ge=1)
+    nprobe: int = Field(3, ge=1)
+    grouping: Literal["union_find", "greedy"] = Field("union_find", description="union_find: transitive groups; greedy: drop a row only if directly similar to a better kept row (no chaining)")
+    partition_rows: int = Field(4000, ge=100, description="Beam form: target rows per k-means partition")
+    kind: Literal["sentence-transformers", "static"] | None = None
+    model: str | None = None
+    float16: bool = False
+
+
+def edges_from_knn(ids: list[str], sims: np.ndarray, idx: np.ndarray, threshold: float) -> pl.DataFrame:
+    """Edges (a, b, sim) of kNN pairs at or above the threshold, each unordered pair once."""
+    rows, cols = np.nonzero((sims >= threshold) & (idx >= 0))
+    if len(rows) == 0:
+        return pl.DataFrame(schema=EDGE_SCHEMA)
+    j = idx[rows, cols]
+    lo, hi = np.minimum(rows, j), np.maximum(rows, j)
+    _, first = np.unique(lo.astype(np.int64) * len(ids) + hi, return_index=True)
+    arr = pl.Series(ids, dtype=pl.Utf8)
+    return pl.DataFrame(
+        {"a": arr.gather(lo[first]), "b": arr.gather(hi[first]), "sim": sims[rows, cols][first].astype(np.float64)},
+        schema=EDGE_SCHEMA,
+    )
+
+
+class SemanticDedupStage(GlobalStage):
+    name = "semantic_dedup"
+    Params = SemanticDedupParams
+    params: SemanticDedupParams
+
+    # -- pure core -------------------------------------------------------------------------------
+    def vectors(self, frame: pl.DataFrame) -> np.ndarray:
+        return ensure_embeddings(frame, self.context, self.params.text, self.params.kind, self.params.model)
+
+    def process_all(self, frame: pl.DataFrame) -> StageResult:
+        p = self.params
+        if frame.height == 0:
+            return StageResult(kept=frame)
+        x = self.vectors(frame)
+        sims, idx = knn(x, min(p.k, max(1, frame.height - 1)), exact_max=p.exact_max, nprobe=p.nprobe, method=p.method, seed=self.context.seed)
+        ids = frame["id"].to_list()
+        edges = edges_from_knn(ids, sims, idx, p.threshold)
+        nodes = node_frame(frame, p.score, p.text)
+        drops, extras = resolve(edges, nodes, p.threshold, "cos", grouping=p.grouping)
+        if drops.height:  # exact cosine to the kept row (the group may be linked transitively)
+            pos = {r: i for i, r in enumerate(ids)}
+            a = np.array([pos[r] for r in drops["id"].to_list()])
+            b = np.array([pos[r] for r in drops["kept_id"].to_list()])
+            drops = drops.with_columns(pl.Series("sim", np.einsum("ij,ij->i", x[a], x[b]).astype(np.float64)), pl.lit(None, dtype=pl.Utf8).alias("via"))
+        result = apply_drops(self.label, frame, drops, "cos")
+        result.extras = extras
+        result.counters = {"cos.edges": float(edges.height)}
+        return result
+
+    # -- scale-out --------------------------------------------------------------------------------
+    def wants_partitions(self) -> bool:
+        return True
+
+    def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
+        if EMBEDDING_COLUMN in batch.columns or batch.height == 0:
+            return batch
+        return batch.with_columns(embedding_series(self.vectors(batch), self.params.float16))
+
+    def compute_facts(self, sample: pl.DataFrame) -> Any:
+        """k-means centroids from a sample, sized so a partition holds ≈ `partition_rows` rows."""
+        if sample.height == 0:
+            return None
+        x = self.vectors(sample)
+        n_est = sample.height / max(self.sample_fraction, 1e-9)
+        n_clusters = max(1, min(sample.height, math.ceil(2 * n_est / self.params.partition_rows)))
+        return kmeans(x, n_clusters, seed=self.context.seed)
+
+    def partition_keys(self, batch: pl.DataFrame, facts: Any) -> pl.Series:
+        """Nearest and second-nearest centroid of each row (a List column)."""
+        if facts is None:
+            return pl.Series("_key", [[0]] * batch.height, dtype=pl.List(pl.Int64))
+        _, top = assign(self.vectors(batch), facts, min(2, facts.shape[0]))
+        return pl.Series("_key", top.tolist(), dtype=pl.List(pl.Int64))
+
+    def _keyed(self, batch: pl.DataFrame, facts: Any) -> Iterator[tuple[Any, pl.DataFrame]]:
+        slim = node_frame(batch, self.params.score, self.params.text).with_columns(batch[EMBEDDING_COLUMN])
+        slim = slim.with_columns(self.partition_keys(batch, facts).alias("_key")).explode("_key")
+        for (key,), part in slim.group_by("_key", maintain_order=True):
+            yield int(key), part.drop("_key")
+
+    def _partition_edges(self, key: Any, part: pl.DataFrame, facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+        part = part.unique("id", keep="first", maintain_order=True)
+        if part.height < 2:
+            return pl.DataFrame(schema=EDGE_SCHEMA), part.drop(EMBEDDING_COLUMN).head(0)
+        sims, idx = knn(embeddings_of(part), min(self.params.k, part.height - 1), method="exact")
+        edges = edges_from_knn(part["id"].to_list(), sims, idx, self.params.threshold)
+        touched = pl.concat([edges["a"], edges["b"]]).unique()
+        return edges, part.drop(EMBEDDING_COLUMN).filter(pl.col("id").is_in(touched.implode()))
+
+    def expand_beam(self, rows: Any) -> dict[str, Any]:
+        return edge_dedup_beam(
+            self,
+            rows,
+            prepare=self.prepare,
+            facts=self.compute_facts,
+            keyed=self._keyed,
+            edges_of=self._partition_edges,
+            tau=self.params.threshold,
+            metric="cos",
+            sample_fraction=self.sample_fraction,
+            grouping=self.params.grouping,
+        )

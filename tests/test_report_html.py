@@ -1,0 +1,173 @@
+"""report.html: rendered from a run folder, self-contained, every stage and section present, ledger flags right."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.report_fixtures import STAGES, build_run
+
+from datacraft.report_html import collect_facts, render_html, stage_balance
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("report") / "run"
+    info = build_run(out)
+    return out, info
+
+
+@pytest.fixture(scope="module")
+def page(run: tuple[Path, dict[str, Any]]) -> str:
+    out, _info = run
+    path = render_html(str(out))
+    assert path == str(out / "report.html")
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _external_refs(html: str) -> list[str]:
+    attrs = re.findall(r"""(?:src|href|xlink:href|action)\s*=\s*["']?\s*((?:https?:)?//[^"'\s>]*)""", html, flags=re.I)
+    css = re.findall(r"""(?:url\(\s*["']?|@import\s+["']?)((?:https?:)?//[^"')\s]*)""", html, flags=re.I)
+    return attrs + css
+
+
+def test_every_stage_and_section_present(page: str, run: tuple[Path, dict[str, Any]]) -> None:
+    _out, info = run
+    for stage in STAGES:
+        assert f'data-stage="{stage}"' in page, stage
+        assert f"<b>{stage}</b>" in page, stage
+    for anchor in ("funnel", "drops", "scores", "groups", "map", "mixture", "timings", "llm", "config"):
+        assert f'<section id="{anchor}">' in page, anchor
+    # headline numbers come from the report
+    rep = info["report"]
+    assert f'<div class="tv">{rep["rows_in"]:,}</div>' in page
+    assert f'<div class="tv">{rep["rows_out"]:,}</div>' in page
+    # funnel chart, histograms (SVG) and the embedding map (PNG) are inline
+    assert 'class="funnel"' in page
+    assert page.count('class="chart"') >= 3
+    assert "data:image/png;base64," in page and "PCA of" in page
+    # dropped examples per reason, with ids; dedup pairs with the kept and the dropped row
+    for reason in ("too_short", "parse_error", "duplicate", "not selected (budget)", "malformed", "unknown_format"):
+        assert f"<h3>{reason}</h3>" in page, reason
+    assert info["short_id"] in page and info["failed_hop2_id"] in page
+    assert "Groups at the threshold" in page and info["dup_loser"] in page and info["dup_winner"] in page
+    # budgets, LLM counters, timings, config and its hash
+    for task in ("writing", "qa", "coding", "math"):
+        assert f'data-v="{task}"' in page
+    assert "5,120" in page and "2,048" in page and "(25%)" in page  # prompt / completion tokens, cache-hit rate
+    assert "rows/s" in page and "13.0 s" in page
+    assert "0123456789abcdef" in page and "keep_embedding: true" in page
+
+
+def test_page_is_self_contained(page: str) -> None:
+    assert _external_refs(page) == []
+    assert "<link" not in page and "<script src" not in page
+    assert _external_refs('<img src="https://x/y.png"><a href=//cdn.z/a.css>') == ["https://x/y.png", "//cdn.z/a.css"]
+
+
+def test_balance_flags(run: tuple[Path, dict[str, Any]], tmp_path: Path, page: str) -> None:
+    out, _info = run
+    assert all(stage_balance(s)[0] for s in json.loads((out / "report.json").read_text())["stages"])
+    assert page.count("balance-ok") == len(STAGES) and "balance-bad" not in page
+    assert "Ledger balances" in page
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    rep = json.loads((broken / "report.json").read_text())
+    rep["stages"][3]["kept"] += 2  # exact_dedup now claims two rows it never had
+    (broken / "report.json").write_text(json.dumps(rep))
+    html = Path(render_html(str(broken))).read_text(encoding="utf-8")
+    bad = re.findall(r'balance-bad" data-stage="([^"]+)"', html)
+    good = re.findall(r'balance-ok" data-stage="([^"]+)"', html)
+    assert bad == ["exact_dedup"]
+    assert good == [s for s in STAGES if s != "exact_dedup"]
+    assert "does not balance" in html
+
+
+def test_histograms_before_and_after(run: tuple[Path, dict[str, Any]]) -> None:
+    out, info = run
+    facts = collect_facts(str(out))
+    n_kept = len(info["kept_ids"])
+    assert facts.rows_written == n_kept
+    # before = every row that had the score (kept + dropped after heuristics); after = kept rows
+    rep = info["report"]["stages"]
+    scored_dropped = sum(sum(s["dropped"].values()) for s in rep[1:])
+    assert len(facts.scores_kept["quality"]) == n_kept
+    assert len(facts.scores_all["quality"]) == n_kept + scored_dropped
+    assert min(facts.scores_all["length"]) < 40 <= min(facts.scores_kept["length"])  # too_short rows only before
+    assert len(facts.points) == n_kept + scored_dropped  # all rows carry a 16-d vector, under MAX_POINTS
+    assert {lab for _v, lab in facts.points} == {"kept", "heuristics", "multihop", "exact_dedup", "mixture"}
+
+
+def test_without_embeddings_and_with_parquet_drops(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    info = build_run(out, dropped_format="parquet", embeddings=False)
+    assert list((out / "dropped").glob("*.parquet"))
+    html = Path(render_html(str(out))).read_text(encoding="utf-8")
+    assert "No embeddings in this run" in html and "data:image/png" not in html
+    assert info["short_id"] in html and "<h3>too_short</h3>" in html
+
+
+def test_missing_report_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        render_html(str(tmp_path))
+
+
+def test_report_command(run: tuple[Path, dict[str, Any]]) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from datacraft.report_cli import register
+
+    app = typer.Typer()
+    register(app)
+    out, _info = run
+    res = CliRunner().invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == str(out / "report.html")
+    res = CliRunner().invoke(app, ["report", str(out / "nope")])
+    assert res.exit_code == 2
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_real_run_report_in_headless_chromium(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from datacraft.config import load_config
+    from pipelines.curate import run_config
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    config = load_config(root / "configs" / "filter.yaml", [
+        f"input.path={root / 'tests' / 'data' / 'alpaca_llamafactory_200.jsonl'}", f"output.path={out}"])
+    report = run_config(config)
+    html_path = out / "report.html"
+    assert html_path.exists(), "run must write report.html"
+    html = html_path.read_text(encoding="utf-8")
+    for stage in report["stages"]:
+        assert f'data-stage="{stage["name"]}"' in html
+    assert _external_refs(html) == []
+    shot = tmp_path / "shot.png"
+    profile = tempfile.mkdtemp()
+    subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1400,3000", html_path.as_uri()],
+        check=True, timeout=120, capture_output=True,
+    )
+    shutil.rmtree(profile, ignore_errors=True)
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1400, 3000)
+    # the page really rendered: the dark header at the top, many colours (charts) further down
+    assert sum(img.getpixel((700, 40))) < 200
+    assert len(img.resize((350, 750)).getcolors(1 << 20) or []) > 200
