@@ -13,6 +13,7 @@ timings and throughput, LLM counters and the resolved config with its hash.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datacraft.inspect import DROPPED, KEPT, RunFolder, iter_row_chunks, row_scores, row_texts, truncate
+from datacraft.inspect import KEPT, RunFolder, iter_row_chunks, row_scores, row_texts, truncate
 
 EXAMPLES_PER_REASON = 3
 MAX_POINTS = 3000
@@ -453,10 +454,8 @@ def header_html(report: Mapping[str, Any], facts: RunFacts) -> str:
     ]
     tile_html = "".join(f'<div class="tile"><div class="tv">{v}</div><div class="tl">{esc(lbl)}</div><div class="ts">{esc(s)}</div></div>' for lbl, v, s in tiles)
     started = report.get("started")
-    try:
+    with contextlib.suppress(ValueError):
         started = datetime.fromisoformat(str(started)).strftime("%Y-%m-%d %H:%M:%S") if started else None
-    except ValueError:
-        pass
     inp = report.get("input")
     inp = ", ".join(map(str, inp)) if isinstance(inp, list) else inp
     out = report.get("output") or {}
@@ -752,11 +751,11 @@ def config_section(report: Mapping[str, Any], facts: RunFacts) -> str:
 # the page
 
 CSS = """
-:root{--ink:#0f172a;--ink2:#334155;--mute:#64748b;--line:#e2e8f0;--bg:#f5f6fb;--card:#fff;--accent:%(kept)s;--drop:%(drop)s;--ok:#059669;--bad:#dc2626}
+:root{--ink:#0f172a;--ink2:#334155;--mute:#64748b;--line:#e2e8f0;--bg:#f5f6fb;--card:#fff;--accent:@KEPT@;--drop:@DROP@;--ok:#059669;--bad:#dc2626}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Inter,Roboto,"Helvetica Neue",Arial,sans-serif;-webkit-font-smoothing:antialiased}
 .wrap{max-width:1240px;margin:0 auto;padding:0 28px}
-header{background:linear-gradient(135deg,#0f172a 0%%,#1e1b4b 55%%,#312e81 100%%);color:#fff;padding:34px 0 26px}
+header{background:linear-gradient(135deg,#0f172a 0%,#1e1b4b 55%,#312e81 100%);color:#fff;padding:34px 0 26px}
 .kicker{text-transform:uppercase;letter-spacing:.14em;font-size:11px;color:#a5b4fc;font-weight:600}
 h1{margin:6px 0 6px;font-size:30px;font-weight:700;letter-spacing:-.02em}
 .meta{color:#c7d2fe;font-size:12.5px;display:flex;flex-wrap:wrap;gap:6px 18px}
@@ -783,22 +782,22 @@ h2{font-size:19px;margin:0 0 4px;letter-spacing:-.01em}
 .card .sub{color:var(--mute);font-size:12.5px;margin:2px 0 10px}
 .card.note{color:var(--mute);font-style:italic}
 .grid .card{margin-bottom:0}
-.chart svg,.chart img{max-width:100%%;height:auto;display:block}
-.grid .chart svg{width:100%%}
+.chart svg,.chart img{max-width:100%;height:auto;display:block}
+.grid .chart svg{width:100%}
 .split{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 .split>*{flex:1 1 380px;min-width:0}
 .split>.chart{flex:0 1 auto}
 .chart.map img{max-width:900px;margin:0 auto}
-svg.funnel{width:100%%;height:auto;margin-top:6px}
+svg.funnel{width:100%;height:auto;margin-top:6px}
 svg.funnel text{font-family:inherit;font-size:13px;fill:#334155}
 svg.funnel .fl{font-weight:600;fill:#0f172a}
-svg.funnel .fk{fill:%(kept)s;font-weight:700}
+svg.funnel .fk{fill:@KEPT@;font-weight:700}
 svg.funnel .fd{fill:#e2553f;font-weight:700}
 svg.funnel .fc{fill:#059669;font-weight:600}
 .legend{display:flex;gap:16px;font-size:12px;color:var(--mute);margin-top:8px}
 .legend i{display:inline-block;width:10px;height:10px;border-radius:3px;margin-right:6px;vertical-align:-1px}
 .tablewrap{overflow-x:auto}
-table{width:100%%;border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
+table{width:100%;border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
 th{text-align:left;font-size:11.5px;text-transform:uppercase;letter-spacing:.06em;color:var(--mute);font-weight:600;padding:8px 10px;border-bottom:1px solid var(--line);cursor:pointer;user-select:none;white-space:nowrap}
 th:hover{color:var(--ink)}
 th .arrow{opacity:.35;margin-left:4px;font-size:10px}
@@ -832,13 +831,13 @@ td.created{color:var(--ok)}
 .mt .tv{font-size:18px;font-weight:700}
 .mt .tl{font-size:11.5px;color:var(--mute)}
 .bar{display:inline-block;width:150px;height:8px;background:#eef2ff;border-radius:99px;overflow:hidden;vertical-align:middle;margin-right:8px}
-.bar i{display:block;height:100%%;background:var(--accent);border-radius:99px}
+.bar i{display:block;height:100%;background:var(--accent);border-radius:99px}
 pre{background:#0f172a;color:#e2e8f0;border-radius:12px;padding:14px 16px;overflow:auto;font:12.5px/1.55 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;max-height:560px}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#eef2ff;color:#3730a3;padding:1px 5px;border-radius:5px}
 details{margin-top:8px}summary{cursor:pointer;color:var(--ink2);font-weight:600}
 footer{color:var(--mute);font-size:12px;text-align:center;padding:30px 0 40px}
 @media (max-width:900px){.tiles{grid-template-columns:repeat(3,1fr)}}
-""" % {"kept": KEPT_COLOR, "drop": DROP_COLOR}
+""".replace("@KEPT@", KEPT_COLOR).replace("@DROP@", DROP_COLOR)
 
 JS = """
 document.querySelectorAll('table.sortable').forEach(function(t){

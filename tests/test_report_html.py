@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.report_fixtures import STAGES, build_run
 
 from datacraft.report_html import collect_facts, render_html, stage_balance
+from tests.report_fixtures import STAGES, build_run
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_every_stage_and_section_present(page: str, run: tuple[Path, dict[str, A
     # funnel chart, histograms (SVG) and the embedding map (PNG) are inline
     assert 'class="funnel"' in page
     assert page.count('class="chart"') >= 3
-    assert "data:image/png;base64," in page and "PCA of" in page
+    assert "data:image/png;base64," in page and "PCA projection" in page
     # dropped examples per reason, with ids; dedup pairs with the kept and the dropped row
     for reason in ("too_short", "parse_error", "duplicate", "not selected (budget)", "malformed", "unknown_format"):
         assert f"<h3>{reason}</h3>" in page, reason

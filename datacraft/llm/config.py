@@ -23,6 +23,7 @@ class EngineConfig(BaseModel):
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
+    cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads for the transformers engine (default: torch's)")
     # openai-compatible servers
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"

@@ -63,6 +63,10 @@ class TransformersEngine:
         self.config = config
         self.model = config.model
         self.device = pick_device(config.device)
+        if config.cpu_threads:
+            import torch
+
+            torch.set_num_threads(config.cpu_threads)
         self.lm, self.tokenizer = load_causal_lm(config.model, self.device, config.dtype)
         self.max_len = config.max_model_len or getattr(self.lm.config, "max_position_embeddings", None)
 

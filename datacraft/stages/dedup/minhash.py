@@ -1,0 +1,180 @@
+"""`near_dedup`: MinHash-LSH near-duplicate detection over character or word shingles.
+
+Each row's text (`text` view, lower-cased, whitespace collapsed) becomes a set of shingles (`char`
+k-grams, default 5, or `word` k-grams, default 3), hashed once (polars' vectorized hash) and turned
+into a `num_perm`-value MinHash signature with numpy: h_p(x) = (a_p·x + b_p) mod (2⁶¹ − 1), the
+minimum per row taken with `np.minimum.reduceat`. LSH: `bands` × `rows` (chosen so the S-curve's
+midpoint ≈ `threshold` when not given); rows sharing a band bucket are candidates, kept as an edge
+when their estimated Jaccard (signature agreement) ≥ `threshold`. Groups by union-find; the kept row
+is the best by `score` (else the longest); the others are dropped "near-duplicate" with detail
+"near-duplicate of <id> (jaccard=0.91)".
+
+Memory: signatures N × num_perm × 8 bytes (1M × 128 ≈ 1 GB) + the bucket table. Beam form: bucket
+keys hashed into `shards` partitions (GroupByKey), edges per shard, one resolve (see groups.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from datacraft.records import text_expr
+from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.dedup.groups import EDGE_SCHEMA, dedup_result, edge_dedup_beam, node_frame
+
+_PRIME = np.uint64((1 << 61) - 1)
+_SIG = "_minhash"
+
+
+class MinHashParams(StageParams):
+    text: Literal["instruction", "instruction_response", "response", "conversation"] = "instruction_response"
+    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity at or above which rows are duplicates")
+    shingle: Literal["char", "word"] = "char"
+    ngram: int | None = Field(None, ge=1, description="shingle size (default: 5 for char, 3 for word)")
+    num_perm: int = Field(128, ge=8, le=1024)
+    bands: int | None = Field(None, ge=1, description="LSH bands (default: chosen from the threshold)")
+    score: str | None = "quality"
+    grouping: Literal["union_find", "greedy"] = "union_find"
+    shards: int = Field(64, ge=1, description="Beam form: partitions of the bucket keys")
+    seed: int = 1
+
+
+def choose_bands(num_perm: int, threshold: float) -> tuple[int, int]:
+    """(bands, rows) with bands·rows ≤ num_perm whose S-curve midpoint (1/b)^(1/r) is nearest the threshold."""
+    best = (1, num_perm)
+    gap = float("inf")
+    for r in range(1, num_perm + 1):
+        b = num_perm // r
+        mid = (1.0 / b) ** (1.0 / r)
+        if abs(mid - threshold) < gap:
+            best, gap = (b, r), abs(mid - threshold)
+    return best
+
+
+def shingle_lists(texts: list[str], kind: str, k: int) -> list[list[str]]:
+    out = []
+    for t in texts:
+        t = re.sub(r"\s+", " ", t.lower()).strip()
+        if kind == "word":
+            w = t.split(" ")
+            sh = {" ".join(w[i : i + k]) for i in range(max(1, len(w) - k + 1))}
+        else:
+            sh = {t[i : i + k] for i in range(max(1, len(t) - k + 1))}
+        out.append(list(sh))
+    return out
+
+
+def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1, chunk_values: int = 8_000_000) -> np.ndarray:
+    """MinHash signatures (n, num_perm) uint64 (numpy-vectorized over all shingles of a chunk of rows)."""
+    k = ngram or (5 if shingle == "char" else 3)
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 1 << 31, num_perm, dtype=np.uint64)
+    b = rng.integers(0, 1 << 31, num_perm, dtype=np.uint64)
+    sig = np.empty((len(texts), num_perm), dtype=np.uint64)
+    sh = shingle_lists(texts, shingle, k)
+    lengths = np.array([len(s) for s in sh], dtype=np.int64)
+    start = 0
+    while start < len(texts):  # chunks of rows whose shingles × perms fit the value budget
+        stop, total = start, 0
+        while stop < len(texts) and (total == 0 or total + lengths[stop] * num_perm <= chunk_values):
+            total += lengths[stop] * num_perm
+            stop += 1
+        flat = pl.Series([x for s in sh[start:stop] for x in s], dtype=pl.Utf8).hash(seed=seed).to_numpy()
+        h = (flat & np.uint64(0xFFFFFFFF))[:, None]
+        vals = (h * a[None, :] + b[None, :]) % _PRIME
+        offsets = np.concatenate([[0], np.cumsum(lengths[start:stop])[:-1]])
+        sig[start:stop] = np.minimum.reduceat(vals, offsets, axis=0)
+        start = stop
+    return sig
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64 bucket keys: a hash of each band's `rows` signature values."""
+    keys = np.empty((sig.shape[0], bands), dtype=np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15)
+    for i in range(bands):
+        h = np.full(sig.shape[0], np.uint64(i + 1) * mult, dtype=np.uint64)
+        for v in sig[:, i * rows : (i + 1) * rows].T:
+            h = (h ^ v) * mult
+            h ^= h >> np.uint64(29)
+        keys[:, i] = h
+    return keys
+
+
+def candidate_edges(ids: list[str], sig: np.ndarray, keys: np.ndarray, threshold: float) -> pl.DataFrame:
+    """Rows sharing a bucket, linked to the bucket's first row when their estimated Jaccard ≥ threshold."""
+    n, bands = keys.shape
+    if n < 2:
+        return pl.DataFrame(schema=EDGE_SCHEMA)
+    table = pl.DataFrame({"band": np.repeat(np.arange(bands), n), "key": keys.T.ravel(), "ix": np.tile(np.arange(n), bands)})
+    heads = table.group_by(["band", "key"]).agg(pl.col("ix").min().alias("head"), pl.len().alias("size")).filter(pl.col("size") > 1)
+    pairs = table.join(heads, on=["band", "key"]).filter(pl.col("ix") != pl.col("head")).select("head", "ix").unique()
+    if pairs.height == 0:
+        return pl.DataFrame(schema=EDGE_SCHEMA)
+    h, i = pairs["head"].to_numpy(), pairs["ix"].to_numpy()
+    est = np.empty(len(h))
+    for s in range(0, len(h), 200_000):
+        est[s : s + 200_000] = (sig[h[s : s + 200_000]] == sig[i[s : s + 200_000]]).mean(axis=1)
+    ok = est >= threshold
+    arr = pl.Series(ids, dtype=pl.Utf8)
+    return pl.DataFrame({"a": arr.gather(h[ok]), "b": arr.gather(i[ok]), "sim": est[ok]}, schema=EDGE_SCHEMA)
+
+
+class MinHashDedupStage(GlobalStage):
+    name = "near_dedup"
+    Params = MinHashParams
+    params: MinHashParams
+
+    def bands_rows(self) -> tuple[int, int]:
+        p = self.params
+        if p.bands:
+            return p.bands, max(1, p.num_perm // p.bands)
+        return choose_bands(p.num_perm, p.threshold)
+
+    def signatures_of(self, frame: pl.DataFrame) -> np.ndarray:
+        p = self.params
+        texts = frame.select(text_expr(p.text).alias("t"))["t"].to_list()
+        return signatures(texts, num_perm=p.num_perm, shingle=p.shingle, ngram=p.ngram, seed=p.seed)
+
+    def process_all(self, frame: pl.DataFrame) -> StageResult:
+        if frame.height == 0:
+            return StageResult(kept=frame)
+        sig = self.signatures_of(frame)
+        edges = candidate_edges(frame["id"].to_list(), sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
+        nodes = node_frame(frame, self.params.score, self.params.text)
+        return dedup_result(self.label, frame, edges, nodes, self.params.threshold, "jaccard", grouping=self.params.grouping)
+
+    # -- scale-out --------------------------------------------------------------------------------
+    def _keyed(self, batch: pl.DataFrame, _facts: Any) -> Iterator[tuple[Any, pl.DataFrame]]:
+        sig = self.signatures_of(batch)
+        keys = band_keys(sig, *self.bands_rows())
+        slim = node_frame(batch, self.params.score, self.params.text).with_columns(pl.Series(_SIG, sig))
+        shard = (keys % np.uint64(self.params.shards)).astype(np.int64)
+        frame = slim.with_columns(pl.Series("_shard", [sorted(set(r)) for r in shard.tolist()], dtype=pl.List(pl.Int64))).explode("_shard")
+        for (key,), part in frame.group_by("_shard", maintain_order=True):
+            yield int(key), part.drop("_shard")
+
+    def _partition_edges(self, _key: Any, part: pl.DataFrame, _facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+        part = part.unique("id", keep="first", maintain_order=True)
+        sig = part[_SIG].to_numpy().astype(np.uint64)
+        edges = candidate_edges(part["id"].to_list(), sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
+        touched = pl.concat([edges["a"], edges["b"]]).unique()
+        return edges, part.drop(_SIG).filter(pl.col("id").is_in(touched.implode()))
+
+    def expand_beam(self, rows: Any) -> dict[str, Any]:
+        return edge_dedup_beam(
+            self,
+            rows,
+            prepare=lambda b: b,
+            facts=None,
+            keyed=self._keyed,
+            edges_of=self._partition_edges,
+            tau=self.params.threshold,
+            metric="jaccard",
+            grouping=self.params.grouping,
+        )

@@ -1,0 +1,110 @@
+"""`deita_select`: Deita's score-first, diversity-aware greedy filter (methods.md §6.2, the Repr Filter).
+
+Rows are sorted by a score (descending; default the product complexity × quality, the Evol score);
+a row is kept when its maximum cosine similarity to the rows already kept is ≤ `threshold` (0.9),
+until `budget` rows are kept. The kept set lives in a FAISS IndexFlatIP that grows as rows are
+accepted; candidates are checked in chunks against the index, and inside a chunk against the
+earlier accepted rows of the same chunk (the lower triangle), so the result equals the one-by-one
+loop. Unlike distilabel's DeitaFiltering the comparison is with the *kept* pool, not the whole set.
+
+Reads `embedding` (or embeds `text`), the score columns; dropped rows: "too similar" (detail
+"cos=0.95 to <id>") or "not selected (budget)". Memory: the vectors + the kept index (budget × d).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from datacraft.embed import ensure_embeddings
+from datacraft.records import SCORE_PREFIX, concat_batches, set_scores, with_drop
+from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.select.submodular import resolve_budget
+
+
+def deita_filter(x: np.ndarray, order: np.ndarray, threshold: float = 0.9, budget: int | None = None, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy repr filter. Returns (kept indices in acceptance order, each row's max cos to the kept
+    set when it was examined (nan if never examined), index of that most similar kept row (-1))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    budget = n if budget is None else budget
+    index = faiss.IndexFlatIP(x.shape[1])
+    kept: list[int] = []
+    best = np.full(n, np.nan)
+    nearest = np.full(n, -1, dtype=np.int64)
+    pos = 0
+    while pos < n and len(kept) < budget:
+        cand = order[pos : pos + chunk]
+        pos += len(cand)
+        if index.ntotal:
+            s, i = index.search(x[cand], 1)
+            cur_s, cur_i = s[:, 0].astype(np.float64), np.asarray(kept)[i[:, 0]]
+        else:
+            cur_s, cur_i = np.full(len(cand), -np.inf), np.full(len(cand), -1)
+        within = x[cand] @ x[cand].T
+        accepted: list[int] = []
+        for a, row in enumerate(cand):
+            if len(kept) + len(accepted) >= budget:
+                break
+            s_a, i_a = cur_s[a], cur_i[a]
+            for b in accepted:
+                if within[a, b] > s_a:
+                    s_a, i_a = float(within[a, b]), cand[b]
+            best[row], nearest[row] = s_a, i_a
+            if s_a <= threshold:
+                accepted.append(a)
+        if accepted:
+            index.add(x[cand[accepted]])
+            kept.extend(int(cand[a]) for a in accepted)
+    return np.asarray(kept, dtype=np.int64), best, nearest
+
+
+class DeitaParams(StageParams):
+    budget: float = Field(0.1, gt=0, description="rows to keep: a count (≥ 1) or a fraction (< 1)")
+    threshold: float = Field(0.9, gt=0, le=1, description="τ: keep a row only if its max cosine to the kept set ≤ τ")
+    scores: list[str] = Field(default_factory=lambda: ["complexity", "quality"], description="score names multiplied into the sort key")
+    text: Literal["instruction", "instruction_response", "response", "conversation"] = "conversation"
+    kind: Literal["sentence-transformers", "static"] | None = None
+    model: str | None = None
+
+
+class DeitaSelectStage(GlobalStage):
+    name = "deita_select"
+    Params = DeitaParams
+    params: DeitaParams
+
+    def sort_key(self, frame: pl.DataFrame) -> np.ndarray:
+        """Product of the configured scores (missing scores count as 1; all missing: input order)."""
+        key = np.ones(frame.height)
+        for name in self.params.scores:
+            col = SCORE_PREFIX + name
+            if col in frame.columns:
+                key = key * frame[col].cast(pl.Float64).fill_null(0.0).to_numpy()
+        return key
+
+    def process_all(self, frame: pl.DataFrame) -> StageResult:
+        if frame.height == 0:
+            return StageResult(kept=frame)
+        x = ensure_embeddings(frame, self.context, self.params.text, self.params.kind, self.params.model)
+        key = self.sort_key(frame)
+        order = np.lexsort((np.arange(frame.height), -key))
+        budget = resolve_budget(self.params.budget, frame.height)
+        kept_idx, best, nearest = deita_filter(x, order, self.params.threshold, budget)
+        rank = np.full(frame.height, np.nan)
+        rank[kept_idx] = np.arange(1, len(kept_idx) + 1)
+        scored = set_scores(frame, {f"{self.label}_rank": rank, "evol_score": key} if len(self.params.scores) > 1 else {f"{self.label}_rank": rank})
+        keep = np.zeros(frame.height, dtype=bool)
+        keep[kept_idx] = True
+        similar = ~keep & np.isfinite(best) & (best > self.params.threshold)
+        ids = np.asarray(frame["id"].to_list(), dtype=object)
+        detail = [f"cos={best[i]:.3f} to {ids[nearest[i]]}" for i in np.nonzero(similar)[0]]
+        too_similar = with_drop(scored.filter(pl.Series(similar)), self.label, "too similar", pl.Series(detail, dtype=pl.Utf8))
+        rest = ~keep & ~similar
+        over = with_drop(scored.filter(pl.Series(rest)), self.label, "not selected (budget)", f"budget {budget} reached")
+        extras: dict[str, Any] = {"deita": {"rows_in": frame.height, "selected": int(len(kept_idx)), "too_similar": int(similar.sum()), "threshold": self.params.threshold}}
+        kept = scored.filter(pl.Series(keep)).sort(f"{SCORE_PREFIX}{self.label}_rank")
+        return StageResult(kept=kept, dropped=concat_batches([too_similar, over]), extras=extras)
