@@ -81,9 +81,22 @@ def content_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.blake2b(blob, digest_size=length // 2).hexdigest()
 
 
+def _render_for_id(messages: Sequence[Mapping[str, str]] | None) -> str:
+    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages or ())
+
+
+def text_id(text: str) -> str:
+    """The id of a canonical rendering (see `row_id_for`); 16 hex digits of blake2b."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
 def row_id_for(messages: Sequence[Mapping[str, str]], chosen: Any = None, rejected: Any = None) -> str:
-    """Content hash id for an input row without a source id."""
-    return content_hash([(m["role"], m["content"]) for m in messages], chosen, rejected)
+    """Content hash id for an input row without a source id: blake2b of the turns rendered as
+    role\x1fcontent joined by \x1e (chosen / rejected appended after \x1d)."""
+    text = _render_for_id(messages)
+    if chosen is not None or rejected is not None:
+        text += "\x1d" + _render_for_id(chosen) + "\x1d" + _render_for_id(rejected)
+    return text_id(text)
 
 
 def derived_id(parent_ids: Sequence[str], method: str, content: str = "") -> str:

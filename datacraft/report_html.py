@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datacraft.inspect import KEPT, RunFolder, iter_row_chunks, row_scores, row_texts, truncate
+from datacraft.inspect import KEPT, RunFolder, iter_jsonl, iter_row_chunks, row_scores, row_texts, truncate
+from datacraft.records import SCORE_PREFIX
 
 EXAMPLES_PER_REASON = 3
 MAX_POINTS = 3000
@@ -54,8 +55,8 @@ class RunFacts:
 
     report: dict[str, Any]
     config_text: str | None
-    scores_all: dict[str, list[float]] = field(default_factory=dict)
-    scores_kept: dict[str, list[float]] = field(default_factory=dict)
+    scores_all: dict[str, np.ndarray] = field(default_factory=dict)
+    scores_kept: dict[str, np.ndarray] = field(default_factory=dict)
     examples: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     points: list[tuple[np.ndarray, str]] = field(default_factory=list)
     previews: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -79,37 +80,52 @@ def _referenced_ids(report: Mapping[str, Any]) -> set[str]:
 
 
 class _Collector:
+    """Folds row files into `RunFacts`. Parquet and JSONL files are read column-wise by polars (scores,
+    ids, drop reasons); only the few rows shown (examples, sampled embeddings, rows named in extras)
+    are turned into Python dicts. JSONL that polars cannot read falls back to a per-row pass."""
+
     def __init__(self, facts: RunFacts, expected_rows: int, wanted_ids: set[str], seed: int = 0) -> None:
         self.facts = facts
         self.fraction = min(1.0, MAX_POINTS / max(1, expected_rows))
         self.wanted = wanted_ids
         self.rng = random.Random(seed)
+        self.chunks_all: dict[str, list[np.ndarray]] = {}
+        self.chunks_kept: dict[str, list[np.ndarray]] = {}
+        self.n_all: dict[str, int] = {}
+        self.n_kept: dict[str, int] = {}
 
-    def _score(self, name: str, value: float, kept: bool) -> None:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return
-        bucket = self.facts.scores_all.setdefault(name, [])
-        if len(bucket) < MAX_SCORE_VALUES:
-            bucket.append(float(value))
-        if kept:
-            kb = self.facts.scores_kept.setdefault(name, [])
-            if len(kb) < MAX_SCORE_VALUES:
-                kb.append(float(value))
+    def add_scores(self, name: str, values: Sequence[float] | np.ndarray, kept: bool) -> None:
+        arr = np.asarray([np.nan if v is None else v for v in values] if isinstance(values, list) else values, dtype=np.float64)
+        arr = arr[~np.isnan(arr)]
+        for target, counts in ((self.chunks_all, self.n_all), *(((self.chunks_kept, self.n_kept),) if kept else ())):
+            room = MAX_SCORE_VALUES - counts.get(name, 0)
+            if room > 0 and arr.size:
+                target.setdefault(name, []).append(arr[:room])
+                counts[name] = counts.get(name, 0) + min(room, arr.size)
 
-    def add_row(self, row: Mapping[str, Any], status: str) -> None:
-        kept = status == KEPT
-        for name, value in row_scores(row).items():
-            self._score(name, value, kept)
+    def finish(self) -> None:
+        """Concatenate the score chunks into one array per score."""
+        self.facts.scores_all = {k: np.concatenate(v) for k, v in self.chunks_all.items()}
+        self.facts.scores_kept = {k: np.concatenate(v) for k, v in self.chunks_kept.items()}
+
+    def add_row(self, row: Mapping[str, Any], status: str, sampled: bool | None = None) -> None:
+        """One row in written layout (the per-row path): scores, example, embedding, preview."""
+        if sampled is None:
+            for name, value in row_scores(row).items():
+                self.add_scores(name, [value], status == KEPT)
+            sampled = self.rng.random() < self.fraction
+        self._show(row, status, sampled)
+
+    def _show(self, row: Mapping[str, Any], status: str, sampled: bool) -> None:
         emb = row.get("embedding")
-        label = KEPT if kept else str(row.get("drop_stage") or "dropped")
-        if emb is not None and len(emb) and self.rng.random() < self.fraction:
+        if sampled and emb is not None and len(emb):
+            label = KEPT if status == KEPT else str(row.get("drop_stage") or "dropped")
             self.facts.points.append((np.asarray(emb, dtype=np.float32), label))
-        rid = str(row.get("id"))
-        if not kept:
-            key = (str(row.get("drop_stage")), str(row.get("drop_reason")))
-            bucket = self.facts.examples.setdefault(key, [])
+        if status != KEPT:
+            bucket = self.facts.examples.setdefault((str(row.get("drop_stage")), str(row.get("drop_reason"))), [])
             if len(bucket) < EXAMPLES_PER_REASON:
                 bucket.append(self._preview(row, status))
+        rid = str(row.get("id"))
         if rid in self.wanted and rid not in self.facts.previews:
             self.facts.previews[rid] = self._preview(row, status)
 
@@ -125,10 +141,30 @@ class _Collector:
             "stage": row.get("drop_stage"),
         }
 
+    def _columns(self, df: pl.DataFrame, status: str) -> list[int]:
+        """Scores of a frame (id, scores struct, drop_*), and the row indices worth reading whole."""
+        if "scores" in df.columns and isinstance(df.schema["scores"], pl.Struct):
+            for f in df.schema["scores"].fields:
+                self.add_scores(f.name, df["scores"].struct.field(f.name).cast(pl.Float64).fill_null(np.nan).to_numpy(), status == KEPT)
+        idx = df.with_row_index("_i")
+        picks: set[int] = set()
+        if status != KEPT and {"drop_stage", "drop_reason"} <= set(df.columns):
+            picks.update(idx.group_by("drop_stage", "drop_reason", maintain_order=True).head(EXAMPLES_PER_REASON)["_i"].to_list())
+        if "id" in df.columns and self.wanted:
+            picks.update(idx.filter(pl.col("id").cast(pl.Utf8).is_in(sorted(self.wanted)))
+                         .unique("id", keep="first")["_i"].to_list())
+        return sorted(picks)
+
+    def _sample(self, n: int) -> set[int]:
+        return {i for i in range(n) if self.rng.random() < self.fraction} if self.fraction < 1 else set(range(n))
+
     def add_file(self, path: str, status: str) -> int:
-        """Stream one file; Parquet output files are read column-wise (no per-row Python for scores)."""
-        if path.endswith(".parquet") and status == KEPT:
-            return self._add_parquet_kept(path)
+        """Stream one file into the facts; returns its number of rows."""
+        if path.endswith(".parquet"):
+            return self._add_parquet(path, status)
+        n = self._add_jsonl_columnar(path, status)
+        if n is not None:
+            return n
         n = 0
         for chunk in iter_row_chunks(path, _ROW_COLUMNS):
             for row in chunk:
@@ -136,30 +172,48 @@ class _Collector:
             n += len(chunk)
         return n
 
-    def _add_parquet_kept(self, path: str) -> int:
+    def _add_parquet(self, path: str, status: str) -> int:
         lf = pl.scan_parquet(path)
         names = lf.collect_schema().names()
-        n = lf.select(pl.len()).collect().item()
-        if "scores" in names:
-            scores = lf.select(pl.col("scores")).collect()["scores"]
-            if isinstance(scores.dtype, pl.Struct):
-                for f in scores.dtype.fields:
-                    vals = scores.struct.field(f.name).cast(pl.Float64).drop_nulls().drop_nans().to_list()
-                    for v in vals:
-                        self._score(f.name, v, True)
-        if "embedding" in names and n:
-            frac = self.fraction
-            emb = lf.select("embedding").collect()["embedding"]
-            emb = emb.sample(fraction=frac, seed=0) if frac < 1 else emb
-            for v in emb.drop_nulls().to_list():
-                if v:
-                    self.facts.points.append((np.asarray(v, dtype=np.float32), KEPT))
-        if "id" in names and self.wanted:
-            cols = [c for c in _ROW_COLUMNS if c in names and c != "embedding"]
-            hits = lf.filter(pl.col("id").is_in(sorted(self.wanted))).select(cols).collect().to_dicts()
-            for row in hits:
-                self.facts.previews.setdefault(str(row["id"]), self._preview(row, KEPT))
-        return n
+        cheap = [c for c in ("id", "scores", "drop_stage", "drop_reason") if c in names]
+        df = lf.select(cheap).collect() if cheap else pl.DataFrame({"_n": [0] * lf.select(pl.len()).collect().item()})
+        picks = set(self._columns(df, status))
+        sampled = self._sample(df.height) if "embedding" in names else set()
+        rows = sorted(picks | sampled)
+        if rows:
+            cols = [c for c in _ROW_COLUMNS if c in names]
+            frame = lf.with_row_index("_i").filter(pl.col("_i").is_in(rows)).select(["_i", *cols]).collect()
+            for row in frame.iter_rows(named=True):
+                self._show(row, status, row["_i"] in sampled)
+        return df.height
+
+    def _add_jsonl_columnar(self, path: str, status: str) -> int | None:
+        """JSONL read by polars with a schema of the cheap fields; None when polars cannot read it."""
+        head = next(iter_row_chunks(path, chunk_rows=1000), [])
+        if not head or any(k.startswith(SCORE_PREFIX) for rec in head[:50] for k in rec):
+            return None
+        keys = list(dict.fromkeys(k for rec in head if isinstance(rec.get("scores"), Mapping) for k in rec["scores"]))
+        schema: dict[str, Any] = {"id": pl.Utf8, "drop_stage": pl.Utf8, "drop_reason": pl.Utf8}
+        if keys:
+            schema["scores"] = pl.Struct({k: pl.Float64 for k in keys})
+        try:
+            df = pl.scan_ndjson(path, schema=schema).collect()
+        except Exception:  # noqa: BLE001 - any polars parse problem: use the per-row path
+            return None
+        picks = set(self._columns(df, status))
+        sampled = self._sample(df.height) if any("embedding" in rec for rec in head) else set()
+        wanted = picks | sampled
+        if wanted:
+            for i, (_n, line) in enumerate(iter_jsonl(path)):
+                if i in wanted:
+                    rec = json.loads(line)
+                    if i in picks and str(rec.get("id")) != df["id"][i]:
+                        continue  # line numbering differs from polars' (odd blank lines): skip rather than mislabel
+                    self._show(rec, status, i in sampled)
+                    wanted.discard(i)
+                    if not wanted:
+                        break
+        return df.height
 
 
 def collect_facts(run_dir: str) -> RunFacts:
@@ -179,6 +233,7 @@ def collect_facts(run_dir: str) -> RunFacts:
             facts.output_files += 1
         else:
             facts.rows_dropped_files += n
+    col.finish()
     return facts
 
 
@@ -316,7 +371,7 @@ def funnel_svg(stages: Sequence[Mapping[str, Any]]) -> str:
     return "".join(parts)
 
 
-def histogram_svg(name: str, before: Sequence[float], after: Sequence[float]) -> str:
+def histogram_svg(name: str, before: np.ndarray, after: np.ndarray) -> str:
     """Overlaid histograms of one score: all rows that had it (before) and the kept rows (after)."""
     fig = _fig(4.2, 2.5)
     ax = fig.add_subplot(111)
@@ -325,9 +380,12 @@ def histogram_svg(name: str, before: Sequence[float], after: Sequence[float]) ->
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.linspace(lo, hi, HIST_BINS + 1)
-    ax.hist(before, bins=bins, color=MUTED, label=f"before ({len(before):,})", edgecolor="white", linewidth=0.4)
-    if len(after):
-        ax.hist(after, bins=bins, color=KEPT_COLOR, alpha=0.85, label=f"kept ({len(after):,})", edgecolor="white", linewidth=0.4)
+    width = bins[1] - bins[0]
+    for values, color, label, alpha in ((before, MUTED, "before", 1.0), (after, KEPT_COLOR, "kept", 0.85)):
+        if len(values):
+            counts, _ = np.histogram(values, bins=bins)
+            ax.bar(bins[:-1], counts, width=width, align="edge", color=color, alpha=alpha, edgecolor="white",
+                   linewidth=0.4, label=f"{label} ({len(values):,})")
     ax.legend(frameon=False, fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, borderaxespad=0.2)
     ax.set_ylabel("rows", fontsize=9, color="#475569")
     return fig_svg(fig)
@@ -544,15 +602,17 @@ def drops_section(report: Mapping[str, Any], facts: RunFacts) -> str:
 
 
 def scores_section(facts: RunFacts) -> str:
-    if not facts.scores_all:
+    if not any(len(v) for v in facts.scores_all.values()):
         return _section("scores", "Scores", '<div class="card note">No row in this run carries a score.</div>')
     cards = []
     for name in sorted(facts.scores_all):
         before = facts.scores_all[name]
-        after = facts.scores_kept.get(name, [])
+        if not len(before):
+            continue
+        after = facts.scores_kept.get(name, np.empty(0))
         sub = (
             f"median {np.median(before):.3g} → {np.median(after):.3g} · {len(after):,}/{len(before):,} kept"
-            if after
+            if len(after)
             else f"median {np.median(before):.3g} · none kept"
         )
         cards.append(_card(name, f'<div class="chart">{histogram_svg(name, before, after)}</div>', "", sub))

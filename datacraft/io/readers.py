@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from datacraft.io.formats import FORMATS, RecordError, describe_unknown, detect_format, to_row
-from datacraft.records import batch_from_rows, from_output_frame, make_row, with_drop
+from datacraft.records import batch_from_rows, concat_batches, from_output_frame, make_row, with_drop
 
 READ_STAGE = "read"
 SPLIT_BYTES = 64 * 1024 * 1024
@@ -206,9 +206,48 @@ def _resolve(where: str) -> str:
     return where.resolve() if isinstance(where, _LazyWhere) else where
 
 
+def _read_line(builder: _BatchBuilder, line: bytes, where: str) -> None:
+    """The per-record path: decode, parse, convert, or drop with the exact reason."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        builder.drop_raw(where, "malformed", f"not UTF-8 (byte {err.start})", line[:2000].decode("utf-8", "replace"))
+        return
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        builder.drop_raw(where, "malformed", f"invalid JSON: {err.msg} at column {err.colno}", text)
+        return
+    builder.add(record, where, len(text))
+
+
 def read_jsonl(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-    builder = _BatchBuilder(options, os.path.basename(task.path))
+    """Stream a JSONL task in chunks of `batch_size` lines: the vectorized fast path first, the
+    per-record path for whatever it hands back."""
+    from datacraft.io.fast import convert_chunk
+
+    source = os.path.basename(task.path)
+    builder = _BatchBuilder(options, source)
+    chunk: list[tuple[bytes, str]] = []
     seen = 0
+
+    def flush_chunk() -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+        fast_lines = [(line, where) for line, where in chunk if len(line) <= options.max_row_chars]
+        converted = None
+        if len(fast_lines) == len(chunk) and options.format in ("auto", "alpaca", "completion"):
+            converted = convert_chunk([line for line, _ in fast_lines], options.format, source, options.task_field)
+        if converted is None:
+            for line, where in chunk:
+                _read_line(builder, line, where)
+        else:
+            kept, slow = converted
+            for i in slow:
+                _read_line(builder, *chunk[i])
+            rest = builder.flush()
+            extra_kept, dropped = rest if rest else (kept.head(0), batch_from_rows([]))
+            yield concat_batches([kept, extra_kept]) if extra_kept.height else kept, dropped
+        chunk.clear()
+
     for line, where in _iter_jsonl_lines(task):
         stripped = line.strip()
         if not stripped:
@@ -216,21 +255,15 @@ def read_jsonl(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFr
         if options.limit is not None and seen >= options.limit:
             break
         seen += 1
-        try:
-            text = stripped.decode("utf-8")
-        except UnicodeDecodeError as err:
-            builder.drop_raw(_resolve(where), "malformed", f"not UTF-8 (byte {err.start})", stripped[:2000].decode("utf-8", "replace"))
-        else:
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                builder.drop_raw(_resolve(where), "malformed", f"invalid JSON: {err.msg} at column {err.colno}", text)
-            else:
-                builder.add(record, where, len(text))
-        if builder.full():
-            out = builder.flush()
-            if out:
-                yield out
+        chunk.append((stripped, where))
+        if len(chunk) >= options.batch_size:
+            yield from flush_chunk()
+            if builder.full():
+                out = builder.flush()
+                if out:
+                    yield out
+    if chunk:
+        yield from flush_chunk()
     out = builder.flush()
     if out:
         yield out
@@ -304,8 +337,6 @@ def read_task(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFra
 
 def read_all(path: str, options: ReadOptions | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read a whole source into (kept, dropped) frames — for tests and small inputs."""
-    from datacraft.records import concat_batches
-
     options = options or ReadOptions()
     kept, dropped = [], []
     for task in plan_reads(path):

@@ -86,9 +86,10 @@ def validate_json(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | None
 class LLMClient:
     """Cache + one batched engine call + validation. See the module docstring."""
 
-    def __init__(self, config: EngineConfig, cache_dir: str | None = None) -> None:
+    def __init__(self, config: EngineConfig, cache_dir: str | None = None, *, engine: Engine | None = None) -> None:
         self.config = config
-        self._engine: Engine | None = None
+        self._engine: Engine | None = engine
+        self._owns_engine = engine is None  # a given engine is shared; its owner closes it
         self.cache: LLMCache | None = None
         if config.cache:
             path = config.cache_path or (str(Path(cache_dir) / "llm_cache.sqlite") if cache_dir else None)
@@ -111,7 +112,10 @@ class LLMClient:
         return out
 
     def key(self, request: Request) -> str:
-        return request_key(self.config.engine, self.config.model, request)
+        engine = self.config.engine
+        if engine == "openai":  # two servers may serve different models under one name
+            engine = f"openai@{self.config.base_url or ''}"
+        return request_key(engine, self.config.model, request)
 
     def _normalize(self, request: Request) -> Request:
         sp = request.sampling
@@ -205,9 +209,9 @@ class LLMClient:
         return dataclasses.replace(request, messages=messages)
 
     def close(self) -> None:
-        if self._engine is not None:
+        if self._engine is not None and self._owns_engine:
             self._engine.close()
-            self._engine = None
+        self._engine = None
         if self.cache is not None:
             self.cache.close()
             self.cache = None

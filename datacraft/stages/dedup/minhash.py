@@ -98,7 +98,7 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     keys = np.empty((sig.shape[0], bands), dtype=np.uint64)
     mult = np.uint64(0x9E3779B97F4A7C15)
     for i in range(bands):
-        h = np.full(sig.shape[0], np.uint64(i + 1) * mult, dtype=np.uint64)
+        h = np.full(sig.shape[0], ((i + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
         for v in sig[:, i * rows : (i + 1) * rows].T:
             h = (h ^ v) * mult
             h ^= h >> np.uint64(29)

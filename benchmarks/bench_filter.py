@@ -1,0 +1,117 @@
+"""read → heuristics → exact dedup → write over N rows: the datacraft pipeline vs the same work in plain polars.
+
+Rows are real instruction rows (../shared/data, Apache/MIT files) repeated with perturbations so that
+~20% are exact duplicates after normalization. Both sides read the same JSONL, compute the same
+heuristic scores, drop the same duplicates and write Parquet. Goal: ratio ≤ 2× polars.
+
+    python benchmarks/bench_filter.py            # 1,000,000 rows
+    python benchmarks/bench_filter.py --quick    # 100,000 rows
+Last line: {"benchmark": "filter", "rows": N, "ratio_vs_polars": R, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "sft"
+SOURCES = [
+    "llamafactory_alpaca_en_demo.jsonl",
+    "selfinstruct_user_oriented.jsonl",
+    "gpteacher_roleplay.jsonl",
+    "gpteacher_codegen.jsonl",
+    "t0_per_template_subset.part00.jsonl",
+]
+
+
+def make_corpus(path: Path, n: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    base = []
+    for name in SOURCES:
+        src = SHARED / name
+        if not src.exists():
+            src = ROOT / "tests" / "data" / "alpaca_llamafactory_200.jsonl"
+        for line in src.read_text(encoding="utf-8").split("\n"):
+            if line.strip():
+                r = json.loads(line)
+                base.append({"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]})
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            r = dict(base[rng.randrange(len(base))])
+            if rng.random() > 0.2:  # ~80% unique variants, ~20% exact repeats of a base row
+                r["instruction"] = f"{r['instruction']} (variant {i})"
+            r["id"] = f"row{i}"
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def run_polars(src: Path, out: Path) -> int:
+    from datacraft.stages.score.heuristics import ALL_SCORES, heuristic_exprs
+
+    df = pl.read_ndjson(src)
+    user = pl.when(pl.col("input").str.strip_chars() != "").then(pl.concat_str("instruction", pl.lit("\n\n"), "input")).otherwise(pl.col("instruction"))
+    df = df.with_columns(user.alias("_ins"), pl.col("output").alias("_res")).with_columns(heuristic_exprs(list(ALL_SCORES)))
+    key = pl.col("_ins").str.to_lowercase().str.replace_all(r"[^\w\s]", "").str.replace_all(r"\s+", " ").str.strip_chars().hash(seed=0)
+    df = (
+        df.with_columns(key.alias("_hash"), pl.col("_res").str.len_chars().alias("_rank"))
+        .sort(["_hash", "_rank", "id"], descending=[False, True, False])
+        .unique("_hash", keep="first", maintain_order=True)
+        .drop("_ins", "_res", "_hash", "_rank")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(out / "train-00000-of-00001.parquet")
+    return df.height
+
+
+def run_datacraft(src: Path, out: Path) -> int:
+    from datacraft.config import load_config
+    from pipelines.curate import run_config
+
+    config = load_config(
+        data={
+            "name": "bench-filter",
+            "input": {"path": str(src), "batch_size": 16384},
+            "stages": [{"name": "heuristics"}, {"name": "exact_dedup", "text": "instruction"}],
+            "output": {"path": str(out), "format": "parquet", "shard_rows": 2_000_000},
+        }
+    )
+    report = run_config(config)
+    assert report["ledger_ok"], report["ledger_problems"]
+    return report["rows_out"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n = 100_000 if args.quick else args.rows
+    tmp = Path(tempfile.mkdtemp(prefix="bench_filter_"))
+    try:
+        src = tmp / "corpus.jsonl"
+        t0 = time.perf_counter()
+        make_corpus(src, n)
+        print(f"corpus: {n} rows, {src.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s")
+        t0 = time.perf_counter()
+        kept_polars = run_polars(src, tmp / "polars")
+        t_polars = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        kept_dc = run_datacraft(src, tmp / "datacraft")
+        t_dc = time.perf_counter() - t0
+        print(f"polars:    {t_polars:7.1f} s  {n / t_polars:10,.0f} rows/s  kept {kept_polars}")
+        print(f"datacraft: {t_dc:7.1f} s  {n / t_dc:10,.0f} rows/s  kept {kept_dc}")
+        assert kept_polars == kept_dc, "both sides must keep the same rows"
+        print(json.dumps({"benchmark": "filter", "rows": n, "seconds_polars": round(t_polars, 2), "seconds_datacraft": round(t_dc, 2), "ratio_vs_polars": round(t_dc / t_polars, 2)}))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""A thin stage over TRL's SFTTrainer / DPOTrainer that starts from a finished run folder.
+
+    config (YAML) → read rows → export to TRL format (Hub-layout Parquet, invalid pairs dropped)
+                  → SFTTrainer | DPOTrainer (optional LoRA via peft) → trained model
+                  + `trl_config.json` (the TRL config used)
+                  + `trl_<kind>.yaml` (a config that `trl sft --config …` / `trl dpo --config …` accepts)
+                  + `train_report.json` (losses, steps/s, rows, drops)
+
+The model is a Hub name, a local path, or `embedded` (SmolLM2-135M-Instruct, converted once to a
+local checkpoint by `datacraft.llm.models.resolve_model`). The trainer gets the model *path*, so
+DPO's reference model is loaded from the same path (TRL reloads it from the original path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from datacraft.train.export import DecontaminateParams, ExportResult, export_frame, write_dropped_jsonl
+
+Kind = Literal["sft", "dpo"]
+
+
+class TrainError(ValueError):
+    """A training request that cannot run (bad config, no usable rows); raised before training."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LoraOptions(_Strict):
+    """LoRA adapters through peft (TRL's `use_peft` / `lora_*` options)."""
+
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainConfig(_Strict):
+    """The YAML of `datacraft train sft|dpo` (see configs/train_sft.yaml). `trl` holds any
+    SFTConfig / DPOConfig field and is passed through unchanged."""
+
+    kind: Kind = "sft"
+    model: str = Field("embedded", description="Hub name, local path, or `embedded` (SmolLM2-135M-Instruct)")
+    data: str | None = Field(None, description="a run folder (with report.json), an export folder, or a JSONL/Parquet file")
+    output_dir: str = "ckpt/sft"
+    sft_style: Literal["messages", "prompt_completion"] = "messages"
+    test_size: float | None = Field(None, ge=0, description="fraction (< 1) or count of rows held out as `test`")
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="use only the first N usable rows (a dry look)")
+    decontaminate: DecontaminateParams | None = None
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    trl: dict[str, Any] = Field(default_factory=dict)
+
+
+#: datacraft's defaults under the user's `trl:` section (a short, logged, no-checkpoint run)
+_TRL_DEFAULTS: dict[str, Any] = {
+    "logging_steps": 1,
+    "report_to": "none",
+    "save_strategy": "no",
+    "num_train_epochs": 1,
+}
+
+
+def load_train_config(path: str | Path | None, kind: Kind, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a train YAML (or defaults), force `kind`, apply flat overrides (`trl.max_steps=5` style keys)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise TrainError(f"{path}: a train config must be a YAML mapping")
+        raw = loaded
+    if raw.get("kind", kind) != kind:
+        raise TrainError(f"{path}: config is for kind {raw['kind']!r}, but `datacraft train {kind}` was run")
+    raw["kind"] = kind
+    raw.setdefault("output_dir", f"ckpt/{kind}")
+    for key, value in (overrides or {}).items():
+        target = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise TrainError(f"{path or 'train config'}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def read_rows(path: str) -> pl.DataFrame:
+    """Rows of a run folder (its `data/`), an export folder, or any readable file, in batch layout."""
+    from datacraft.io.readers import read_all
+
+    p = Path(path)
+    if not p.exists():
+        raise TrainError(f"{path}: no such file or folder")
+    if p.is_dir() and (p / "report.json").exists() and (p / "data").is_dir():
+        p = p / "data"
+    kept, _dropped = read_all(str(p))
+    return kept
+
+
+def prepare_data(config: TrainConfig, rows: pl.DataFrame | None = None) -> ExportResult:
+    """Export the rows to `<output_dir>/data/<kind>/<split>-*.parquet`; dropped rows to `data/dropped.jsonl`."""
+    if rows is None:
+        if not config.data:
+            raise TrainError("no training data: set `data:` in the config or pass --data")
+        rows = read_rows(config.data)
+    if config.limit is not None:
+        rows = rows.head(config.limit)
+    folder = Path(config.output_dir) / "data"
+    result = export_frame(
+        rows, folder, kinds=[config.kind], sft_style=config.sft_style, test_size=config.test_size or None, seed=config.seed,
+        decontaminate=config.decontaminate,
+    )
+    if result.dropped.height:
+        write_dropped_jsonl(result.dropped, folder / "dropped.jsonl")
+    n_train = result.rows.get(config.kind, {}).get("train", 0)
+    if n_train == 0:
+        raise TrainError(f"no usable {config.kind} rows after export (dropped: {result.drop_counts()})")
+    return result
+
+
+def _data_files(result: ExportResult, kind: str) -> dict[str, list[str]]:
+    return {split: [str((result.folder / rel).resolve()) for rel in rels] for split, rels in result.files[kind].items()}
+
+
+def load_split(result: ExportResult, kind: str, split: str) -> Any:
+    """A `datasets.Dataset` of one exported split holding only TRL's columns."""
+    from datasets import load_dataset
+
+    files = _data_files(result, kind)
+    ds = load_dataset("parquet", data_files={split: files[split]}, split=split)
+    return ds.select_columns(result.columns[kind])
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL objects
+
+
+def on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def trl_args(config: TrainConfig) -> Any:
+    """SFTConfig / DPOConfig from datacraft defaults + the user's `trl:` section (CPU: no bf16)."""
+    from trl import DPOConfig, SFTConfig
+
+    values: dict[str, Any] = {**_TRL_DEFAULTS, **config.trl, "output_dir": config.output_dir, "seed": config.seed}
+    if on_cpu():
+        values.setdefault("use_cpu", True)
+        values.setdefault("bf16", False)
+        values.setdefault("model_init_kwargs", {"dtype": "float32"})
+        values.setdefault("gradient_checkpointing", False)  # memory is not the limit on CPU; recompute is
+    cls = SFTConfig if config.kind == "sft" else DPOConfig
+    try:
+        return cls(**values)
+    except TypeError as err:  # unknown field
+        raise TrainError(f"trl: {err} (see the {cls.__name__} reference)") from None
+
+
+def peft_config(config: TrainConfig) -> Any:
+    if not config.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules, task_type="CAUSAL_LM",
+    )
+
+
+def trl_cli_config(config: TrainConfig, model_path: str, result: ExportResult) -> dict[str, Any]:
+    """The YAML mapping `trl sft|dpo --config FILE` accepts: ScriptArguments + SFTConfig/DPOConfig +
+    ModelConfig + DatasetMixtureConfig fields, pointing at the exported Parquet shards."""
+    files = _data_files(result, config.kind)
+    out: dict[str, Any] = {
+        "model_name_or_path": model_path,
+        "output_dir": config.output_dir,
+        "seed": config.seed,
+        "datasets": [{"path": "parquet", "data_files": files["train"], "split": "train", "columns": result.columns[config.kind]}],
+    }
+    out.update({**_TRL_DEFAULTS, **config.trl})
+    if on_cpu():
+        out.setdefault("use_cpu", True)
+        out.setdefault("bf16", False)
+        out.setdefault("dtype", "float32")
+        out.setdefault("gradient_checkpointing", False)
+    out.pop("model_init_kwargs", None)  # ModelConfig's fields (dtype, …) carry it on the CLI
+    if config.lora.enabled:
+        out.update(
+            use_peft=True, lora_r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+            lora_target_modules=config.lora.target_modules,
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: paths, per-step losses, speed, the export summary."""
+
+    kind: str
+    output_dir: Path
+    model_path: str
+    losses: list[float]
+    steps: int
+    seconds: float
+    export: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+    eval_loss: float | None = None
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "output_dir": str(self.output_dir), "model": self.model_path, "losses": self.losses,
+            "steps": self.steps, "seconds": round(self.seconds, 2), "steps_per_second": round(self.steps_per_second, 4),
+            "eval_loss": self.eval_loss, "export": self.export, "files": self.files,
+        }
+
+
+def _loss_callback(losses: list[float]) -> Any:
+    from transformers import TrainerCallback
+
+    class _Losses(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    return _Losses()
+
+
+def build_trainer(config: TrainConfig, result: ExportResult, model_path: str, callbacks: Sequence[Any] = ()) -> Any:
+    """An SFTTrainer / DPOTrainer over the exported train (and test) split."""
+    from trl import DPOTrainer, SFTTrainer
+
+    args = trl_args(config)
+    train_ds = load_split(result, config.kind, "train")
+    eval_ds = load_split(result, config.kind, "test") if "test" in result.files[config.kind] else None
+    cls = SFTTrainer if config.kind == "sft" else DPOTrainer
+    return cls(
+        model=model_path, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        peft_config=peft_config(config), callbacks=list(callbacks),
+    )
+
+
+def train(config: TrainConfig, rows: pl.DataFrame | None = None) -> TrainResult:
+    """Export, train, save. Writes the model, `trl_config.json`, `trl_<kind>.yaml`, `train_report.json`."""
+    from datacraft.llm.models import resolve_model
+
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = prepare_data(config, rows)
+    model_path = resolve_model(config.model)
+    losses: list[float] = []
+    trainer = build_trainer(config, result, model_path, [_loss_callback(losses)])
+    if len(trainer.train_dataset) == 0:
+        raise TrainError(
+            f"TRL dropped every {config.kind} row while tokenizing (prompts longer than trl.max_length="
+            f"{trainer.args.max_length}): raise max_length or set trl.truncation_mode: keep_end"
+        )
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    eval_loss = None
+    if trainer.eval_dataset is not None:
+        eval_loss = float(trainer.evaluate().get("eval_loss", float("nan")))
+    trainer.save_model(str(out))
+    files = {
+        "model": str(out),
+        "trl_config": str(out / "trl_config.json"),
+        "trl_cli_config": str(out / f"trl_{config.kind}.yaml"),
+        "report": str(out / "train_report.json"),
+        "datacraft_config": str(out / "datacraft_train.yaml"),
+    }
+    Path(files["trl_config"]).write_text(trainer.args.to_json_string(), encoding="utf-8")
+    Path(files["trl_cli_config"]).write_text(
+        yaml.safe_dump(trl_cli_config(config, model_path, result), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    Path(files["datacraft_config"]).write_text(
+        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    train_result = TrainResult(
+        kind=config.kind, output_dir=out, model_path=model_path, losses=losses, steps=int(trainer.state.global_step),
+        seconds=seconds, export=result.summary(), files=files, eval_loss=eval_loss,
+    )
+    Path(files["report"]).write_text(json.dumps(train_result.to_dict(), indent=2), encoding="utf-8")
+    return train_result
+
+
+def cpu_threads_for_load() -> int:
+    """1 torch thread when the machine is oversubscribed (spin-waiting threads then cost 5-10×), else all cores."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cores
+    return 1 if load > cores else cores

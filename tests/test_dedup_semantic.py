@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import polars as pl
+
+from datacraft.embed import embedding_series
+from datacraft.records import set_scores
+from datacraft.stages.dedup.semantic import SemanticDedupStage
+
+from ._embed_helpers import assert_ledger, embedded, rows, run_beam
+
+TOOL = "gpteacher_toolformer_dedupe_only_1500.jsonl"
+
+
+def test_gpteacher_levels_same_direction() -> None:
+    """Published: 1500 (dedupe only) → 1312 rows (sim < 0.9) → 715 (sim < 0.6). Our counts fall the same way."""
+    published = [rows(TOOL).height, rows("gpteacher_toolformer_sim0.9_subset.jsonl").height, rows("gpteacher_toolformer_sim0.6_subset.jsonl").height]
+    assert published == [1500, 1312, 715]
+    frame = embedded(TOOL, "instruction_response")
+    ours = [frame.height]
+    for tau in (0.9, 0.6):
+        kept, dropped, _ = SemanticDedupStage({"threshold": tau, "grouping": "greedy", "k": 20}).run_local([frame])
+        assert_ledger(frame.height, kept, dropped)
+        ours.append(kept.height)
+    assert ours[0] > ours[1] > ours[2], (ours, published)
+
+
+def test_groups_keep_best_by_score_and_detail() -> None:
+    base = rows("alpaca_llamafactory_200.jsonl").head(30)
+    x = np.random.default_rng(3).normal(size=(30, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    # rows 0..2 become one group (near copies), the best quality is row 1
+    x[1] = x[0] * 0.98 + 0.02 * x[5]
+    x[2] = x[0] * 0.97 + 0.03 * x[7]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    frame = set_scores(base.with_columns(embedding_series(x)), {"quality": [1.0, 5.0, 2.0] + [3.0] * 27})
+    kept, dropped, stats = SemanticDedupStage({"threshold": 0.95}).run_local([frame])
+    assert_ledger(30, kept, dropped, stats)
+    ids = frame["id"].to_list()
+    assert set(dropped["id"]) == {ids[0], ids[2]}
+    assert ids[1] in kept["id"].to_list()
+    assert all(re.fullmatch(rf"near-duplicate of {re.escape(ids[1])} \(cos=(1\.0|0\.9\d+)\)", d) for d in dropped["drop_detail"])
+    assert stats[0]["extras"]["group_sizes"] == {"3": 1}
+    assert stats[0]["extras"]["examples"][0]["kept_id"] == ids[1]
+
+
+def test_transitive_groups_union_find() -> None:
+    base = rows("alpaca_llamafactory_200.jsonl").head(4)
+    a = np.array([1.0, 0, 0])
+    b = np.array([0.93, 0.37, 0])  # cos(a, b) ≈ 0.93
+    c = np.array([0.73, 0.68, 0])  # cos(b, c) ≈ 0.93, cos(a, c) ≈ 0.73
+    d = np.array([0, 0, 1.0])
+    x = np.stack([a, b, c, d]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    frame = base.with_columns(embedding_series(x))
+    kept, dropped, _ = SemanticDedupStage({"threshold": 0.9, "score": None}).run_local([frame])
+    assert kept.height == 2 and dropped.height == 2  # a-b-c chained into one group
+    greedy, gdropped, _ = SemanticDedupStage({"threshold": 0.9, "score": None, "grouping": "greedy"}).run_local([frame])
+    assert greedy.height + gdropped.height == 4 and greedy.height >= 2
+
+
+def test_beam_form_matches_local_and_balances() -> None:
+    frame = embedded("alpaca_llamafactory_200.jsonl")
+    stage = SemanticDedupStage({"threshold": 0.8, "partition_rows": 100})
+    local_kept, local_dropped, _ = stage.run_local([frame])
+    assert local_dropped.height > 0
+    stage.sample_fraction = 1.0
+    kept, dropped, stats = run_beam(stage, frame, batch_rows=50)
+    assert_ledger(frame.height, kept, dropped, stats)
+    assert set(dropped["id"]) == set(local_dropped["id"])
+    summary = [s for s in stats if s["in"] == 0]
+    assert summary and summary[0]["extras"]["group_sizes"]
+
+
+def test_empty_and_embeds_when_column_missing() -> None:
+    frame = rows("selfinstruct_60.jsonl")
+    kept, dropped, _ = SemanticDedupStage({"kind": "static", "threshold": 0.99}).run_local([frame])
+    assert_ledger(frame.height, kept, dropped)
+    empty, _, _ = SemanticDedupStage().run_local([frame.head(0)])
+    assert empty.height == 0
+    assert isinstance(kept, pl.DataFrame)

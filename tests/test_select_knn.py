@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import numpy as np
+
+from datacraft.knn import knn, knn_graph, union_find_groups
+
+from ._embed_helpers import clustered
+
+
+def test_exact_knn_matches_brute_force_and_excludes_self() -> None:
+    x = clustered(400)
+    s, i = knn(x, 5)
+    full = x @ x.T
+    np.fill_diagonal(full, -np.inf)
+    expect = np.argsort(-full, axis=1)[:, :5]
+    assert (i != np.arange(400)[:, None]).all()
+    assert np.allclose(s, np.take_along_axis(full, expect, 1), atol=1e-5)
+
+
+def test_ivf_recall_and_queries() -> None:
+    x = clustered(6000, d=48, clusters=60)
+    exact = knn(x, 10)[1]
+    approx = knn(x, 10, method="ivf", nprobe=3)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx, strict=True)])
+    assert recall >= 0.97
+    s, i = knn(x[:100], 3, queries=x[:7])
+    assert i[:, 0].tolist() == list(range(7)) and np.allclose(s[:, 0], 1.0, atol=1e-5)
+
+
+def test_graph_and_union_find() -> None:
+    s = np.array([[0.9], [0.9], [0.2]], dtype=np.float32)
+    i = np.array([[1], [0], [-1]])
+    g = knn_graph(s, i, symmetric=True)
+    assert g[0, 1] == g[1, 0] and np.isclose(g[0, 1], 0.9) and g[2, 2] == 1.0
+    labels = union_find_groups(5, np.array([0, 1, 3]), np.array([1, 2, 4]))
+    assert labels[0] == labels[1] == labels[2] != labels[3] == labels[4]
