@@ -49,6 +49,7 @@ from datacraft.stages.base import GlobalStage, StageResult
 from datacraft.stages.synthesize import prompts
 from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts, failure_of, turns
 from datacraft.stages.synthesize.parsing import (
+    MISSING,
     Parsed,
     extract_angle,
     normalize_ws,
@@ -85,6 +86,7 @@ class MultiHopParams(LLMParams):
     persona_quirk: bool = Field(False, description="reference bug: the last K indices above threshold, not the top K")
     use_case: str | None = Field(None, description="task description for the prompts (default: the row's task)")
     choice_type: ChoiceType = "open"
+    strict_tags: bool = Field(True, description="false: an untagged rewrite is taken whole (for weak models; counted)")
     reflection: bool = False
     keep_threshold: float = Field(5.0, description="judge score accepted (≥); the code uses > 4")
     max_improve_relevance: int = Field(5, ge=0)
@@ -337,7 +339,7 @@ class MultiHopStage(UsesLLM, GlobalStage):
                 continue
             c.raw = res.text
             tag = "Created Prompt" if c.branch == "diversity" else "Rewritten Prompt"
-            parsed = extract_angle(res.text, tag)
+            parsed = self._tagged(res.text, tag, counters)
             if not parsed.ok:
                 c.failure = ("parse_failed", f"{tag}: {parsed.status}")
                 counters[f"multihop.parse_failed.{parsed.status}"] += 1
@@ -345,6 +347,16 @@ class MultiHopStage(UsesLLM, GlobalStage):
                 c.failure = ("unchanged", "the rewrite repeats its parent")
             else:
                 c.question = parsed.value
+
+    def _tagged(self, text: str, tag: str, counters: Counter[str]) -> Parsed:
+        """The `<tag>` section; with `strict_tags: false` an untagged answer counts as the section."""
+        parsed = extract_angle(text, tag)
+        if parsed.status == MISSING and not self.params.strict_tags:
+            loose = extract_angle(f"<{tag}>{text}</{tag}>", tag)
+            if loose.ok:
+                counters["multihop.untagged"] += 1
+                return loose
+        return parsed
 
     def _reflect(self, cands: list[Candidate], counters: Counter[str]) -> None:
         """Judge → improve rounds, each batched over every pending candidate; never rejects."""
@@ -375,7 +387,7 @@ class MultiHopStage(UsesLLM, GlobalStage):
             msgs = [prompts.improve_messages(reference(c), c.question or "", fb) for c, fb in to_improve]
             for (c, _), res in zip(to_improve, self.ask(msgs, self.sampling()), strict=True):
                 state[id(c)]["attempts"] += 1
-                parsed = extract_angle(res.text, "Improved Prompt") if res.ok else Parsed(None, failure_of(res))
+                parsed = self._tagged(res.text, "Improved Prompt", counters) if res.ok else Parsed(None, failure_of(res))
                 if parsed.ok:
                     c.question = parsed.value
                     counters["multihop.reflection.improved"] += 1
