@@ -7,9 +7,15 @@ every `generate` call (so tests can check one batched call per step), and can fa
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
 
 from datacraft.llm.types import Request, Result
 
@@ -87,3 +93,40 @@ class FakeScorer:
     def score(self, instructions: list[str], responses: list[str], reverse: bool = True) -> list[FakeIFD]:
         self.calls.append(len(instructions))
         return [FakeIFD(*self.fn(i, r)) for i, r in zip(instructions, responses, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# golden prompt files and whole-pipeline runs
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+
+
+def render_messages(messages: list[dict[str, str]]) -> str:
+    return "".join(f"### {m['role']}\n{m['content']}\n" for m in messages)
+
+
+def check_golden(name: str, messages: list[dict[str, str]]) -> None:
+    """The rendered prompt must equal tests/data/golden/<name>.txt (UPDATE_GOLDEN=1 rewrites it)."""
+    path = GOLDEN / f"{name}.txt"
+    text = render_messages(messages)
+    if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if os.environ.get("UPDATE_GOLDEN") != "1":
+            raise AssertionError(f"golden file {path} was missing and has been written; rerun")
+    assert text == path.read_text(encoding="utf-8"), f"prompt {name} changed; if deliberate: UPDATE_GOLDEN=1"
+
+
+def run_pipeline(tmp_path: Path, input_path: str, stages: list[dict[str, Any]], **extra: Any) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
+    """A whole Beam pipeline (FnApiRunner) over a config dict: (report, output rows, dropped rows)."""
+    from datacraft.config import load_config
+    from pipelines.curate import run_config
+
+    out = tmp_path / "out"
+    data = {"name": "synth-test", "input": {"path": input_path, **extra.pop("input", {})}, "stages": stages,
+            "output": {"path": str(out), "format": "parquet"}, "cache_dir": str(tmp_path / "cache"), **extra}
+    report = run_config(load_config(data=data))
+    rows = pl.read_parquet(str(out / "data" / "*.parquet")) if list((out / "data").glob("*.parquet")) else pl.DataFrame()
+    dropped_files = sorted((out / "dropped").glob("*.jsonl")) if (out / "dropped").exists() else []
+    dropped = [json.loads(line) for f in dropped_files for line in f.read_text().splitlines() if line.strip()]
+    return report, rows, pl.DataFrame(dropped) if dropped else pl.DataFrame()

@@ -1,0 +1,112 @@
+"""Tokens/s of the `generate` stage in a Beam pipeline (FnApiRunner) vs the raw engine, same prompts.
+
+    python benchmarks/bench_llm.py            # 64 prompts, max_tokens 32 (transformers on CPU)
+    python benchmarks/bench_llm.py --quick    # 16 prompts, max_tokens 16 (< 60 s on 2 idle cores)
+    python benchmarks/bench_llm.py --engine vllm --prompts 256 --max-tokens 128   # on a GPU
+
+Both sides use one engine per process (the model is loaded once before timing), the same batch
+size and greedy decoding; the pipeline side runs with the cache off so every prompt is generated.
+The last line of output is one JSON object with `ratio_vs_raw` = pipeline tok/s / raw tok/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from datacraft.llm.config import EngineConfig
+from datacraft.llm.engines import create_engine
+from datacraft.llm.stage import GenerateStage
+from datacraft.llm.types import Request, SamplingParams
+from datacraft.records import batch_from_rows, make_row
+from datacraft.stages.base import RunContext
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [ROOT / "tests/data/selfinstruct_60.jsonl", ROOT / "tests/data/alpaca_llamafactory_200.jsonl"]
+
+
+def load_prompts(n: int) -> list[str]:
+    """n real instructions (Self-Instruct first, then Alpaca), each with its input."""
+    out: list[str] = []
+    for path in SOURCES:
+        for line in path.open():
+            r = json.loads(line)
+            text = r.get("instruction", "") + (f"\n\n{r['input']}" if r.get("input") else "")
+            if text.strip() and len(text) < 600:
+                out.append(text)
+            if len(out) == n:
+                return out
+    return out
+
+
+def run_raw(config: EngineConfig, prompts: list[str], sp: SamplingParams) -> tuple[int, float]:
+    engine = create_engine(config)
+    engine.generate([Request.chat([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=2))])  # warm-up
+    t0 = time.perf_counter()
+    results = engine.generate([Request.chat([{"role": "user", "content": p}], sp) for p in prompts])
+    seconds = time.perf_counter() - t0
+    return sum(r.completion_tokens for r in results), seconds
+
+
+def run_pipeline(config: EngineConfig, prompts: list[str], sp: SamplingParams, batch_rows: int) -> tuple[int, float]:
+    llm = {**config.model_dump(), "cache": False}
+    stage = GenerateStage({"max_tokens": sp.max_tokens}, context=RunContext(llm=llm))
+    batches = [
+        batch_from_rows([make_row([{"role": "user", "content": p}]) for p in prompts[i : i + batch_rows]])
+        for i in range(0, len(prompts), batch_rows)
+    ]
+    tokens: list[float] = []
+    t0 = time.perf_counter()
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        outs = p | beam.Create(batches) | stage.transform()
+        outs["stats"] | beam.Map(lambda s: tokens.append(s["counters"].get("llm.completion_tokens", 0.0)))
+    seconds = time.perf_counter() - t0
+    return int(sum(tokens)), seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--prompts", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-rows", type=int, default=64, help="rows per Beam batch (one engine call each)")
+    a = ap.parse_args()
+    n = a.prompts or (16 if a.quick else 64)
+    max_tokens = a.max_tokens or (16 if a.quick else 32)
+    prompts = load_prompts(n)
+    config = EngineConfig(engine=a.engine, model=a.model, batch_size=a.batch_size, cache=False)
+    sp = SamplingParams(max_tokens=max_tokens)
+    raw_tokens, raw_s = run_raw(config, prompts, sp)
+    pipe_tokens, pipe_s = run_pipeline(config, prompts, sp, a.batch_rows)
+    raw_tps, pipe_tps = raw_tokens / raw_s, pipe_tokens / pipe_s
+    print(f"raw engine : {raw_tokens} tokens in {raw_s:.1f} s = {raw_tps:.1f} tok/s")
+    print(f"pipeline   : {pipe_tokens} tokens in {pipe_s:.1f} s = {pipe_tps:.1f} tok/s")
+    print(
+        json.dumps(
+            {
+                "benchmark": "llm",
+                "engine": a.engine,
+                "model": a.model,
+                "prompts": len(prompts),
+                "max_tokens": max_tokens,
+                "batch_size": a.batch_size,
+                "raw_tokens_per_s": round(raw_tps, 2),
+                "pipeline_tokens_per_s": round(pipe_tps, 2),
+                "raw_seconds": round(raw_s, 2),
+                "pipeline_seconds": round(pipe_s, 2),
+                "ratio_vs_raw": round(pipe_tps / raw_tps, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
