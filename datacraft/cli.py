@@ -262,6 +262,7 @@ def inspect(
     path: Annotated[str, typer.Argument(help="a data file / folder, or a run folder with --id")],
     id: Annotated[str | None, typer.Option("--id", help="explain this row: why dropped / where it came from")] = None,  # noqa: A002
     rows: Annotated[int, typer.Option("-n", help="rows to show")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the explanation as JSON")] = False,
 ) -> None:
     """Show a file's format, schema, counts and a few rows — or, with --id, why a row was dropped and its lineage."""
     try:
@@ -271,7 +272,11 @@ def inspect(
     if id is not None:
         if inspect_mod is None:
             _fail("explaining rows needs datacraft.inspect")
-        Console().print_json(data=inspect_mod.explain_row(path, id))
+        explanation = inspect_mod.explain_row(path, id)
+        if as_json:
+            Console().print_json(data=explanation)
+        else:
+            Console().print(inspect_mod.render_explanation(explanation))
         return
     if inspect_mod is not None and hasattr(inspect_mod, "describe_file"):
         Console().print(inspect_mod.describe_file(path, rows))

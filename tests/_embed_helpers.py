@@ -45,25 +45,21 @@ def run_beam(stage: Any, frame: pl.DataFrame, batch_rows: int = 100) -> tuple[pl
     out: dict[str, list] = {"kept": [], "dropped": [], "stats": []}
     batches = [frame.slice(i, batch_rows) for i in range(0, frame.height, batch_rows)]
 
-    class _Collect(beam.DoFn):
-        def __init__(self, tag: str) -> None:
-            self.tag = tag
-
-        def process(self, item: Any) -> Any:
-            _SINK[self.tag].append(item)
-            yield None
-
     _SINK.clear()
     _SINK.update({"kept": [], "dropped": [], "stats": []})
     with beam.Pipeline(runner=FnApiRunner()) as p:
         res = p | beam.Create(batches) | stage.transform()
         for tag in ("kept", "dropped", "stats"):
-            _ = res[tag] | f"Collect{tag}" >> beam.ParDo(_Collect(tag))
+            _ = res[tag] | f"Collect{tag}" >> beam.Map(_collect, tag)
     out = {k: list(v) for k, v in _SINK.items()}
     return concat_batches(out["kept"]), concat_batches(out["dropped"]), out["stats"]
 
 
 _SINK: dict[str, list] = {}
+
+
+def _collect(item: Any, tag: str) -> None:
+    _SINK[tag].append(item)
 
 
 def assert_ledger(n_in: int, kept: pl.DataFrame, dropped: pl.DataFrame, stats: list[dict] | None = None) -> None:
