@@ -53,11 +53,11 @@ def make_corpus(path: Path, n: int, seed: int = 0) -> None:
 
 
 def run_polars(src: Path, out: Path) -> int:
-    from datacraft.stages.score.heuristics import ALL_SCORES, heuristic_exprs
+    from datacraft.stages.score.heuristics import ALL_SCORES, add_heuristics
 
     df = pl.read_ndjson(src)
     user = pl.when(pl.col("input").str.strip_chars() != "").then(pl.concat_str("instruction", pl.lit("\n\n"), "input")).otherwise(pl.col("instruction"))
-    df = df.with_columns(user.alias("_ins"), pl.col("output").alias("_res")).with_columns(heuristic_exprs(list(ALL_SCORES)))
+    df = add_heuristics(df.with_columns(user.alias("_ins"), pl.col("output").alias("_res")), list(ALL_SCORES))
     key = pl.col("_ins").str.to_lowercase().str.replace_all(r"[^\w\s]", "").str.replace_all(r"\s+", " ").str.strip_chars().hash(seed=0)
     df = (
         df.with_columns(key.alias("_hash"), pl.col("_res").str.len_chars().alias("_rank"))

@@ -4,7 +4,8 @@
     python benchmarks/bench_llm.py --quick    # 16 prompts, max_tokens 16 (< 60 s on 2 idle cores)
     python benchmarks/bench_llm.py --engine vllm --prompts 256 --max-tokens 128   # on a GPU
 
-Both sides use one engine per process (the model is loaded once before timing), the same batch
+Both sides run twice in ABBA order (raw, pipeline, pipeline, raw; `--rounds 1`: once each) and
+use one engine per process (the model is loaded once before timing), the same batch
 size and greedy decoding; the pipeline side runs with the cache off so every prompt is generated.
 The last line of output is one JSON object with `ratio_vs_raw` = pipeline tok/s / raw tok/s.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +52,7 @@ def run_raw(config: EngineConfig, prompts: list[str], sp: SamplingParams) -> tup
     t0 = time.perf_counter()
     results = engine.generate([Request.chat([{"role": "user", "content": p}], sp) for p in prompts])
     seconds = time.perf_counter() - t0
+    engine.close()
     return sum(r.completion_tokens for r in results), seconds
 
 
@@ -60,13 +63,20 @@ def run_pipeline(config: EngineConfig, prompts: list[str], sp: SamplingParams, b
         batch_from_rows([make_row([{"role": "user", "content": p}]) for p in prompts[i : i + batch_rows]])
         for i in range(0, len(prompts), batch_rows)
     ]
-    tokens: list[float] = []
-    t0 = time.perf_counter()
-    with beam.Pipeline(runner=FnApiRunner()) as p:
-        outs = p | beam.Create(batches) | stage.transform()
-        outs["stats"] | beam.Map(lambda s: tokens.append(s["counters"].get("llm.completion_tokens", 0.0)))
-    seconds = time.perf_counter() - t0
-    return int(sum(tokens)), seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = Path(tmp) / "stats.jsonl"
+        t0 = time.perf_counter()
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            outs = p | beam.Create(batches) | stage.transform()
+            outs["stats"] | beam.Map(_append_json, str(stats_path))
+        seconds = time.perf_counter() - t0
+        stats = [json.loads(line) for line in stats_path.open()]
+    return int(sum(s["counters"].get("llm.completion_tokens", 0.0) for s in stats)), seconds
+
+
+def _append_json(record: dict, path: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def main() -> None:
@@ -78,14 +88,26 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--batch-rows", type=int, default=64, help="rows per Beam batch (one engine call each)")
+    ap.add_argument("--rounds", type=int, choices=[1, 2], default=2, help="2: ABBA order, each side run twice")
     a = ap.parse_args()
     n = a.prompts or (16 if a.quick else 64)
     max_tokens = a.max_tokens or (16 if a.quick else 32)
     prompts = load_prompts(n)
     config = EngineConfig(engine=a.engine, model=a.model, batch_size=a.batch_size, cache=False)
+    if a.engine == "vllm":  # two vLLM engines live in this process (raw, then the stage's)
+        config = config.model_copy(update={"gpu_memory_utilization": 0.4, "max_model_len": 4096})
     sp = SamplingParams(max_tokens=max_tokens)
-    raw_tokens, raw_s = run_raw(config, prompts, sp)
-    pipe_tokens, pipe_s = run_pipeline(config, prompts, sp, a.batch_rows)
+    # ABBA order (raw, pipeline, pipeline, raw) cancels a linear drift in machine load
+    raw_tokens = pipe_tokens = 0
+    raw_s = pipe_s = 0.0
+    for side in ("raw", "pipeline", "pipeline", "raw")[: 4 if a.rounds == 2 else 2]:
+        if side == "raw":
+            tokens, seconds = run_raw(config, prompts, sp)
+            raw_tokens, raw_s = raw_tokens + tokens, raw_s + seconds
+        else:
+            tokens, seconds = run_pipeline(config, prompts, sp, a.batch_rows)
+            pipe_tokens, pipe_s = pipe_tokens + tokens, pipe_s + seconds
+        print(f"{side:9s}: {tokens} tokens in {seconds:.1f} s", flush=True)
     raw_tps, pipe_tps = raw_tokens / raw_s, pipe_tokens / pipe_s
     print(f"raw engine : {raw_tokens} tokens in {raw_s:.1f} s = {raw_tps:.1f} tok/s")
     print(f"pipeline   : {pipe_tokens} tokens in {pipe_s:.1f} s = {pipe_tps:.1f} tok/s")
@@ -100,6 +122,7 @@ def main() -> None:
                 "batch_size": a.batch_size,
                 "raw_tokens_per_s": round(raw_tps, 2),
                 "pipeline_tokens_per_s": round(pipe_tps, 2),
+                "rounds": a.rounds,
                 "raw_seconds": round(raw_s, 2),
                 "pipeline_seconds": round(pipe_s, 2),
                 "ratio_vs_raw": round(pipe_tps / raw_tps, 3),

@@ -300,7 +300,7 @@ def to_output_frame(df: pl.DataFrame, keep_embedding: bool = False) -> pl.DataFr
     out = df.drop(private)
     if cols:
         out = out.with_columns(
-            pl.struct([pl.col(c).alias(c[len(SCORE_PREFIX) :]) for c in cols]).alias("scores")
+            pl.struct([pl.col(c).fill_nan(None).alias(c[len(SCORE_PREFIX) :]) for c in cols]).alias("scores")
         ).drop(cols)
     return out
 

@@ -35,6 +35,7 @@ from datacraft.records import SCORE_PREFIX
 EXAMPLES_PER_REASON = 3
 MAX_POINTS = 3000
 MAX_SCORE_VALUES = 2_000_000
+MAX_ROWS_PER_ROW_PATH = 20_000
 HIST_BINS = 30
 
 KEPT_COLOR = "#4f46e5"
@@ -167,8 +168,9 @@ class _Collector:
             return n
         n = 0
         for chunk in iter_row_chunks(path, _ROW_COLUMNS):
-            for row in chunk:
-                self.add_row(row, status)
+            if n < MAX_ROWS_PER_ROW_PATH:  # past that, only count: the per-row path is for odd files
+                for row in chunk:
+                    self.add_row(row, status)
             n += len(chunk)
         return n
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,14 @@ from datacraft.records import concat_batches
 DATA = Path(__file__).parent / "data"
 
 
-@lru_cache(maxsize=None)
+@cache
 def rows(name: str) -> pl.DataFrame:
     kept, dropped = read_all(str(DATA / name))
     assert dropped.height == 0
     return kept
 
 
-@lru_cache(maxsize=None)
+@cache
 def embedded(name: str, view: str = "instruction") -> pl.DataFrame:
     """A test slice with static-embedder vectors in the `embedding` column."""
     frame = rows(name)

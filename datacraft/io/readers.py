@@ -94,13 +94,13 @@ class _BatchBuilder:
             raise ValueError(f"unknown format {self.fmt!r}; expected auto or one of {FORMATS}")
         self.emitted = 0
 
-    def drop_raw(self, where: str, reason: str, detail: str, raw: str) -> None:
+    def drop_raw(self, where: Where | str, reason: str, detail: str, raw: str) -> None:
         where = _resolve(where)
         row = make_row([], id=f"{reason}:{where}", source=self.source, meta={"where": where, "raw": raw[:2000]})
         row.update(drop_stage=READ_STAGE, drop_reason=reason, drop_detail=f"{where}: {detail}")
         self.dropped.append(row)
 
-    def add(self, record: Any, where: str, raw_size: int) -> None:
+    def add(self, record: Any, where: Where | str, raw_size: int) -> None:
         if raw_size > self.options.max_row_chars:
             self.drop_raw(where, "too_large", f"row of {raw_size} chars exceeds max_row_chars={self.options.max_row_chars}", "")
             return
@@ -166,12 +166,16 @@ def _line_number(path: str, offset: int) -> int:
     return count + 1
 
 
-def _iter_jsonl_lines(task: ReadTask) -> Iterator[tuple[bytes, str]]:
-    """(line bytes, "file:line") for lines that *start* inside the task's byte range."""
+Where = tuple[str, int, int]  # (path, byte offset where counting starts, line index from there)
+
+
+def _iter_jsonl_lines(task: ReadTask) -> Iterator[tuple[bytes, Where]]:
+    """(line bytes, where) for lines that *start* inside the task's byte range; `where` becomes
+    "file:line" only when a row is reported (counting lines before a range costs a read)."""
     if task.path.endswith(".gz"):
         with gzip.open(task.path, "rb") as fh:
-            for n, line in enumerate(fh, 1):
-                yield line, f"{task.path}:{n}"
+            for n, line in enumerate(fh):
+                yield line, (task.path, 0, n)
         return
     with open(task.path, "rb") as fh:
         pos = task.start
@@ -185,28 +189,18 @@ def _iter_jsonl_lines(task: ReadTask) -> Iterator[tuple[bytes, str]]:
             if not line:
                 break
             pos += len(line)
-            yield line, (f"{task.path}:{index + 1}" if range_start == 0 else _LazyWhere(task.path, range_start, index))
+            yield line, (task.path, range_start, index)
             index += 1
 
 
-class _LazyWhere(str):
-    """`file:line` for a line inside a byte range, computed only when it is rendered (errors)."""
-
-    def __new__(cls, path: str, base_pos: int, index: int) -> _LazyWhere:
-        obj = super().__new__(cls, f"{path}:@{base_pos}+{index}")
-        obj._args = (path, base_pos, index)  # type: ignore[attr-defined]
-        return obj
-
-    def resolve(self) -> str:
-        path, base_pos, index = self._args  # type: ignore[attr-defined]
-        return f"{path}:{_line_number(path, base_pos) + index}"
+def _resolve(where: Where | str) -> str:
+    if isinstance(where, str):
+        return where
+    path, base_pos, index = where
+    return f"{path}:{_line_number(path, base_pos) + index}"
 
 
-def _resolve(where: str) -> str:
-    return where.resolve() if isinstance(where, _LazyWhere) else where
-
-
-def _read_line(builder: _BatchBuilder, line: bytes, where: str) -> None:
+def _read_line(builder: _BatchBuilder, line: bytes, where: Where) -> None:
     """The per-record path: decode, parse, convert, or drop with the exact reason."""
     try:
         text = line.decode("utf-8")

@@ -41,8 +41,11 @@ def write_part(batch: pl.DataFrame, folder: str, file_format: str, row_format: s
     data = to_written(batch, row_format, keep_embedding)
     if file_format == "jsonl":
         path = os.path.join(folder, f"{name}.jsonl")
-        rows = data.iter_rows(named=True) if isinstance(data, pl.DataFrame) else data
-        _write_jsonl(path, rows)
+        if isinstance(data, pl.DataFrame):  # datacraft layout: `meta` stays a JSON string
+            data.write_ndjson(path + ".tmp")
+            os.replace(path + ".tmp", path)
+        else:
+            _write_jsonl(path, data)
     else:
         path = os.path.join(folder, f"{name}.parquet")
         frame = data if isinstance(data, pl.DataFrame) else pl.DataFrame(data, infer_schema_length=None)
@@ -55,8 +58,6 @@ def _write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
-            if isinstance(row.get("meta"), str):
-                row = {**row, "meta": json.loads(row["meta"])}
             fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     os.replace(tmp, path)
 

@@ -254,7 +254,10 @@ class VLLMEngine:
         )
 
     def close(self) -> None:
+        import gc
+
         self.llm = None
+        gc.collect()
         try:
             import torch
 

@@ -226,15 +226,20 @@ class EvalIndex:
     grams: dict[str, list[int]] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+    #: word counts of eval items shorter than n (matched as whole word sequences inside a row)
+    short_lengths: set[int] = field(default_factory=set)
 
     @classmethod
     def build(cls, texts: Iterable[tuple[str, str]], n: int) -> EvalIndex:
         index = cls(n=n)
         grams: dict[str, list[int]] = defaultdict(list)
         for eval_id, text in texts:
-            g = ngrams(normalize_words(text), n)
+            words = normalize_words(text)
+            g = ngrams(words, n)
             if not g:
                 continue
+            if len(words) < n:
+                index.short_lengths.add(len(words))
             k = len(index.ids)
             index.ids.append(eval_id)
             index.sizes.append(len(g))
@@ -246,12 +251,17 @@ class EvalIndex:
     def best_match(self, text: str) -> tuple[int, float, str] | None:
         """(eval index, overlap, one shared n-gram) of the eval item this text overlaps most;
         overlap = shared n-grams / min(n-grams of the text, n-grams of the eval item)."""
-        g = ngrams(normalize_words(text), self.n)
+        words = normalize_words(text)
+        g = ngrams(words, self.n)
         if not g:
             return None
+        probes = set(g)
+        for length in self.short_lengths:  # a short eval item contained in a longer row
+            if length < len(words):
+                probes |= ngrams(words, length)
         hits: Counter[int] = Counter()
         example: dict[int, str] = {}
-        for gram in g:
+        for gram in probes:
             for k in self.grams.get(gram, ()):
                 hits[k] += 1
                 example.setdefault(k, gram)

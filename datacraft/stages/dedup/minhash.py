@@ -2,7 +2,7 @@
 
 Each row's text (`text` view, lower-cased, whitespace collapsed) becomes a set of shingles (`char`
 k-grams, default 5, or `word` k-grams, default 3), hashed once (polars' vectorized hash) and turned
-into a `num_perm`-value MinHash signature with numpy: h_p(x) = (a_p·x + b_p) mod (2⁶¹ − 1), the
+into a `num_perm`-value MinHash signature with numpy: h_p(x) = ((a_p·x + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) as datasketch, the
 minimum per row taken with `np.minimum.reduceat`. LSH: `bands` × `rows` (chosen so the S-curve's
 midpoint ≈ `threshold` when not given); rows sharing a band bucket are candidates, kept as an edge
 when their estimated Jaccard (signature agreement) ≥ `threshold`. Groups by union-find; the kept row
@@ -73,8 +73,8 @@ def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", 
     """MinHash signatures (n, num_perm) uint64 (numpy-vectorized over all shingles of a chunk of rows)."""
     k = ngram or (5 if shingle == "char" else 3)
     rng = np.random.default_rng(seed)
-    a = rng.integers(1, 1 << 31, num_perm, dtype=np.uint64)
-    b = rng.integers(0, 1 << 31, num_perm, dtype=np.uint64)
+    a = rng.integers(1, (1 << 61) - 1, num_perm, dtype=np.uint64)
+    b = rng.integers(0, (1 << 61) - 1, num_perm, dtype=np.uint64)
     sig = np.empty((len(texts), num_perm), dtype=np.uint64)
     sh = shingle_lists(texts, shingle, k)
     lengths = np.array([len(s) for s in sh], dtype=np.int64)
@@ -86,7 +86,8 @@ def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", 
             stop += 1
         flat = pl.Series([x for s in sh[start:stop] for x in s], dtype=pl.Utf8).hash(seed=seed).to_numpy()
         h = (flat & np.uint64(0xFFFFFFFF))[:, None]
-        vals = (h * a[None, :] + b[None, :]) % _PRIME
+        with np.errstate(over="ignore"):  # as datasketch: the product wraps mod 2⁶⁴, then mod p
+            vals = ((h * a[None, :] + b[None, :]) % _PRIME) & np.uint64(0xFFFFFFFF)
         offsets = np.concatenate([[0], np.cumsum(lengths[start:stop])[:-1]])
         sig[start:stop] = np.minimum.reduceat(vals, offsets, axis=0)
         start = stop

@@ -57,30 +57,34 @@ class HeuristicsParams(StageParams):
     extra_refusal_patterns: list[str] = Field(default_factory=list, description="more regexes (case-insensitive)")
 
 
-def heuristic_exprs(names: list[str], extra_patterns: list[str] = ()) -> list[pl.Expr]:
-    """The score expressions by name; they read the `_ins` / `_res` helper columns."""
+def add_heuristics(frame: pl.DataFrame, names: list[str], extra_patterns: list[str] = ()) -> pl.DataFrame:
+    """Add the named `scores.*` columns to a frame that has `_ins` / `_res` text columns.
+
+    Shared intermediates (word counts, response tokens, non-space characters) are computed once."""
     ins, res = pl.col("_ins"), pl.col("_res")
-    ins_words = ins.str.count_matches(_WORD)
-    res_words = res.str.count_matches(_WORD)
     refusal = "(?i)(?:" + "|".join((*REFUSAL_PATTERNS, *extra_patterns)) + ")"
-    non_space = res.str.replace_all(r"\s", "").str.len_chars()
     lines = res.str.split("\n").list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
+    frame = frame.with_columns(
+        ins.str.count_matches(_WORD).alias("_ins_words"),
+        res.str.count_matches(_WORD).alias("_res_words"),
+        res.str.to_lowercase().str.extract_all(r"\w+").alias("_res_tokens"),
+        (res.str.len_chars() - res.str.count_matches(r"\s")).alias("_non_space"),
+    )
+    ins_words, res_words, tokens, non_space = pl.col("_ins_words"), pl.col("_res_words"), pl.col("_res_tokens"), pl.col("_non_space")
     exprs = {
         "length.instruction": ins_words,
         "length.response": res_words,
         "chars.response": res.str.len_chars(),
         "response_ratio": res_words / pl.max_horizontal(ins_words, pl.lit(1)),
-        "lexical_diversity": pl.when(res_words > 0)
-        .then(res.str.to_lowercase().str.extract_all(r"\w+").list.n_unique() / res.str.extract_all(r"\w+").list.len())
-        .otherwise(0.0),
-        "repetition": pl.when(lines.list.len() > 0)
-        .then(1.0 - lines.list.n_unique() / lines.list.len())
-        .otherwise(0.0),
+        "lexical_diversity": pl.when(tokens.list.len() > 0).then(tokens.list.n_unique() / tokens.list.len()).otherwise(0.0),
+        "repetition": pl.when(lines.list.len() > 0).then(1.0 - lines.list.n_unique() / lines.list.len()).otherwise(0.0),
         "alpha_ratio": pl.when(non_space > 0).then(res.str.count_matches(r"[^\W\d_]") / non_space).otherwise(0.0),
         "stopword_ratio": pl.when(res_words > 0).then((res.str.count_matches(_STOPWORDS) / res_words).clip(0.0, 1.0)).otherwise(0.0),
         "refusal": res.str.contains(refusal).cast(pl.Float64),
     }
-    return [exprs[n].cast(pl.Float64).alias(SCORE_PREFIX + n) for n in names]
+    return frame.with_columns([exprs[n].cast(pl.Float64).alias(SCORE_PREFIX + n) for n in names]).drop(
+        "_ins_words", "_res_words", "_res_tokens", "_non_space"
+    )
 
 
 class HeuristicsStage(RowStage):
@@ -91,9 +95,6 @@ class HeuristicsStage(RowStage):
 
     def process(self, batch: pl.DataFrame) -> StageResult:
         p: HeuristicsParams = self.params  # type: ignore[assignment]
-        scored = (
-            batch.with_columns(instruction_expr().alias("_ins"), response_expr().alias("_res"))
-            .with_columns(heuristic_exprs(list(p.scores), p.extra_refusal_patterns))
-            .drop("_ins", "_res")
-        )
+        texts = batch.with_columns(instruction_expr().alias("_ins"), response_expr().alias("_res"))
+        scored = add_heuristics(texts, list(p.scores), p.extra_refusal_patterns).drop("_ins", "_res")
         return StageResult(kept=scored)

@@ -26,11 +26,16 @@ import numpy as np
 import polars as pl
 from pydantic import ConfigDict, Field
 
-from datacraft.embed import EMBEDDING_COLUMN, embedding_series, ensure_embeddings
+from datacraft.embed import ensure_embeddings
 from datacraft.records import concat_batches, set_scores, with_drop
 from datacraft.stages.base import GlobalStage, StageParams, StageResult
-from datacraft.stages.select.submodular import greedy, log_det_greedy, resolve_budget, similarity_graph
-
+from datacraft.stages.select.submodular import (
+    greedy,
+    log_det_greedy,
+    resolve_budget,
+    similarity_graph,
+    with_embeddings,
+)
 
 # ---------------------------------------------------------------------------------------------
 # budget rules (pure)
@@ -276,15 +281,6 @@ def smart_beam(stage: SmartMixtureStage, rows: Any) -> dict[str, Any]:
 
     col = stage.params.task_column
 
-    class _Embed(beam.DoFn):
-        def setup(self) -> None:
-            stage.setup()
-
-        def process(self, batch: pl.DataFrame) -> Any:
-            if batch.height and EMBEDDING_COLUMN not in batch.columns:
-                batch = batch.with_columns(embedding_series(stage.vectors(batch)))
-            yield batch
-
     def _merge(parts: list[dict[str, tuple[np.ndarray, int]]]) -> dict[str, Any]:
         sums: dict[str, tuple[np.ndarray, int]] = {}
         for part in parts:
@@ -318,7 +314,7 @@ def smart_beam(stage: SmartMixtureStage, rows: Any) -> dict[str, Any]:
         res = StageResult(kept=pl.DataFrame(), extras={"budgets": plan["table"], "mixture": {"mixing": stage.params.mixing, "tasks": len(plan["table"])}})
         return stats_of(stage.label, 0, res, 0.0)
 
-    embedded = rows | "Embed" >> beam.ParDo(_Embed())
+    embedded = rows | "Embed" >> beam.Map(with_embeddings, stage)
     plan = embedded | "TaskSums" >> beam.Map(stage.task_sums) | "AllSums" >> beam.combiners.ToList() | "Budgets" >> beam.Map(_merge)
     outs = (
         embedded

@@ -34,7 +34,7 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import ConfigDict, Field
 
-from datacraft.embed import embedding_series, ensure_embeddings, EMBEDDING_COLUMN
+from datacraft.embed import EMBEDDING_COLUMN, embedding_series, ensure_embeddings
 from datacraft.knn import knn, knn_graph
 from datacraft.records import SCORE_PREFIX, set_scores, text_expr, with_drop
 from datacraft.stages.base import GlobalStage, StageParams, StageResult
@@ -398,6 +398,13 @@ def coverage_report(x: np.ndarray, sel: Selection, graph: sp.csr_matrix | None, 
     return out
 
 
+def with_embeddings(batch: pl.DataFrame, stage: Any) -> pl.DataFrame:
+    """The batch with an `embedding` column (the stage's `vectors` when missing); Beam step of the select stages."""
+    if batch.height and EMBEDDING_COLUMN not in batch.columns:
+        batch = batch.with_columns(embedding_series(stage.vectors(batch)))
+    return batch
+
+
 def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
     """GreeDi: hash rows into P partitions, select ⌈oversample·B/P⌉ per partition, then B over the union.
     Every row is in exactly one partition, so it is dropped in round 1 or decided in round 2."""
@@ -410,15 +417,6 @@ def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
 
     p = stage.params
     parts = p.partitions
-
-    class _Embed(beam.DoFn):
-        def setup(self) -> None:
-            stage.setup()
-
-        def process(self, batch: pl.DataFrame) -> Any:
-            if batch.height and EMBEDDING_COLUMN not in batch.columns:
-                batch = batch.with_columns(embedding_series(stage.vectors(batch)))
-            yield batch
 
     def _key(batch: pl.DataFrame) -> Any:
         keyed = batch.with_columns((pl.col("id").hash(seed=7) % parts).alias("_p"))
@@ -455,7 +453,7 @@ def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
                 yield result.kept
             yield from _emit(result, frame.height, time.perf_counter() - t0)
 
-    embedded = rows | "Embed" >> beam.ParDo(_Embed())
+    embedded = rows | "Embed" >> beam.Map(with_embeddings, stage)
     total = embedded | "Count" >> beam.Map(lambda b: b.height) | "Total" >> beam.CombineGlobally(sum)
     r1 = (
         embedded

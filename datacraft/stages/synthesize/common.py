@@ -37,6 +37,10 @@ class UsesLLM:
     params: Any
     context: Any
 
+    def __init__(self, *args: Any, client: Generator | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.client = client  # injected (tests, shared engines) or created in setup()
+
     def setup(self) -> None:
         if self.client is None:
             from datacraft.llm.client import LLMClient, engine_config_for

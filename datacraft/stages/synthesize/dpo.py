@@ -70,10 +70,6 @@ class DPOPairsStage(UsesLLM, BatchStage):
     Params = DPOPairsParams
     params: DPOPairsParams
 
-    def __init__(self, *args: Any, client: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client = client
-
     def setup(self) -> None:
         if self.params.judge:
             super().setup()

@@ -175,9 +175,8 @@ class MultiHopStage(UsesLLM, GlobalStage):
     Params = MultiHopParams
     params: MultiHopParams
 
-    def __init__(self, *args: Any, client: Any = None, embed: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, embed: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.client = client
         self._embed = embed  # callable texts -> normalized vectors (injected in tests)
         self._personas: list[str] | None = None
         self._persona_vecs: np.ndarray | None = None

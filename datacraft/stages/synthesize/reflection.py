@@ -117,9 +117,8 @@ class ReflectionStage(UsesLLM, BatchStage):
     Params = ReflectionParams
     params: ReflectionParams
 
-    def __init__(self, *args: Any, client: Any = None, scorer: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, scorer: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.client = client
         self.scorer = scorer
 
     def setup(self) -> None:

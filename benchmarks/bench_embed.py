@@ -1,0 +1,64 @@
+"""Embedding throughput inside the `embed` stage vs raw `model.encode` on the same texts (goal ≥ 0.95×).
+
+Texts: real ~200-word responses from ../shared/data (AlpacaEval GPT-4 answers). Both paths use the
+same loaded model; the stage adds text extraction, length sorting, content hashing and the vector
+cache (a fresh cache dir, so every row is encoded). Also reports the static embedder's texts/s.
+
+    python benchmarks/bench_embed.py --quick     # 96 texts
+    python benchmarks/bench_embed.py             # 384 texts
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit  # noqa: E402
+
+from datacraft.embed import EmbedStage, load_embedder  # noqa: E402
+from datacraft.io.readers import read_all  # noqa: E402
+from datacraft.records import text_expr  # noqa: E402
+from datacraft.stages.base import RunContext  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--batch-rows", type=int, default=4096)
+    args = ap.parse_args()
+    n = args.n or (96 if args.quick else 384)
+    frame, _ = read_all(str(ROOT / "tests" / "data" / "alpaca_eval_gpt4_200.jsonl"))
+    while frame.height < n:
+        frame = frame.vstack(frame.with_columns(frame["id"] + "'"))
+    frame = frame.head(n)
+    texts = frame.select(text_expr("response").alias("t"))["t"].to_list()
+    model = load_embedder("sentence-transformers", "embedded", batch_size=64)
+    model.model.encode(texts[:16], batch_size=64)  # warm-up
+    t0 = time.perf_counter()
+    model.model.encode(texts, batch_size=64, normalize_embeddings=True)
+    raw = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = EmbedStage({"text": "response", "batch_size": 64}, context=RunContext(cache_dir=tmp))
+        batches = [frame.slice(i, args.batch_rows) for i in range(0, n, args.batch_rows)]
+        t1 = time.perf_counter()
+        stage.run_local(batches)
+        piped = time.perf_counter() - t1
+    static = load_embedder("static")
+    t2 = time.perf_counter()
+    static.encode(texts * max(1, 2000 // n))
+    static_rate = len(texts * max(1, 2000 // n)) / (time.perf_counter() - t2)
+    print(f"raw encode {n / raw:.1f} texts/s; embed stage {n / piped:.1f} texts/s; static {static_rate:.0f} texts/s", flush=True)
+    emit({"benchmark": "embed", "n": n, "raw_texts_per_s": n / raw, "stage_texts_per_s": n / piped, "ratio_vs_raw": raw / piped, "static_texts_per_s": static_rate})
+
+
+if __name__ == "__main__":
+    main()

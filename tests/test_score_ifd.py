@@ -1,0 +1,102 @@
+"""IFD / r-IFD with the embedded student (SmolLM2-135M) on real Alpaca rows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from datacraft.io.readers import read_all
+from datacraft.records import batch_from_rows, make_row
+from datacraft.stages.registry import build_stage
+from datacraft.stages.score.ifd import IFDScorer, ratios, scores_from_losses
+
+from .conftest import DATA
+
+
+@pytest.fixture(scope="module")
+def scorer() -> IFDScorer:
+    return IFDScorer("embedded", device="cpu", max_length=256, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def alpaca() -> pl.DataFrame:
+    rows, _ = read_all(str(DATA / "alpaca_llamafactory_200.jsonl"))
+    return rows
+
+
+def _pairs(frame: pl.DataFrame, n: int) -> tuple[list[str], list[str]]:
+    from datacraft.records import instruction_expr, response_expr
+
+    sel = frame.head(n).select(instruction_expr().alias("x"), response_expr().alias("y"))
+    return sel["x"].to_list(), sel["y"].to_list()
+
+
+def _direct_loss(model, context: list[int], target: list[int]) -> float:
+    """The unbatched reference: HF's own masked mean loss over the target tokens."""
+    import torch
+
+    ids = torch.tensor([context + target])
+    labels = torch.tensor([[-100] * len(context) + target])
+    with torch.inference_mode():
+        return float(model(input_ids=ids, labels=labels).loss)
+
+
+def test_ratio_forms_and_edge_cases() -> None:
+    lr, pr = ratios(0.696, 0.761)  # Cherry's worked example: IFD ≈ 0.915
+    assert lr == pytest.approx(0.9146, abs=1e-4)
+    assert pr == pytest.approx(math.exp(0.696 - 0.761))
+    assert ratios(1.0, 0.0) == (0.0, math.exp(1.0))  # zero denominator → 0 (loss form)
+    assert all(math.isnan(v) for v in ratios(math.nan, 1.0))
+    s = scores_from_losses(2.0, 1.0, 1.0, 2.0)
+    assert s.ifd("loss_ratio") == 2.0 and s.ifd() == pytest.approx(math.e)
+    assert s.rifd("loss_ratio") == 0.5 and s.rifd("ppl_ratio") == pytest.approx(math.exp(-1))
+    with pytest.raises(ValueError):
+        s.ifd("bogus")
+
+
+def test_batched_scores_match_unbatched_reference(scorer: IFDScorer, alpaca: pl.DataFrame) -> None:
+    xs, ys = _pairs(alpaca, 6)
+    xs.append("Say hi.")
+    ys.append("")  # empty response → NaN IFD, r-IFD still defined
+    batched = scorer.score(xs, ys, reverse=True)
+    for x, y, got in zip(xs, ys, batched, strict=True):
+        items = scorer.items(x, y, reverse=True)
+        ref = [_direct_loss(scorer.model, c, t) if t else math.nan for c, t in items]
+        for value, want in zip((got.loss_cond, got.loss_direct, got.rloss_cond, got.rloss_direct), ref, strict=True):
+            if math.isnan(want):
+                assert math.isnan(value)
+            else:
+                assert value == pytest.approx(want, abs=1e-4)
+    assert math.isnan(batched[-1].ifd()) and not math.isnan(batched[-1].rifd())
+    assert batched[0].ifd_loss_ratio == pytest.approx(batched[0].loss_cond / batched[0].loss_direct)
+
+
+def test_mismatched_responses_score_higher_ifd(scorer: IFDScorer, alpaca: pl.DataFrame) -> None:
+    xs, ys = _pairs(alpaca, 24)
+    shuffled = ys[7:] + ys[:7]  # every instruction gets another row's response
+    matched = scorer.score(xs, ys, reverse=True)
+    mismatched = scorer.score(xs, shuffled, reverse=True)
+    above = lambda res, f: np.mean([r.ifd(f) > 1 for r in res])  # noqa: E731
+    for form in ("ppl_ratio", "loss_ratio"):
+        assert above(mismatched, form) > above(matched, form)
+    # the response's own instruction is easier to recover from it: lower r-IFD when matched
+    assert np.mean([m.rifd() < s.rifd() for m, s in zip(matched, mismatched, strict=True)]) > 0.7
+
+
+def test_ifd_stage_writes_scores_and_filters(alpaca: pl.DataFrame) -> None:
+    batch = alpaca.head(8)
+    empty = batch_from_rows([make_row([{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": ""}], id="empty")])
+    frame = pl.concat([batch, empty], how="diagonal_relaxed")
+    stage = build_stage("ifd", {"max_length": 256, "ifd_form": "loss_ratio", "keep_losses": True, "max_ifd": 1.0})
+    kept, dropped, stats = stage.run_local([frame])
+    assert kept.height + dropped.height == frame.height
+    assert set(dropped["drop_reason"].to_list()) <= {"ifd_above_max"}
+    assert (kept["scores.ifd"].drop_nulls() <= 1.0).all()
+    row = kept.filter(pl.col("id") == "empty")
+    assert row["scores.ifd"][0] is None and "ifd_unscorable" in row["meta"][0]
+    ok = kept.filter(pl.col("scores.ifd").is_not_null())
+    assert np.allclose(ok["scores.ifd"], ok["scores.ifd_loss_cond"] / ok["scores.ifd_loss_direct"])
+    assert stats[0]["counters"]["ifd.rows"] == frame.height

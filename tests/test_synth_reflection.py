@@ -1,0 +1,149 @@
+"""Reflection-Tuning: the selection rule, parse-failure handling, modes, prompts, and a real run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from datacraft.io.readers import read_all
+from datacraft.stages.synthesize import prompts
+from datacraft.stages.synthesize.reflection import ReflectionStage, choose_variant, split_input
+
+from .conftest import DATA
+from .synth_fakes import FakeScorer, ScriptedClient, check_golden, run_pipeline, short_hash
+
+ALPACA = str(DATA / "alpaca_llamafactory_200.jsonl")
+
+
+@pytest.fixture(scope="module")
+def rows() -> pl.DataFrame:
+    kept, _ = read_all(ALPACA)
+    return kept.head(8)
+
+
+def teacher(bad_response_marker: str = "making crepes") -> ScriptedClient:
+    """New instructions start with 'Explain'; better answers with 'Better'; one row gets a placeholder."""
+    return ScriptedClient(
+        [
+            ("[New Instruction]", lambda p: f"Critique...\n[New Instruction] Explain in detail {short_hash(p)} with examples. [End]\n[New Answer] Detailed answer {short_hash(p)}. [End]"),
+            ("[Better Answer]", lambda p: "Critique.\n[Better Answer] your answer [End]" if bad_response_marker in p else f"Critique.\n[Better Answer] Better answer {short_hash(p)}.\n[End]"),
+        ]
+    )
+
+
+def _ledger(stats: list[dict]) -> None:
+    s = stats[0]
+    assert s["in"] + s["created"] == s["kept"] + sum(s["dropped"].values())
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("scores", "below_one", "expected"),
+    [
+        ({"ori": (0.5, 0.9), "Q": (0.7, 0.8), "QA": (0.8, 0.6), "A": (0.4, 0.5)}, True, ("QA", "")),
+        ({"ori": (0.7, 0.9), "Q": (0.5, 0.8), "QA": (0.8, 0.6), "A": (0.4, 0.5)}, True, ("A", "")),
+        ({"ori": (0.7, 0.9), "Q": (0.5, 0.8), "A": (0.4, 0.95)}, True, (None, "response_not_accepted")),
+        ({"ori": (0.7, 1.3), "A": (0.9, 1.1)}, True, (None, "above_one")),
+        ({"ori": (0.7, 1.3), "A": (0.9, 1.1)}, False, ("A", "")),
+        ({"ori": (0.7, 0.9), "A": (1.2, 0.5)}, True, (None, "above_one")),
+        ({"ori": (0.5, 0.9), "Q": (0.7, 0.8)}, True, (None, "response_not_reflected")),  # QA missing
+        ({"ori": (NAN, 0.9), "A": (0.4, 0.5)}, True, (None, "ifd_unavailable")),
+    ],
+)
+def test_selection_rule(scores: dict, below_one: bool, expected: tuple) -> None:
+    assert choose_variant(scores, require_below_one=below_one) == expected
+
+
+def test_selective_mode_one_call_per_step_and_rule_applied(rows: pl.DataFrame) -> None:
+    client = teacher()
+    # the student prefers the new instructions (higher IFD) and the better answers (lower r-IFD);
+    # the crepes row's original-response reflection fails, which does not matter once Q wins
+    scorer = FakeScorer(lambda x, y: (0.9 if x.startswith("Explain") else 0.8, 0.5 if y.startswith("Better") else 0.7))
+    stage = ReflectionStage({"mode": "selective"}, client=client, scorer=scorer)
+    kept, dropped, stats = stage.run_local([rows])
+    _ledger(stats)
+    assert [len(c) for c in client.calls] == [8, 16, 1]  # instructions, responses (ori + Q), one parse retry
+    assert client.calls[2][0].sampling.temperature == 0.7 and client.calls[2][0].sampling.seed == 1
+    assert scorer.calls == [8 * 4 - 1]  # the crepes row has no reflected original response (A)
+    assert kept.height == 8 and dropped.height == 0
+    for r in kept.iter_rows(named=True):
+        info = json.loads(r["meta"])["reflection"]
+        assert r["lineage"]["method"] == "reflection:selective:QA" and len(r["lineage"]["parent_ids"]) == 1
+        assert r["messages"][0]["content"].startswith("Explain") and r["messages"][1]["content"].startswith("Better")
+        assert info["rejected_response"].startswith("Detailed answer") and info["accepted"] is True
+        assert r["scores.ifd"] == 0.9 and r["scores.rifd"] == 0.5
+    assert stats[0]["counters"]["reflection.parse_failed.response.placeholder"] == 1
+
+
+def test_selective_mode_drops_rows_the_student_rejects(rows: pl.DataFrame) -> None:
+    # original instruction wins (higher IFD); the reflected answer has a HIGHER r-IFD: rejected
+    scorer = FakeScorer(lambda x, y: (0.5 if x.startswith("Explain") else 0.8, 0.9 if y.startswith("Better") else 0.7))
+    kept, dropped, stats = ReflectionStage({"mode": "selective"}, client=teacher(), scorer=scorer).run_local([rows])
+    _ledger(stats)
+    assert kept.height == 0
+    reasons = dropped["drop_reason"].to_list()
+    assert reasons.count("response_not_accepted") == 7 and reasons.count("response_not_reflected") == 1  # crepes
+
+
+def test_parse_failure_keeps_the_original_and_is_counted(rows: pl.DataFrame) -> None:
+    kept, dropped, stats = ReflectionStage({"mode": "response"}, client=teacher()).run_local([rows])
+    _ledger(stats)
+    assert dropped.height == 0 and kept.height == 8
+    crepes = kept.filter(pl.col("id") == "llamafactory_alpaca_en_demo:0").row(0, named=True)
+    assert crepes["lineage"]["method"] == "seed" and crepes["messages"] == rows.row(0, named=True)["messages"]
+    c = stats[0]["counters"]
+    assert c["reflection.parse_failed.response.placeholder"] == 1 and c["reflection.unchanged"] == 1 and c["reflection.reflected"] == 7
+
+
+def test_llm_failures_keep_or_drop(rows: pl.DataFrame) -> None:
+    client = teacher()
+    client.fail_when = "Transform the following sentence"
+    kept, dropped, stats = ReflectionStage({"mode": "recycled", "on_failure": "drop"}, client=client).run_local([rows])
+    _ledger(stats)
+    assert dropped["drop_reason"].to_list() == ["llm_error"] and kept.height == 7
+    client.calls.clear()
+    kept, dropped, stats = ReflectionStage({"mode": "recycled"}, client=client).run_local([rows])
+    assert dropped.height == 0 and stats[0]["counters"]["reflection.llm_failed.instruction.llm_error"] == 1
+
+
+def test_modes_and_keep_original(rows: pl.DataFrame) -> None:
+    for mode, method in [("instruction", "reflection:instruction"), ("recycled", "reflection:recycled")]:
+        kept, _, stats = ReflectionStage({"mode": mode}, client=teacher()).run_local([rows])
+        assert set(kept["lineage"].struct.field("method")) == {method}
+    kept, _, stats = ReflectionStage({"mode": "recycled", "keep_original": True}, client=teacher()).run_local([rows])
+    _ledger(stats)
+    assert stats[0]["created"] == 8 and kept.height == 16
+    rec = kept.filter(pl.col("lineage").struct.field("method") == "reflection:recycled")
+    assert all(m[1]["content"].startswith(("Better", "Detailed")) for m in rec["messages"].to_list())
+
+
+def test_golden_prompts() -> None:
+    kept, _ = read_all(str(DATA / "selfinstruct_60.jsonl"))
+    row = kept.row(0, named=True)
+    user, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+    instruction, given = split_input(user, json.loads(row["meta"]))
+    assert given and instruction + "\n\n" + given == user
+    check_golden("reflection_instruction", prompts.instruction_reflection_messages(user, answer))
+    check_golden("reflection_response", prompts.response_reflection_messages(instruction, answer, given))
+    check_golden("dpo_pair_judge", prompts.pair_judge_messages(instruction, answer, "A shorter answer."))
+
+
+@pytest.mark.slow
+def test_real_teacher_and_student_in_beam(tmp_path: Path) -> None:
+    """Embedded teacher + embedded IFD student, selective mode, end to end in Beam."""
+    stage = {"name": "reflection", "mode": "selective", "max_tokens": 48, "parse_retries": 0, "require_below_one": False}
+    report, out, dropped = run_pipeline(tmp_path, ALPACA, [stage], input={"limit": 2})
+    assert report["ledger_ok"]
+    st = report["stages"][1]
+    assert st["in"] == 2 and st["kept"] + sum(st["dropped"].values()) == 2
+    assert st["counters"]["llm.completion_tokens"] > 0 and st["counters"]["reflection.student_pairs"] >= 2
+    for r in out.iter_rows(named=True):
+        info = json.loads(r["meta"])["reflection"] if isinstance(r["meta"], str) else r["meta"]["reflection"]
+        assert r["lineage"]["method"].startswith("reflection:selective:") and math.isfinite(r["scores"]["ifd"])
+        assert info["accepted"] is True
