@@ -13,7 +13,8 @@ then TRL evaluates the answer loss (mean token NLL) on the held-out reference an
 better; lift = random − curated. Three seeds (training order, random draw).
 
     python benchmarks/bench_lift.py --quick        # < 60 s (1 seed, tiny)
-    python benchmarks/bench_lift.py                # full: k=32, 3 seeds (≈ 15-20 min on 2 loaded cores)
+    python benchmarks/bench_lift.py                # full: k=16, 2 epochs, 3 seeds (≈ 10-15 min on 2 loaded cores)
+    python benchmarks/bench_lift.py --k 64 --heldout 48 --max-length 256   # a stronger check (GPU or idle CPU)
 
 Last line: {"benchmark": "lift", ...}.
 """
@@ -122,13 +123,13 @@ def run_arm(rows: pl.DataFrame, heldout_ds: Any, args: argparse.Namespace, seed:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny run under 60 s (1 seed)")
-    ap.add_argument("--k", type=int, default=32, help="rows per arm")
-    ap.add_argument("--heldout", type=int, default=24, help="held-out prompts (gpt4 answers)")
+    ap.add_argument("--k", type=int, default=16, help="rows per arm")
+    ap.add_argument("--heldout", type=int, default=12, help="held-out prompts (gpt4 answers)")
     ap.add_argument("--pool-prompts", type=int, default=None, help="limit the pool to this many prompts")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--max-length", type=int, default=192)
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: 1 when the machine is oversubscribed, else all)")
     ap.add_argument("--workdir", default="/tmp/datacraft_bench_lift")

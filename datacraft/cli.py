@@ -159,12 +159,15 @@ def filter_config(
     llm_engine: str | None = None,
     llm_model: str | None = None,
     llm_base_url: str | None = None,
+    embedder: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """The config dict equivalent to `datacraft filter` flags."""
     from datacraft.io.readers import sniff_format
 
-    detected = sniff_format(input_path) if fmt == "auto" else fmt
+    if fmt == "auto":
+        sniff_format(input_path)  # fails early, listing the fields seen, when no known format fits
+    # rows keep being detected one by one, so a mixed file converts each row by its own format
     conditions = _parse_min(list(mins))
     scores = {c.split()[0] for c in conditions}
     stages: list[dict[str, Any]] = [{"name": "heuristics"}]
@@ -186,25 +189,26 @@ def filter_config(
     if select:
         if by not in SELECT_STAGES:
             _fail(f"--by {by!r}: expected one of {', '.join(SELECT_STAGES)}")
-        budget: Any = select.strip()
-        if budget.endswith("%"):
-            budget = {"fraction": float(budget[:-1]) / 100}
-        else:
-            try:
-                budget = {"budget": int(budget)}
-            except ValueError:
-                _fail(f"--select {select!r}: expected a row count (1000) or a percentage (10%)")
-        stages.append({"name": SELECT_STAGES[by], **budget})
+        text = select.strip()
+        try:
+            budget = float(text[:-1]) / 100 if text.endswith("%") else int(text)
+        except ValueError:
+            _fail(f"--select {select!r}: expected a row count (1000) or a percentage (10%)")
+        if budget <= 0 or (text.endswith("%") and budget >= 1):
+            _fail(f"--select {select!r}: a percentage must be in (0, 100); to keep every row leave out --select")
+        stages.append({"name": SELECT_STAGES[by], "budget": budget})  # the reader maps --task-field to `task`
     out_format = "jsonl" if keep_format and not input_path.endswith(".parquet") and not os.path.isdir(input_path) else "parquet"
     config: dict[str, Any] = {
         "name": "filter",
-        "input": {"path": input_path, "format": detected, "task_field": task_field, **({"limit": sample} if sample else {})},
+        "input": {"path": input_path, "format": fmt, "task_field": task_field, **({"limit": sample} if sample else {})},
         "stages": stages,
         "output": {"path": output, "format": out_format, "row_format": "keep" if keep_format else "datacraft", "overwrite": overwrite},
     }
     llm = {k: v for k, v in {"engine": llm_engine, "model": llm_model, "base_url": llm_base_url}.items() if v}
     if llm:
         config["llm"] = llm
+    if embedder:
+        config["embedder"] = {"kind": embedder}
     return config
 
 
@@ -235,6 +239,7 @@ def filter_cmd(
     llm_engine: Annotated[str | None, typer.Option(help="engine for LLM scorers: transformers|vllm|openai")] = None,
     llm_model: Annotated[str | None, typer.Option(help="model name or path (default: embedded)")] = None,
     llm_base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL")] = None,
+    embedder: Annotated[str | None, typer.Option(help="sentence-transformers (accurate) | static (≈70× faster)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
 ) -> None:
     """Clean and cut down an existing corpus in one command, without writing a YAML file."""
@@ -244,7 +249,7 @@ def filter_cmd(
         data = filter_config(
             input, output, fmt=format, dedup=dedup, threshold=threshold, mins=min_, select=select, by=by,
             task_field=task_field, keep_format=keep_format, sample=sample, llm_engine=llm_engine,
-            llm_model=llm_model, llm_base_url=llm_base_url, overwrite=overwrite,
+            llm_model=llm_model, llm_base_url=llm_base_url, embedder=embedder, overwrite=overwrite,
         )
     except (FormatDetectionError, FileNotFoundError) as err:
         _fail(str(err))

@@ -108,7 +108,10 @@ class PipelineConfig(_Strict):
 
 
 def config_hash(config: PipelineConfig) -> str:
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    """Hash of what decides the result: where it is written, whether it overwrites and which runner
+    runs it are left out, so the same curation gives the same hash wherever it runs."""
+    data = config.model_dump(mode="json", exclude={"output": {"path", "overwrite"}, "runner": True})
+    blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

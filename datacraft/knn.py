@@ -73,7 +73,7 @@ def ivf_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, n
     q = base if queries is None else _f32(queries)
     n = base.shape[0]
     n_clusters = n_clusters or max(1, int(round(math.sqrt(n) * 2)))
-    centroids = kmeans(base, n_clusters, seed=seed)
+    centroids = kmeans(base, n_clusters, sample=min(n, 48 * n_clusters), niter=8, seed=seed)  # training is the main cost: a small sample suffices
     _, home = assign(base, centroids, 1)
     home = home[:, 0]
     _, probes = assign(q, centroids, min(nprobe, centroids.shape[0]))
@@ -85,7 +85,17 @@ def ivf_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, n
     qbounds = np.searchsorted(flat_c[qorder], np.arange(centroids.shape[0] + 1))
     best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
     best_i = np.full((q.shape[0], k), -1, dtype=np.int64)
-    for c in range(centroids.shape[0]):
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # many small blocks: thread start-up costs more than it gains
+    try:
+        _search_lists(q, base, k, order, bounds, flat_q, qorder, qbounds, best_s, best_i)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return best_s, best_i
+
+
+def _search_lists(q: np.ndarray, base: np.ndarray, k: int, order: np.ndarray, bounds: np.ndarray, flat_q: np.ndarray, qorder: np.ndarray, qbounds: np.ndarray, best_s: np.ndarray, best_i: np.ndarray) -> None:
+    for c in range(len(bounds) - 1):
         members = order[bounds[c] : bounds[c + 1]]
         qs = flat_q[qorder[qbounds[c] : qbounds[c + 1]]]
         if members.size == 0 or qs.size == 0:
@@ -93,7 +103,6 @@ def ivf_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, n
         s, i = exact_search(q[qs], base[members], k)
         s, i = _merge_topk(best_s[qs], best_i[qs], s, members[i], k)
         best_s[qs], best_i[qs] = s, i
-    return best_s, best_i
 
 
 def hnsw_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, m: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -187,3 +187,15 @@ def test_publish_a_real_run_folder(tmp_path: Path) -> None:
     assert ds["train"].num_rows + ds["test"].num_rows == kept
     body = (plan.folder / "README.md").read_text()
     assert f"`{config.hash()}`" in body and "| exact_dedup | " in body and "images/score_length.response.png" in body
+
+
+def test_refuses_to_overwrite_a_foreign_folder(run_folder: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    run, _ = run_folder
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(PublishError, match="not a folder built by"):
+        build_publish_folder(run, "alice/curated", foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    build_publish_folder(run, "alice/curated", tmp_path / "hub")
+    build_publish_folder(run, "alice/curated", tmp_path / "hub")  # a rebuild of our own folder is fine

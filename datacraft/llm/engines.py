@@ -71,7 +71,10 @@ class TransformersEngine:
         self.max_len = config.max_model_len or getattr(self.lm.config, "max_position_embeddings", None)
 
     def render(self, request: Request) -> str:
-        return self.tokenizer.apply_chat_template(request.message_dicts(), tokenize=False, add_generation_prompt=True)
+        """The prompt text: the model's chat template, or `role: content` lines for base models."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(request.message_dicts(), tokenize=False, add_generation_prompt=True)
+        return "".join(f"{role}: {content}\n" for role, content in request.messages) + "assistant:"
 
     def generate(self, requests: list[Request], on_results: OnResults | None = None) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)

@@ -27,7 +27,6 @@ import polars as pl
 from pydantic import Field
 
 from datacraft.records import (
-    MESSAGES_DTYPE,
     SCORE_PREFIX,
     concat_batches,
     empty_batch,
@@ -432,7 +431,6 @@ def write_dropped_jsonl(dropped: pl.DataFrame, path: str | Path) -> None:
 
 
 __all__ = [
-    "MESSAGES_DTYPE",
     "DecontaminateParams",
     "DecontaminateStage",
     "EvalIndex",

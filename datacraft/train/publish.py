@@ -396,8 +396,10 @@ def build_publish_folder(
     target = Path(folder) if folder is not None else default_folder(run_dir)
     if target.resolve() == Path(run_dir).resolve() or Path(run_dir).resolve() in target.resolve().parents:
         raise PublishError(f"{target}: the publish folder must not be inside the run folder")
-    if target.exists():
-        shutil.rmtree(target)
+    if target.exists() and any(target.iterdir()):
+        if not (target / "datacraft_report.json").exists():
+            raise PublishError(f"{target}: exists and is not a folder built by `datacraft publish`; choose another --folder")
+        shutil.rmtree(target)  # a previous build of this command
     target.mkdir(parents=True)
     rows = read_run_rows(run_dir)
     export = export_frame(rows, target, test_size=test_size, seed=seed, decontaminate=decontaminate, shard_rows=shard_rows)

@@ -19,7 +19,7 @@ Two backends:
 Templates: `deita` = the exact strings of hkust-nlp/deita `llama_scorer.py` (Apache-2.0), sent as raw
 text, as the released scorers were trained; `judge` = our own wording for general chat models (the
 Deita strings do not state the 1–6 scale, which only a fine-tuned scorer knows), sent as a user turn
-through the model's chat template. `auto` picks `deita` when the model name contains "deita".
+through the model's chat template. `auto`: see `resolve_template`.
 """
 
 from __future__ import annotations
@@ -145,9 +145,13 @@ def turn_pairs(messages: Sequence[Mapping[str, str]] | None, chosen: Sequence[Ma
     return turns
 
 
-def resolve_template(template: str, model: str) -> str:
+def resolve_template(template: str, model: str, backend: str) -> str:
+    """`auto`: Deita's raw strings for the released scorers and for in-process (logits) judges — on
+    the embedded 135M model they separate full from truncated answers better than our chat wording
+    (measured, see tests/test_score_quality.py) — and our chat wording for engine backends, which
+    take chat messages only."""
     if template == "auto":
-        return "deita" if "deita" in model.lower() else "judge"
+        return "deita" if "deita" in model.lower() or backend == "logits" else "judge"
     return template
 
 
@@ -178,9 +182,10 @@ class DeitaJudge:
     ) -> None:
         self.dimension = dimension
         self.config = engine_config
-        self.template = resolve_template(template, engine_config.model)
         if backend == "auto":
-            backend = "logits" if engine_config.engine == "transformers" or self.template == "deita" else "engine"
+            in_process = engine_config.engine == "transformers" or "deita" in engine_config.model.lower()
+            backend = "logits" if in_process else "engine"
+        self.template = resolve_template(template, engine_config.model, backend)
         if backend == "engine" and self.template == "deita" and client is None:
             raise ValueError("the raw Deita template needs backend 'logits' (engines take chat messages only)")
         self.backend = backend
@@ -432,19 +437,20 @@ class JudgeStage(BatchStage):
             combined.append(self._combined(batch["meta"][r], meta.get(f"{dim}_scores")))
 
         out = update_meta(set_scores(batch, {dim: values}), metas)
-        if any(c is not None for c in combined) or SCORE_PREFIX + "deita" in batch.columns:
-            old = batch[SCORE_PREFIX + "deita"].to_list() if SCORE_PREFIX + "deita" in batch.columns else [None] * batch.height
+        if any(c is not None for c in combined):
+            old = out[SCORE_PREFIX + "deita"].to_list() if SCORE_PREFIX + "deita" in out.columns else [None] * batch.height
             out = set_scores(out, {"deita": [c if c is not None else o for c, o in zip(combined, old, strict=True)]})
-        reasons = pl.Series("_reason", drop_reason, dtype=pl.Utf8)
-        if self.params.min_score is not None:
-            low = pl.Series([v is not None and v < self.params.min_score for v in values])
-            reasons = pl.Series("_reason", [r or ("below_min_score" if lo else None) for r, lo in zip(drop_reason, low, strict=True)], dtype=pl.Utf8)
-        keep = reasons.is_null()
-        dropped = out.filter(~keep)
-        if dropped.height:
-            details = [f"{dim}={v:.3f}" if v is not None else "" for v, k in zip(values, keep, strict=True) if not k]
-            dropped = with_drop(dropped, self.label, reasons.filter(~keep).alias("r").to_frame().to_series(), "")
-            dropped = dropped.with_columns(pl.Series("drop_detail", details, dtype=pl.Utf8))
+        floor = self.params.min_score
+        for r, v in enumerate(values):
+            if drop_reason[r] is None and floor is not None and v is not None and v < floor:
+                drop_reason[r] = "below_min_score"
+        keep = pl.Series([r is None for r in drop_reason])
+        dropped = with_drop(
+            out.filter(~keep),
+            self.label,
+            pl.Series([r for r in drop_reason if r is not None], dtype=pl.Utf8),
+            pl.Series([f"{dim}={v:.3f}" if v is not None else "" for v, r in zip(values, drop_reason, strict=True) if r is not None], dtype=pl.Utf8),
+        )
         counters = {f"judge.turns.{k}": v for k, v in methods.items()}
         counters.update(self.judge.pop_counters())
         counters.update(_histogram(dim, [v for v in values if v is not None]))
