@@ -87,7 +87,6 @@ def test_in_beam_without_judge(tmp_path: Path) -> None:
     assert rows["chosen"].list.len().to_list() == [1, 1, 1, 1]
 
 
-@pytest.mark.slow
 def test_real_judge_in_beam(tmp_path: Path) -> None:
     """The embedded model as judge, end to end: every pair ends kept or dropped with a reason."""
     path = tmp_path / "reflected.jsonl"

@@ -15,7 +15,8 @@ instruction, for r-IFD) gives NaN, stored as a null score with `meta.ifd_unscora
 
 Truncation: the conditioned sequence is cut at `max_length` tokens and the direct sequence scores
 exactly the same response tokens, so both losses cover the same span (the official code
-approximates this with length arithmetic). Sequences are scored in batches, sorted by length and
+approximates this with length arithmetic). For r-IFD the response inside the reverse query is cut
+instead, so the whole instruction is scored. Sequences are scored in batches, sorted by length and
 right-padded, one forward pass each, no generation; the LM head runs on the scored positions only.
 The model is loaded once per worker (`load_causal_lm`).
 """
@@ -166,6 +167,16 @@ class IFDScorer:
             text = user + "\n"
         return self.start_ids + list(tok.encode(text, add_special_tokens=False))
 
+    def reverse_prompt_ids(self, response: str, target_len: int) -> list[int]:
+        """The reverse query around `response`; a response too long for the instruction to fit after
+        it within `max_length` is cut (its tail) so that r-IFD stays defined."""
+        ids = self.prompt_ids(REVERSE_PROMPT.format(response=response))
+        over = len(ids) + target_len - self.max_length
+        if over > 0 and response:
+            kept = self._text_ids(response)[: max(0, len(self._text_ids(response)) - over - 2)]
+            ids = self.prompt_ids(REVERSE_PROMPT.format(response=self.tokenizer.decode(kept)))
+        return ids
+
     def _text_ids(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
@@ -174,7 +185,7 @@ class IFDScorer:
         out = []
         pairs = [(self.prompt_ids(instruction), self._text_ids(response))]
         if reverse:
-            pairs.append((self.prompt_ids(REVERSE_PROMPT.format(response=response)), self._text_ids(instruction)))
+            pairs.append((self.reverse_prompt_ids(response, len(self._text_ids(instruction))), self._text_ids(instruction)))
         for prompt, target in pairs:
             n = max(0, min(len(target), self.max_length - len(prompt)))
             target = target[:n]  # both the conditioned and the direct loss cover these tokens
