@@ -16,7 +16,9 @@ from datacraft.stages.base import GlobalStage, RowStage, Stage, StageResult, sta
 KEPT, DROPPED, STATS = "kept", "dropped", "stats"
 
 
-def _emit(label: str, n_in: int, result: StageResult, seconds: float) -> Any:
+def emit_result(label: str, n_in: int, result: StageResult, seconds: float) -> Any:
+    """Yield kept / dropped / stats of one processed batch. Pass `seconds` measured before calling:
+    downstream fused steps run inside these yields."""
     progress.advance(label, n_in, result.kept.height)
     if result.kept.height:
         yield result.kept
@@ -37,7 +39,7 @@ class StageDoFn(beam.DoFn):
     def process(self, batch: pl.DataFrame) -> Any:
         t0 = time.perf_counter()
         result = self.stage.process(batch)
-        yield from _emit(self.stage.label, batch.height, result, time.perf_counter() - t0)
+        yield from emit_result(self.stage.label, batch.height, result, time.perf_counter() - t0)
 
     def teardown(self) -> None:
         self.stage.teardown()
@@ -56,7 +58,7 @@ class _GlobalOneProcess(beam.DoFn):
         frame = concat_batches(batches)
         t0 = time.perf_counter()
         result = self.stage.process_all(frame)
-        yield from _emit(self.stage.label, frame.height, result, time.perf_counter() - t0)
+        yield from emit_result(self.stage.label, frame.height, result, time.perf_counter() - t0)
 
 
 class _KeyBatch(beam.DoFn):
@@ -86,7 +88,7 @@ class _PartitionDoFn(beam.DoFn):
         frame = concat_batches(list(parts))
         t0 = time.perf_counter()
         result = self.stage.process_partition(key, frame, facts)
-        yield from _emit(self.stage.label, frame.height, result, time.perf_counter() - t0)
+        yield from emit_result(self.stage.label, frame.height, result, time.perf_counter() - t0)
 
 
 def sample_rows(batch: pl.DataFrame, fraction: float) -> pl.DataFrame:
@@ -104,7 +106,7 @@ class _ApplyDoFn(beam.DoFn):
     def process(self, batch: pl.DataFrame, facts: Any) -> Any:
         t0 = time.perf_counter()
         result = self.fn(batch, facts)
-        yield from _emit(self.stage.label, batch.height, result, time.perf_counter() - t0)
+        yield from emit_result(self.stage.label, batch.height, result, time.perf_counter() - t0)
 
 
 class ApplyWithFacts(beam.PTransform):

@@ -177,11 +177,11 @@ def edge_dedup_beam(
     (embeddings, signatures) once per row; `keyed` yields small (key, frame) pieces; `edges_of` turns one
     partition into (edges, nodes)."""
     import apache_beam as beam
-    from apache_beam.pvalue import AsSingleton, TaggedOutput
+    from apache_beam.pvalue import AsSingleton
 
     from datacraft.records import concat_batches
     from datacraft.stages.base import stats_of
-    from datacraft.stages.beam import DROPPED, KEPT, STATS, sample_rows
+    from datacraft.stages.beam import DROPPED, KEPT, STATS, emit_result, sample_rows
 
     class _Prepare(beam.DoFn):
         def setup(self) -> None:
@@ -211,11 +211,7 @@ def edge_dedup_beam(
         def process(self, batch: pl.DataFrame, res: dict[str, Any]) -> Any:
             t0 = time.perf_counter()
             result = apply_drops(stage.label, batch, res["drops"], metric)
-            if result.kept.height:
-                yield result.kept
-            if result.dropped is not None and result.dropped.height:
-                yield TaggedOutput(DROPPED, result.dropped)
-            yield TaggedOutput(STATS, stats_of(stage.label, batch.height, result, time.perf_counter() - t0))
+            yield from emit_result(stage.label, batch.height, result, time.perf_counter() - t0)
 
     def _summary(res: dict[str, Any]) -> dict[str, Any]:
         empty = StageResult(kept=pl.DataFrame(), extras=res["extras"], counters={f"{metric}.edges": float(res["edges"])})

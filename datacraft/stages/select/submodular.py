@@ -449,9 +449,10 @@ def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
             sel, graph = stage.select(frame, budget, x)
             extras = {"selection": {**coverage_report(x, sel, graph, p, frame.height, time.perf_counter() - t0), "greedi_partitions": parts, "rows_total": total}}
             result = stage.split(frame, sel, extras)
+            seconds = time.perf_counter() - t0  # before the yields: fused downstream steps run inside them
             if result.kept.height:
                 yield result.kept
-            yield from _emit(result, frame.height, time.perf_counter() - t0)
+            yield from _emit(result, frame.height, seconds)
 
     embedded = rows | "Embed" >> beam.Map(with_embeddings, stage)
     total = embedded | "Count" >> beam.Map(lambda b: b.height) | "Total" >> beam.CombineGlobally(sum)
