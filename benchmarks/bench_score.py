@@ -2,7 +2,11 @@
 calls of the same scorer on the same rows, plus the cost per 1k rows of every scorer.
 
     python benchmarks/bench_score.py --quick     # 12 rows, < 60 s on an idle 2-core machine
-    python benchmarks/bench_score.py             # 64 rows
+    python benchmarks/bench_score.py             # 64 rows (--rows N to change)
+
+Per-1k costs: quality / ifd from the raw timings, the others from one call of the stage core on
+the same rows (diversity and ds2_curate on the 200-row slice with precomputed embeddings; the
+ds2 fit has a fixed cost of a few seconds, so its per-1k figure falls with more rows).
 
 Model loading is excluded on both sides (the raw side warms the per-process model cache first;
 the pipeline's DoFn.setup then reuses it). Last line: {"benchmark": "score", ..., "ratio_vs_raw": R}
@@ -89,21 +93,22 @@ def main() -> None:
     frame = rows.head(n)
     pairs = frame.select(instruction_expr().alias("x"), response_expr().alias("y"))
     xs, ys = pairs["x"].to_list(), pairs["y"].to_list()
-    qparams = {"max_field_chars": 1000, "batch_size": 8}
-    iparams = {"max_length": 512, "batch_size": 8}
+    chars, max_len = (600, 256) if args.quick else (1000, 512)
+    qparams = {"max_field_chars": chars, "batch_size": 8}
+    iparams = {"max_length": max_len, "batch_size": 8}
 
     # -- quality: raw judge vs pipeline
     from datacraft.llm.config import EngineConfig
     from datacraft.stages.score.ifd import IFDScorer
     from datacraft.stages.score.judge import DeitaJudge
 
-    judge = DeitaJudge("quality", EngineConfig(), max_field_chars=1000, batch_size=8)
+    judge = DeitaJudge("quality", EngineConfig(), max_field_chars=chars, batch_size=8)
     judge.score(list(zip(xs[:2], ys[:2], strict=True)))  # load the model
     raw_q = best_of(lambda: judge.score(list(zip(xs, ys, strict=True))), repeats)
     pipe_q = best_of(lambda: run_beam(build_stage("quality", qparams), frame, 16), repeats)
 
     # -- ifd: raw scorer vs pipeline
-    scorer = IFDScorer(max_length=512, batch_size=8)
+    scorer = IFDScorer(max_length=max_len, batch_size=8)
     raw_i = best_of(lambda: scorer.score(xs, ys, reverse=True), repeats)
     pipe_i = best_of(lambda: run_beam(build_stage("ifd", iparams), frame, 16), repeats)
 
@@ -129,19 +134,20 @@ def main() -> None:
     per_1k("complexity", qparams, frame)
     cost["ifd"] = round(raw_i / n * 1000, 2)
     with tempfile.TemporaryDirectory() as tmp:
-        per_1k("reward", {"model": tiny_reward_model(tmp), "batch_size": 8, "max_length": 512}, frame)
+        per_1k("reward", {"model": tiny_reward_model(tmp), "batch_size": 8, "max_length": max_len}, frame)
     from datacraft.embed import embedder_from, encode_sorted
     from datacraft.records import text_expr
 
-    texts = rows.select(text_expr("conversation").alias("t"))["t"].to_list()
+    pool = frame if args.quick else rows
+    texts = pool.select(text_expr("conversation").alias("t"))["t"].to_list()
     embedder = embedder_from(None)
     encode_sorted(embedder, texts[:8])
     t0 = time.perf_counter()
     emb = encode_sorted(embedder, texts)
     cost["embed(MiniLM)"] = round((time.perf_counter() - t0) / len(texts) * 1000, 2)
-    with_emb = rows.with_columns(pl.Series("embedding", emb))
+    with_emb = pool.with_columns(pl.Series("embedding", emb))
     per_1k("diversity", {}, with_emb)
-    scored = with_emb.with_columns(pl.Series("scores.rater", np.random.default_rng(0).integers(1, 7, rows.height).astype(float)))
+    scored = with_emb.with_columns(pl.Series("scores.rater", np.random.default_rng(0).integers(1, 7, pool.height).astype(float)))
     per_1k("ds2_curate", {"rating": "rater", "hoc_rounds": 50, "curation_epochs": 51}, scored)
     for k, v in cost.items():
         print(f"cost on CPU: {k:14s} {v:9.2f} s per 1k rows")
@@ -149,6 +155,7 @@ def main() -> None:
     emit({
         "benchmark": "score",
         "rows": n,
+        "torch_threads": __import__("torch").get_num_threads(),
         "quality_rows_per_s_raw": n / raw_q,
         "quality_rows_per_s_pipeline": n / pipe_q,
         "ifd_rows_per_s_raw": n / raw_i,

@@ -29,9 +29,15 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_configs_validate() -> None:
+    from datacraft.train.trainer import load_train_config
+
     for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if path.name.startswith("train_"):  # trainer configs (datacraft train sft|dpo)
+            assert load_train_config(path, path.stem.removeprefix("train_")).model
+            continue
         config = load_config(path)
         assert config.stages, path
+        assert len(config.build_stages()) == len(config.stages)
 
 
 def test_unknown_stage_names_file_line_and_known_stages(tmp_path: Path) -> None:

@@ -75,8 +75,8 @@ def test_batched_scores_match_unbatched_reference(scorer: IFDScorer, alpaca: pl.
 
 
 def test_mismatched_responses_score_higher_ifd(scorer: IFDScorer, alpaca: pl.DataFrame) -> None:
-    xs, ys = _pairs(alpaca, 24)
-    shuffled = ys[7:] + ys[:7]  # every instruction gets another row's response
+    xs, ys = _pairs(alpaca, 16)
+    shuffled = ys[5:] + ys[:5]  # every instruction gets another row's response
     matched = scorer.score(xs, ys, reverse=True)
     mismatched = scorer.score(xs, shuffled, reverse=True)
     above = lambda res, f: np.mean([r.ifd(f) > 1 for r in res])  # noqa: E731
@@ -87,14 +87,16 @@ def test_mismatched_responses_score_higher_ifd(scorer: IFDScorer, alpaca: pl.Dat
 
 
 def test_ifd_stage_writes_scores_and_filters(alpaca: pl.DataFrame) -> None:
-    batch = alpaca.head(8)
+    batch = alpaca.head(7)
     empty = batch_from_rows([make_row([{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": ""}], id="empty")])
     frame = pl.concat([batch, empty], how="diagonal_relaxed")
-    stage = build_stage("ifd", {"max_length": 256, "ifd_form": "loss_ratio", "keep_losses": True, "max_ifd": 1.0})
-    kept, dropped, stats = stage.run_local([frame])
+    params = {"max_length": 256, "ifd_form": "loss_ratio", "keep_losses": True}
+    scored = build_stage("ifd", params).process(frame).kept
+    cut = float(scored["scores.ifd"].median())  # a threshold that drops about half the rows
+    kept, dropped, stats = build_stage("ifd", {**params, "max_ifd": cut}).run_local([frame])
     assert kept.height + dropped.height == frame.height
-    assert set(dropped["drop_reason"].to_list()) <= {"ifd_above_max"}
-    assert (kept["scores.ifd"].drop_nulls() <= 1.0).all()
+    assert dropped.height >= 3 and set(dropped["drop_reason"].to_list()) == {"ifd_above_max"}
+    assert (kept["scores.ifd"].drop_nulls() <= cut).all() and (dropped["scores.ifd"] > cut).all()
     row = kept.filter(pl.col("id") == "empty")
     assert row["scores.ifd"][0] is None and "ifd_unscorable" in row["meta"][0]
     ok = kept.filter(pl.col("scores.ifd").is_not_null())

@@ -121,7 +121,7 @@ class FakeClient:
 
 def _stage(name: str, **params):
     stage = build_stage(name, {"llm": {"engine": "openai", "model": "judge", "base_url": "http://x/v1"}, **params})
-    stage._injected_client = FakeClient()
+    stage.client = FakeClient()
     return stage
 
 
@@ -211,20 +211,21 @@ def test_embedded_judge_on_50_rows_spread_and_truncation() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory) -> str:
-    """A sequence-classification head (num_labels=1) on the embedded SmolLM2 checkpoint.
-    Its head is randomly initialised: the scores are UNTRAINED — this tests the plumbing only."""
+    """A 2-layer Llama sequence-classification model (num_labels=1) with the embedded SmolLM2
+    tokenizer, built offline. Its weights are random: the scores are UNTRAINED — plumbing only."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
     from datacraft.llm.models import resolve_model
 
-    path = resolve_model("embedded")
+    tok = AutoTokenizer.from_pretrained(resolve_model("embedded"))
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    tok = AutoTokenizer.from_pretrained(path)
-    model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, num_labels=1, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
     out = tmp_path_factory.mktemp("rm") / "tiny-rm"
-    model.save_pretrained(str(out))
+    LlamaForSequenceClassification(config).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return str(out)
 

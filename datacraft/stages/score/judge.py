@@ -366,6 +366,8 @@ class JudgeStage(BatchStage):
     dimension: ClassVar[Dimension] = "quality"
     Params = JudgeParams
     params: JudgeParams
+    #: an `LLMClient`-like object to use instead of creating one (tests, a client shared by stages)
+    client: Any = None
 
     def setup(self) -> None:
         from datacraft.llm.client import engine_config_for
@@ -382,7 +384,7 @@ class JudgeStage(BatchStage):
             digit_token_ids=p.digit_token_ids,
             top_logprobs=p.top_logprobs,
             cache_dir=self.context.cache_dir,
-            client=getattr(self, "_injected_client", None),
+            client=self.client,
         )
         self.judge.setup()
 
