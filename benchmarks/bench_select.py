@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--exact-max", type=int, default=20_000, help="above this our graph uses IVF")
+    ap.add_argument("--exact-max", type=int, default=5_000, help="above this our graph uses IVF")
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
     n = args.n or (10_000 if args.quick else 50_000)

@@ -2,7 +2,7 @@
 
 Vectors are L2-normalised float32, so inner product = cosine similarity.
 
-* `knn(x, k)` — exact (`faiss.knn`, the blocked BLAS form of IndexFlatIP) up to `exact_max` rows;
+* `knn(x, k)` — exact (blocked GEMM + argpartition: IndexFlatIP's arithmetic) up to `exact_max` rows;
   above it, `method="ivf"`: k-means centroids trained on a sample, every row stored in the inverted
   list of its nearest centroid, every query probing its `nprobe` nearest lists — searched list by list
   as exact BLAS blocks (the same arithmetic as IndexIVFFlat, 3–5× faster on CPU because it is GEMM,
@@ -32,28 +32,59 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def exact_search(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner products of each query against `base` (k clipped to len(base); pads with -1)."""
-    k = min(k, base.shape[0])
-    if k <= 0 or queries.shape[0] == 0:
-        return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
-    sims, idx = faiss.knn(_f32(queries), _f32(base), k, metric=IP)
-    return sims, idx
+def exact_search(queries: np.ndarray, base: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of each query against `base`, sorted descending (k clipped to
+    len(base)). Blocked GEMM + argpartition: on this class of CPU numpy's OpenBLAS GEMM runs ~2×
+    faster than faiss.knn's flat search, and the block bounds memory to block × len(base) floats."""
+    q, b = _f32(queries), _f32(base)
+    k = min(k, b.shape[0])
+    if k <= 0 or q.shape[0] == 0:
+        return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+    out_s = np.empty((q.shape[0], k), np.float32)
+    out_i = np.empty((q.shape[0], k), np.int64)
+    for start in range(0, q.shape[0], block):
+        sims = q[start : start + block] @ b.T
+        if k == 1:
+            best = sims.argmax(axis=1)[:, None]
+            out_s[start : start + block] = np.take_along_axis(sims, best, 1)
+            out_i[start : start + block] = best
+            continue
+        if k < sims.shape[1]:
+            top = np.argpartition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+        else:
+            top = np.broadcast_to(np.arange(sims.shape[1]), sims.shape).copy()
+        top_s = np.take_along_axis(sims, top, 1)
+        order = np.argsort(-top_s, axis=1, kind="stable")
+        out_s[start : start + block] = np.take_along_axis(top_s, order, 1)
+        out_i[start : start + block] = np.take_along_axis(top, order, 1)
+    return out_s, out_i
 
 
 def kmeans(x: np.ndarray, n_clusters: int, *, sample: int = 200_000, niter: int = 12, seed: int = 0) -> np.ndarray:
-    """Spherical k-means centroids (n_clusters, d), trained on at most `sample` rows."""
+    """Spherical k-means centroids (n_clusters, d), trained on at most `sample` rows (Lloyd's
+    iterations with GEMM assignment; empty clusters are re-seeded from random rows)."""
     x = _f32(x)
+    rng = np.random.default_rng(seed)
     n_clusters = max(1, min(n_clusters, x.shape[0]))
     if x.shape[0] > sample:
-        x = x[np.random.default_rng(seed).choice(x.shape[0], sample, replace=False)]
-    km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, spherical=True, seed=seed, max_points_per_centroid=max(256, sample // n_clusters))
-    km.train(x)
-    return _f32(km.centroids)
+        x = x[rng.choice(x.shape[0], sample, replace=False)]
+    n = x.shape[0]
+    centroids = x[rng.choice(n, n_clusters, replace=False)].copy()
+    for _ in range(niter):
+        _, nearest = exact_search(x, centroids, 1)
+        labels = nearest[:, 0]
+        members = sp.csr_matrix((np.ones(n, np.float32), (labels, np.arange(n))), shape=(n_clusters, n))
+        sums = np.asarray(members @ x, dtype=np.float32)
+        empty = np.asarray(members.sum(axis=1)).ravel() == 0
+        if empty.any():
+            sums[empty] = x[rng.choice(n, int(empty.sum()), replace=False)]
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = sums / np.maximum(norms, 1e-12)
+    return _f32(centroids)
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, top: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(sims, ids) of each row's `top` nearest centroids."""
+    """(sims, ids) of each row's `top` nearest centroids, nearest first."""
     return exact_search(x, centroids, top)
 
 
@@ -72,8 +103,9 @@ def ivf_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, n
     base = _f32(base)
     q = base if queries is None else _f32(queries)
     n = base.shape[0]
-    n_clusters = n_clusters or max(1, int(round(math.sqrt(n) * 2)))
-    centroids = kmeans(base, n_clusters, sample=min(n, 48 * n_clusters), niter=8, seed=seed)  # training is the main cost: a small sample suffices
+    n_clusters = n_clusters or max(1, int(round(math.sqrt(n))))
+    # a small sample and few iterations suffice: lists only need to be coherent, not optimal
+    centroids = kmeans(base, n_clusters, sample=min(n, 32 * n_clusters), niter=5, seed=seed)
     _, home = assign(base, centroids, 1)
     home = home[:, 0]
     _, probes = assign(q, centroids, min(nprobe, centroids.shape[0]))
@@ -85,12 +117,7 @@ def ivf_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, n
     qbounds = np.searchsorted(flat_c[qorder], np.arange(centroids.shape[0] + 1))
     best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
     best_i = np.full((q.shape[0], k), -1, dtype=np.int64)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # many small blocks: thread start-up costs more than it gains
-    try:
-        _search_lists(q, base, k, order, bounds, flat_q, qorder, qbounds, best_s, best_i)
-    finally:
-        faiss.omp_set_num_threads(threads)
+    _search_lists(q, base, k, order, bounds, flat_q, qorder, qbounds, best_s, best_i)
     return best_s, best_i
 
 
