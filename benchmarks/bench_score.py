@@ -8,7 +8,8 @@ Per-1k costs: quality / ifd from the raw timings, the others from one call of th
 the same rows (diversity and ds2_curate on the 200-row slice with precomputed embeddings; the
 ds2 fit has a fixed cost of a few seconds, so its per-1k figure falls with more rows).
 
-Model loading is excluded on both sides (the raw side warms the per-process model cache first;
+The pipeline gets all rows in one Beam batch (the reader's batches are 4,096 rows), so both sides
+sort the same prompts by length into the same forward batches. Model loading is excluded on both sides (the raw side warms the per-process model cache first;
 the pipeline's DoFn.setup then reuses it). Last line: {"benchmark": "score", ..., "ratio_vs_raw": R}
 with R = the smaller of the two pipeline/raw throughput ratios.
 """
@@ -105,12 +106,12 @@ def main() -> None:
     judge = DeitaJudge("quality", EngineConfig(), max_field_chars=chars, batch_size=8)
     judge.score(list(zip(xs[:2], ys[:2], strict=True)))  # load the model
     raw_q = best_of(lambda: judge.score(list(zip(xs, ys, strict=True))), repeats)
-    pipe_q = best_of(lambda: run_beam(build_stage("quality", qparams), frame, 16), repeats)
+    pipe_q = best_of(lambda: run_beam(build_stage("quality", qparams), frame, n), repeats)
 
     # -- ifd: raw scorer vs pipeline
     scorer = IFDScorer(max_length=max_len, batch_size=8)
     raw_i = best_of(lambda: scorer.score(xs, ys, reverse=True), repeats)
-    pipe_i = best_of(lambda: run_beam(build_stage("ifd", iparams), frame, 16), repeats)
+    pipe_i = best_of(lambda: run_beam(build_stage("ifd", iparams), frame, n), repeats)
 
     ratio_q, ratio_i = raw_q / pipe_q, raw_i / pipe_i
     print(f"quality: raw {n / raw_q:.2f} rows/s, pipeline {n / pipe_q:.2f} rows/s, ratio {ratio_q:.3f}")
