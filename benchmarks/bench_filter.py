@@ -70,7 +70,7 @@ def run_polars(src: Path, out: Path) -> int:
     return df.height
 
 
-def run_datacraft(src: Path, out: Path) -> int:
+def run_datacraft(src: Path, out: Path) -> dict:
     from datacraft.config import load_config
     from pipelines.curate import run_config
 
@@ -84,7 +84,7 @@ def run_datacraft(src: Path, out: Path) -> int:
     )
     report = run_config(config)
     assert report["ledger_ok"], report["ledger_problems"]
-    return report["rows_out"]
+    return report
 
 
 def main() -> None:
@@ -103,12 +103,13 @@ def main() -> None:
         kept_polars = run_polars(src, tmp / "polars")
         t_polars = time.perf_counter() - t0
         t0 = time.perf_counter()
-        kept_dc = run_datacraft(src, tmp / "datacraft")
+        report = run_datacraft(src, tmp / "datacraft")
         t_dc = time.perf_counter() - t0
+        kept_dc = report["rows_out"]
         print(f"polars:    {t_polars:7.1f} s  {n / t_polars:10,.0f} rows/s  kept {kept_polars}")
-        print(f"datacraft: {t_dc:7.1f} s  {n / t_dc:10,.0f} rows/s  kept {kept_dc}")
+        print(f"datacraft: {t_dc:7.1f} s  {n / t_dc:10,.0f} rows/s  kept {kept_dc}  ({report['timings']})")
         assert kept_polars == kept_dc, "both sides must keep the same rows"
-        print(json.dumps({"benchmark": "filter", "rows": n, "seconds_polars": round(t_polars, 2), "seconds_datacraft": round(t_dc, 2), "ratio_vs_polars": round(t_dc / t_polars, 2)}))
+        print(json.dumps({"benchmark": "filter", "rows": n, "seconds_polars": round(t_polars, 2), "seconds_datacraft": round(t_dc, 2), "ratio_vs_polars": round(t_dc / t_polars, 2), **{f"datacraft_{k}": v for k, v in report["timings"].items()}}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

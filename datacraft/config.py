@@ -58,6 +58,7 @@ class OutputConfig(_Strict):
     dropped_format: Literal["jsonl", "parquet"] = "jsonl"
     keep_embedding: bool = False
     overwrite: bool = False
+    html_report: bool = Field(True, description="also render report.html (report.json is always written)")
 
 
 class EmbedderConfig(_Strict):

@@ -171,14 +171,13 @@ def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipel
     t0 = time.perf_counter()
     if test_pipeline is not None:
         p = test_pipeline
-        build(p, config, out_dir)
-        p.run().wait_until_finish()
     else:
         options, runner = pipeline_options(config, beam_args)
         p = beam.Pipeline(runner=runner, options=options) if runner is not None else beam.Pipeline(options=options)
-        build(p, config, out_dir)
-        p.run().wait_until_finish()
-    seconds = time.perf_counter() - t0
+    build(p, config, out_dir)
+    t_built = time.perf_counter()
+    p.run().wait_until_finish()
+    t_ran = time.perf_counter()
     stats_path = Path(out_dir, STATS_FILE)
     stats = json.loads(stats_path.read_text(encoding="utf-8"))
     stats_path.unlink()
@@ -201,9 +200,13 @@ def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipel
         output={"path": out_dir, "format": config.output.format, "row_format": config.output.row_format,
                 "files": sorted(str(f.relative_to(out_dir)) for f in Path(data_dir).rglob("*") if f.is_file())},
         started=started,
-        seconds=seconds,
+        seconds=time.perf_counter() - t0,
     )
-    write_report(out_dir, report)
+    report["timings"] = {"build_s": round(t_built - t0, 3), "run_s": round(t_ran - t_built, 3)}
+    t_report = time.perf_counter()
+    write_report(out_dir, report, html=config.output.html_report)
+    report["timings"]["report_s"] = round(time.perf_counter() - t_report, 3)
+    write_report(out_dir, report, html=False)  # again, with the report's own time
     return report
 
 
