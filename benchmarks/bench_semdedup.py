@@ -2,7 +2,8 @@
 
 Embeddings: real rows of ../shared/data embedded with the static embedder, replicated with noise —
 ~15% of rows are near copies of a real row (noise norm 0.1–0.35, cos ≈ 0.94–0.99), the rest far
-variants (noise norm 0.8–1.3). Ours: `knn` (IVF above 50k rows, k=10) → edges with cos ≥ τ →
+variants (noise norm 0.8–1.3). Ours: `pairs_above` (IVF kNN above 50k rows, k=10, widened up to 256 for rows
+whose k-th neighbour is still ≥ τ) → edges with cos ≥ τ →
 union-find groups → drop table (the `semantic_dedup` core). Recall: on a random sample, every pair
 with cos ≥ τ found by exact all-pairs (blocked GEMM) counts as found when both rows end in the
 same duplicate group.
@@ -29,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, peak_rss_gb  # noqa: E402
 
 from datacraft.embed import encode_sorted, load_embedder  # noqa: E402
-from datacraft.knn import knn, union_find_groups  # noqa: E402
+from datacraft.knn import union_find_groups  # noqa: E402
 from datacraft.stages.dedup.groups import resolve  # noqa: E402
-from datacraft.stages.dedup.semantic import edges_from_knn  # noqa: E402
+from datacraft.stages.dedup.semantic import threshold_edges  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sft"
 
@@ -92,9 +93,8 @@ def main() -> None:
     print(f"{n} vectors from {len(texts)} real texts (d={x.shape[1]})", flush=True)
     ids = [f"r{i}" for i in range(n)]
     t0 = time.perf_counter()
-    sims, idx = knn(x, args.k, nprobe=args.nprobe)
+    edges = threshold_edges(ids, x, args.k, args.threshold, nprobe=args.nprobe)  # the stage's core: kNN widened in dense groups
     t_knn = time.perf_counter() - t0
-    edges = edges_from_knn(ids, sims, idx, args.threshold)
     nodes = pl.DataFrame({"id": ids, "score": [None] * n, "length": [1] * n, "text": [""] * n}, schema={"id": pl.Utf8, "score": pl.Float64, "length": pl.Int64, "text": pl.Utf8})
     drops, extras = resolve(edges, nodes, args.threshold)
     seconds = time.perf_counter() - t0

@@ -311,7 +311,7 @@ def stages() -> None:
             table.add_row(name, "?", f"unavailable: {err}")
             continue
         params = ", ".join(
-            f"{k}={'…' if f.is_required() else repr(f.default)[:30]}" for k, f in cls.Params.model_fields.items()
+            f"{k}={'…' if f.is_required() else repr(f.get_default(call_default_factory=True))[:30]}" for k, f in cls.Params.model_fields.items()
         )
         table.add_row(name, cls.kind, params)
     Console().print(table)

@@ -206,6 +206,39 @@ def knn(
     return s, i
 
 
+def pairs_above(
+    embeddings: np.ndarray,
+    k: int,
+    threshold: float,
+    *,
+    max_k: int = 256,
+    **knn_kwargs: object,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (a, b, sim) pairs with sim ≥ threshold among each row's neighbours, a ≠ b.
+
+    Starts from the k nearest neighbours; a row whose k-th neighbour is still ≥ threshold may have
+    more duplicates than k (a dense group of near copies), so only those rows are searched again with
+    4× the width, up to `max_k`. That keeps range-search semantics — every row links to all its
+    duplicates, so two dense groups that touch are joined — at the cost of kNN for most rows."""
+    x = _f32(embeddings)
+    n = x.shape[0]
+    sims, idx = knn(x, min(k, max(1, n - 1)), **knn_kwargs)  # type: ignore[arg-type]
+    rows = np.broadcast_to(np.arange(n)[:, None], idx.shape)
+    keep = (sims >= threshold) & (idx >= 0)
+    a, b, s = [rows[keep]], [idx[keep]], [sims[keep]]
+    width, todo = idx.shape[1], np.nonzero(keep[:, -1])[0] if idx.shape[1] else np.zeros(0, np.int64)
+    while todo.size and width < min(max_k, n - 1):
+        width = min(max_k, n - 1, width * 4)
+        s2, i2 = knn(x, width + 1, queries=x[todo], **knn_kwargs)  # type: ignore[arg-type]
+        r2 = np.broadcast_to(todo[:, None], i2.shape)
+        keep2 = (s2 >= threshold) & (i2 >= 0) & (i2 != r2)
+        a.append(r2[keep2])
+        b.append(i2[keep2])
+        s.append(s2[keep2])
+        todo = todo[keep2.sum(axis=1) >= width]
+    return np.concatenate(a), np.concatenate(b), np.concatenate(s)
+
+
 def knn_graph(sims: np.ndarray, idx: np.ndarray, *, self_loops: bool = True, symmetric: bool = False, transform: str = "cos") -> sp.csr_matrix:
     """The (n × n) CSR graph with an edge i → idx[i, j] of weight f(sims[i, j]) (f: cos clipped at 0, or cos²).
 

@@ -34,3 +34,19 @@ def test_graph_and_union_find() -> None:
     assert g[0, 1] == g[1, 0] and np.isclose(g[0, 1], 0.9) and g[2, 2] == 1.0
     labels = union_find_groups(5, np.array([0, 1, 3]), np.array([1, 2, 4]))
     assert labels[0] == labels[1] == labels[2] != labels[3] == labels[4]
+
+
+def test_pairs_above_widens_rows_in_dense_groups() -> None:
+    """60 near copies with k=5: plain kNN links each row to 5 of them; widening finds all 1,770 pairs."""
+    from datacraft.knn import pairs_above
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=64)
+    copies = centre + rng.normal(scale=0.05, size=(60, 64))
+    far = rng.normal(size=(200, 64))
+    x = np.vstack([copies, far]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    a, b, sim = pairs_above(x, 5, 0.9, method="exact")
+    pairs = {(min(i, j), max(i, j)) for i, j in zip(a.tolist(), b.tolist(), strict=True)}
+    assert pairs == {(i, j) for i in range(60) for j in range(i + 1, 60)}
+    assert (sim >= 0.9).all() and (a != b).all()

@@ -27,7 +27,7 @@ import polars as pl
 from pydantic import Field
 
 from datacraft.embed import EMBEDDING_COLUMN, embedding_series, embeddings_of, ensure_embeddings
-from datacraft.knn import assign, kmeans, knn
+from datacraft.knn import assign, kmeans, pairs_above
 from datacraft.stages.base import GlobalStage, StageParams, StageResult
 from datacraft.stages.dedup.groups import EDGE_SCHEMA, apply_drops, edge_dedup_beam, node_frame, resolve
 
@@ -47,19 +47,23 @@ class SemanticDedupParams(StageParams):
     float16: bool = False
 
 
-def edges_from_knn(ids: list[str], sims: np.ndarray, idx: np.ndarray, threshold: float) -> pl.DataFrame:
-    """Edges (a, b, sim) of kNN pairs at or above the threshold, each unordered pair once."""
-    rows, cols = np.nonzero((sims >= threshold) & (idx >= 0))
-    if len(rows) == 0:
+def edges_from_pairs(ids: list[str], a: np.ndarray, b: np.ndarray, sim: np.ndarray) -> pl.DataFrame:
+    """Edges (a, b, sim) from index pairs, each unordered pair once."""
+    if len(a) == 0:
         return pl.DataFrame(schema=EDGE_SCHEMA)
-    j = idx[rows, cols]
-    lo, hi = np.minimum(rows, j), np.maximum(rows, j)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
     _, first = np.unique(lo.astype(np.int64) * len(ids) + hi, return_index=True)
     arr = pl.Series(ids, dtype=pl.Utf8)
     return pl.DataFrame(
-        {"a": arr.gather(lo[first]), "b": arr.gather(hi[first]), "sim": sims[rows, cols][first].astype(np.float64)},
+        {"a": arr.gather(lo[first]), "b": arr.gather(hi[first]), "sim": sim[first].astype(np.float64)},
         schema=EDGE_SCHEMA,
     )
+
+
+def threshold_edges(ids: list[str], x: np.ndarray, k: int, threshold: float, **knn_kwargs: object) -> pl.DataFrame:
+    """Edges of all neighbour pairs ≥ threshold, widening the search for rows in dense groups."""
+    a, b, sim = pairs_above(x, k, threshold, **knn_kwargs)
+    return edges_from_pairs(ids, a, b, sim)
 
 
 class SemanticDedupStage(GlobalStage):
@@ -76,9 +80,8 @@ class SemanticDedupStage(GlobalStage):
         if frame.height == 0:
             return StageResult(kept=frame)
         x = self.vectors(frame)
-        sims, idx = knn(x, min(p.k, max(1, frame.height - 1)), exact_max=p.exact_max, nprobe=p.nprobe, method=p.method, seed=self.context.seed)
         ids = frame["id"].to_list()
-        edges = edges_from_knn(ids, sims, idx, p.threshold)
+        edges = threshold_edges(ids, x, p.k, p.threshold, exact_max=p.exact_max, nprobe=p.nprobe, method=p.method, seed=self.context.seed)
         nodes = node_frame(frame, p.score, p.text)
         drops, extras = resolve(edges, nodes, p.threshold, "cos", grouping=p.grouping)
         if drops.height:  # exact cosine to the kept row (the group may be linked transitively)
@@ -126,8 +129,7 @@ class SemanticDedupStage(GlobalStage):
         part = part.unique("id", keep="first", maintain_order=True)
         if part.height < 2:
             return pl.DataFrame(schema=EDGE_SCHEMA), part.drop(EMBEDDING_COLUMN).head(0)
-        sims, idx = knn(embeddings_of(part), min(self.params.k, part.height - 1), method="exact")
-        edges = edges_from_knn(part["id"].to_list(), sims, idx, self.params.threshold)
+        edges = threshold_edges(part["id"].to_list(), embeddings_of(part), self.params.k, self.params.threshold, method="exact")
         touched = pl.concat([edges["a"], edges["b"]]).unique()
         return edges, part.drop(EMBEDDING_COLUMN).filter(pl.col("id").is_in(touched.implode()))
 
