@@ -243,10 +243,19 @@ def ensure_embeddings(frame: pl.DataFrame, context: RunContext | None, text: str
     return encode_sorted(embedder_from(context, kind, model), texts)
 
 
-class EmbedParams(StageParams):
-    text: Literal["instruction", "instruction_response", "response", "conversation"] = "instruction"
+TextView = Literal["instruction", "instruction_response", "response", "conversation"]
+
+
+class EmbeddingSourceParams(StageParams):
+    """Parameters of every stage that reads embeddings: which text is embedded when a row has no
+    `embedding` column yet, and with which embedder (default: the run's `embedder:` section)."""
+
+    text: TextView = "instruction"
     kind: Literal["sentence-transformers", "static"] | None = None
     model: str | None = None
+
+
+class EmbedParams(EmbeddingSourceParams):
     batch_size: int | None = None
     float16: bool = False
     cache: bool = True

@@ -5,7 +5,8 @@ rows without it are ranked by text length). Rows whose cosine similarity ≥ `th
 every linked component keeps one row and drops the others as "near-duplicate" with detail
 "near-duplicate of <id> (cos=0.93)".
 
-One process: each row's `k` nearest neighbours — exact (`faiss.knn`) up to `exact_max` rows, IVF
+One process: each row's `k` nearest neighbours (widened while the k-th is still a duplicate, see
+`datacraft.knn.pairs_above`) — exact (blocked GEMM) up to `exact_max` rows, IVF
 (k-means lists, `nprobe` probes) above, see `datacraft.knn` for the recall trade-off. Groups larger
 than k stay connected through union-find. Memory: the N×d vectors + N×k neighbours.
 
@@ -26,13 +27,19 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.embed import EMBEDDING_COLUMN, embedding_series, embeddings_of, ensure_embeddings
+from datacraft.embed import (
+    EMBEDDING_COLUMN,
+    EmbeddingSourceParams,
+    embedding_series,
+    embeddings_of,
+    ensure_embeddings,
+)
 from datacraft.knn import assign, kmeans, pairs_above
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.base import GlobalStage, StageResult
 from datacraft.stages.dedup.groups import EDGE_SCHEMA, apply_drops, edge_dedup_beam, node_frame, resolve
 
 
-class SemanticDedupParams(StageParams):
+class SemanticDedupParams(EmbeddingSourceParams):
     text: Literal["instruction", "instruction_response", "response", "conversation"] = "instruction_response"
     threshold: float = Field(0.9, gt=0.0, le=1.0, description="cosine similarity at or above which two rows are duplicates")
     k: int = Field(10, ge=1, description="neighbours examined per row")
@@ -42,8 +49,6 @@ class SemanticDedupParams(StageParams):
     nprobe: int = Field(3, ge=1)
     grouping: Literal["union_find", "greedy"] = Field("union_find", description="union_find: transitive groups; greedy: drop a row only if directly similar to a better kept row (no chaining)")
     partition_rows: int = Field(4000, ge=100, description="Beam form: target rows per k-means partition")
-    kind: Literal["sentence-transformers", "static"] | None = None
-    model: str | None = None
     float16: bool = False
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from datacraft.embed import EmbeddingSourceParams
 from datacraft.records import set_scores
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.base import GlobalStage, StageResult
 from datacraft.stages.score.judge import spread
 
 TextView = Literal["instruction", "instruction_response", "response", "conversation"]
@@ -65,12 +66,10 @@ def distance_to_nearest(rows: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - sims[:, 0].astype(np.float64), 0.0, 2.0)
 
 
-class DiversityParams(StageParams):
+class DiversityParams(EmbeddingSourceParams):
     k: int = Field(10, ge=1, description="neighbours (DS2: 10, self included)")
     include_self: bool = True
     text: TextView = Field("conversation", description="what is embedded when there is no `embedding` column")
-    kind: Literal["sentence-transformers", "static"] | None = None
-    model: str | None = None
     longtail: bool = Field(True, description="also write scores.longtail")
 
 

@@ -27,8 +27,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from datacraft.embed import EmbeddingSourceParams
 from datacraft.records import SCORE_PREFIX, set_scores, update_meta, with_drop
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.base import GlobalStage, StageResult
 from datacraft.stages.score.diversity import TextView, long_tail_score
 
 
@@ -181,14 +182,12 @@ def rating_classes(values: list[float | None], lo: float | None, hi: float | Non
     return cls, lo_i, hi_i, missing
 
 
-class DS2Params(StageParams):
+class DS2Params(EmbeddingSourceParams):
     rating: str = Field(..., description="rating column: a score name (scores.<name>) or a column of the frame")
     lo: float | None = Field(None, description="lowest class after rounding (DS2: 4 on a 1–10 scale); default observed min")
     hi: float | None = Field(None, description="highest class (DS2: 9); default observed max")
     missing: Literal["lowest", "drop"] = "lowest"
     text: TextView = Field("conversation", description="embedded when there is no `embedding` column")
-    kind: Literal["sentence-transformers", "static"] | None = None
-    model: str | None = None
     hoc_rounds: int = Field(50, ge=1)
     hoc_steps: int = Field(1501, ge=10)
     curation_epochs: int = Field(51, ge=1)

@@ -20,9 +20,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.embed import ensure_embeddings
+from datacraft.embed import EmbeddingSourceParams, ensure_embeddings
 from datacraft.records import SCORE_PREFIX, concat_batches, set_scores, with_drop
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.base import GlobalStage, StageResult
 from datacraft.stages.select.submodular import resolve_budget
 
 
@@ -63,13 +63,11 @@ def deita_filter(x: np.ndarray, order: np.ndarray, threshold: float = 0.9, budge
     return np.asarray(kept, dtype=np.int64), best, nearest
 
 
-class DeitaParams(StageParams):
+class DeitaParams(EmbeddingSourceParams):
     budget: float = Field(0.1, gt=0, description="rows to keep: a count (≥ 1) or a fraction (< 1)")
     threshold: float = Field(0.9, gt=0, le=1, description="τ: keep a row only if its max cosine to the kept set ≤ τ")
     scores: list[str] = Field(default_factory=lambda: ["complexity", "quality"], description="score names multiplied into the sort key")
     text: Literal["instruction", "instruction_response", "response", "conversation"] = "conversation"
-    kind: Literal["sentence-transformers", "static"] | None = None
-    model: str | None = None
 
 
 class DeitaSelectStage(GlobalStage):

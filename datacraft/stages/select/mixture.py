@@ -26,9 +26,9 @@ import numpy as np
 import polars as pl
 from pydantic import ConfigDict, Field
 
-from datacraft.embed import ensure_embeddings
+from datacraft.embed import EmbeddingSourceParams, ensure_embeddings
 from datacraft.records import concat_batches, set_scores, with_drop
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.base import GlobalStage, StageResult
 from datacraft.stages.select.submodular import (
     greedy,
     log_det_greedy,
@@ -185,7 +185,7 @@ def plan_budgets(tasks: Sequence[str], vectors: np.ndarray, sizes: Sequence[int]
 # the stage
 
 
-class SmartParams(StageParams):
+class SmartParams(EmbeddingSourceParams):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
 
     budget: float = Field(0.1, gt=0, description="instance budget N': a row count (≥ 1) or a fraction (< 1)")
@@ -196,9 +196,6 @@ class SmartParams(StageParams):
     within: Literal["facility_location", "random"] = Field("facility_location", description="how rows are chosen inside a task")
     k: int = Field(20, ge=1)
     task_column: str = "task"
-    text: Literal["instruction", "instruction_response", "response", "conversation"] = "instruction"
-    kind: Literal["sentence-transformers", "static"] | None = None
-    model: str | None = None
 
 
 class SmartMixtureStage(GlobalStage):

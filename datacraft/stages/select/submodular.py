@@ -34,10 +34,10 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import ConfigDict, Field
 
-from datacraft.embed import EMBEDDING_COLUMN, embedding_series, ensure_embeddings
+from datacraft.embed import EMBEDDING_COLUMN, EmbeddingSourceParams, embedding_series, ensure_embeddings
 from datacraft.knn import knn, knn_graph
 from datacraft.records import SCORE_PREFIX, set_scores, text_expr, with_drop
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.stages.base import GlobalStage, StageResult
 
 try:  # numba makes the greedy loops ~50× faster; everything works without it
     from numba import njit
@@ -297,7 +297,7 @@ def token_costs(frame: pl.DataFrame, view: str) -> np.ndarray:
 # the stage
 
 
-class SelectParams(StageParams):
+class SelectParams(EmbeddingSourceParams):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
 
     function: Literal["facility_location", "graph_cut", "log_det"] = "facility_location"
@@ -311,9 +311,6 @@ class SelectParams(StageParams):
     epsilon: float = Field(0.01, gt=0, lt=1)
     weight: str | None = Field(None, description="score used as per-row weight (quality): selects good and diverse")
     weight_power: float = 1.0
-    text: Literal["instruction", "instruction_response", "response", "conversation"] = "instruction"
-    kind: Literal["sentence-transformers", "static"] | None = None
-    model: str | None = None
     exact_max: int = Field(20_000, ge=1, description="exact kNN graph up to this many rows, IVF above (recall ≥ 0.99 on sentence embeddings)")
     nprobe: int = Field(3, ge=1)
     partitions: int = Field(1, ge=1, description="GreeDi partitions for the Beam form (1 = one process)")
