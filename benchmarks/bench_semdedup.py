@@ -2,7 +2,7 @@
 
 Embeddings: real rows of ../shared/data embedded with the static embedder, replicated with noise —
 ~15% of rows are near copies of a real row (noise norm 0.1–0.35, cos ≈ 0.94–0.99), the rest far
-variants (noise norm 0.8–1.3). Ours: `pairs_above` (IVF kNN above 50k rows, k=10, widened up to 256 for rows
+variants (noise norm 0.8–1.3). Ours: `pairs_above` (IVF kNN above 50k rows, k=10, widened up to --max-k (64) for rows
 whose k-th neighbour is still ≥ τ) → edges with cos ≥ τ →
 union-find groups → drop table (the `semantic_dedup` core). Recall: on a random sample, every pair
 with cos ≥ τ found by exact all-pairs (blocked GEMM) counts as found when both rows end in the
@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--nprobe", type=int, default=3)
+    ap.add_argument("--max-k", type=int, default=64, help="widening cap for rows in dense duplicate groups")
     args = ap.parse_args()
     n = args.n or (100_000 if args.quick else 1_000_000)
     sample = args.sample or (20_000 if args.quick else 100_000)
@@ -93,7 +94,7 @@ def main() -> None:
     print(f"{n} vectors from {len(texts)} real texts (d={x.shape[1]})", flush=True)
     ids = [f"r{i}" for i in range(n)]
     t0 = time.perf_counter()
-    edges = threshold_edges(ids, x, args.k, args.threshold, nprobe=args.nprobe)  # the stage's core: kNN widened in dense groups
+    edges = threshold_edges(ids, x, args.k, args.threshold, max_k=args.max_k, nprobe=args.nprobe)  # the stage's core: kNN widened in dense groups
     t_knn = time.perf_counter() - t0
     nodes = pl.DataFrame({"id": ids, "score": [None] * n, "length": [1] * n, "text": [""] * n}, schema={"id": pl.Utf8, "score": pl.Float64, "length": pl.Int64, "text": pl.Utf8})
     drops, extras = resolve(edges, nodes, args.threshold)
@@ -111,7 +112,7 @@ def main() -> None:
     found = labels[pick[a]] == labels[pick[b]]
     recall = float(found.mean()) if len(a) else 1.0
     print(f"exact all-pairs on {len(pick)} rows: {t_exact:.1f}s, {len(a)} pairs; recall {recall:.4f}", flush=True)
-    emit({"benchmark": "semdedup", "n": n, "d": int(x.shape[1]), "threshold": args.threshold, "seconds": seconds, "knn_seconds": t_knn, "edges": int(edges.height), "dropped": int(drops.height), "recall_vs_exact": recall, "sample": int(len(pick)), "exact_pairs": int(len(a)), "exact_sample_seconds": t_exact, "peak_rss_gb": peak_rss_gb(), "groups": extras.get("groups")})
+    emit({"benchmark": "semdedup", "n": n, "d": int(x.shape[1]), "threshold": args.threshold, "k": args.k, "max_k": args.max_k, "seconds": seconds, "knn_seconds": t_knn, "edges": int(edges.height), "dropped": int(drops.height), "recall_vs_exact": recall, "sample": int(len(pick)), "exact_pairs": int(len(a)), "exact_sample_seconds": t_exact, "peak_rss_gb": peak_rss_gb(), "groups": extras.get("groups")})
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class SemanticDedupParams(EmbeddingSourceParams):
     text: Literal["instruction", "instruction_response", "response", "conversation"] = "instruction_response"
     threshold: float = Field(0.9, gt=0.0, le=1.0, description="cosine similarity at or above which two rows are duplicates")
     k: int = Field(10, ge=1, description="neighbours examined per row")
+    max_k: int = Field(64, ge=1, description="rows whose k-th neighbour is still a duplicate are searched again, up to this many neighbours")
     score: str | None = Field("quality", description="score that picks the kept row of a group (else the longest text)")
     method: Literal["auto", "exact", "ivf", "hnsw"] = "auto"
     exact_max: int = Field(50_000, ge=1)
@@ -86,7 +87,7 @@ class SemanticDedupStage(GlobalStage):
             return StageResult(kept=frame)
         x = self.vectors(frame)
         ids = frame["id"].to_list()
-        edges = threshold_edges(ids, x, p.k, p.threshold, exact_max=p.exact_max, nprobe=p.nprobe, method=p.method, seed=self.context.seed)
+        edges = threshold_edges(ids, x, p.k, p.threshold, max_k=p.max_k, exact_max=p.exact_max, nprobe=p.nprobe, method=p.method, seed=self.context.seed)
         nodes = node_frame(frame, p.score, p.text)
         drops, extras = resolve(edges, nodes, p.threshold, "cos", grouping=p.grouping)
         if drops.height:  # exact cosine to the kept row (the group may be linked transitively)
@@ -134,7 +135,7 @@ class SemanticDedupStage(GlobalStage):
         part = part.unique("id", keep="first", maintain_order=True)
         if part.height < 2:
             return pl.DataFrame(schema=EDGE_SCHEMA), part.drop(EMBEDDING_COLUMN).head(0)
-        edges = threshold_edges(part["id"].to_list(), embeddings_of(part), self.params.k, self.params.threshold, method="exact")
+        edges = threshold_edges(part["id"].to_list(), embeddings_of(part), self.params.k, self.params.threshold, max_k=self.params.max_k, method="exact")
         touched = pl.concat([edges["a"], edges["b"]]).unique()
         return edges, part.drop(EMBEDDING_COLUMN).filter(pl.col("id").is_in(touched.implode()))
 
