@@ -285,8 +285,7 @@ class EmbedStage(BatchStage):
             self.cache = None
 
     def process(self, batch: pl.DataFrame) -> StageResult:
-        if not hasattr(self, "embedder"):
-            self.setup()
+        self.ensure_setup()
         if batch.height == 0 or (EMBEDDING_COLUMN in batch.columns and not self.params.overwrite):
             return StageResult(kept=batch)
         texts = batch.select(text_expr(self.params.text).alias("t"))["t"].to_list()

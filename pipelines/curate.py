@@ -111,7 +111,9 @@ def build(p: beam.Pipeline, config: PipelineConfig, out_dir: str) -> dict[str, A
         task_field=config.input.task_field,
     )
     paths = config.input.path if isinstance(config.input.path, list) else [config.input.path]
-    tasks = [t for path in paths for t in plan_reads(path)]
+    # a file named twice is read once: output parts are named by their rows' ids, so two identical
+    # batches would share one part file
+    tasks = list(dict.fromkeys(t for path in paths for t in plan_reads(path)))
     read = (
         p
         | "ReadTasks" >> beam.Create(tasks)

@@ -113,6 +113,17 @@ class Stage(ABC):
     def teardown(self) -> None:
         """Release what setup created."""
 
+    def ensure_setup(self) -> None:
+        """Run `setup` once, whoever asks first: a Beam worker, `run_local`, or a test calling the core."""
+        if not self.__dict__.get("_set_up"):
+            self.setup()
+            self._set_up = True
+
+    def release(self) -> None:
+        """`teardown` if `setup` ran."""
+        if self.__dict__.pop("_set_up", False):
+            self.teardown()
+
     def transform(self) -> Any:
         """The Beam PTransform of this stage (imported lazily so cores stay Beam-free)."""
         from datacraft.stages.beam import StageTransform
@@ -121,7 +132,7 @@ class Stage(ABC):
 
     def run_local(self, batches: Iterable[pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame, list[dict[str, Any]]]:
         """Run the stage without Beam over batches: (kept, dropped, stats). Used by tests and the fast path."""
-        self.setup()
+        self.ensure_setup()
         try:
             kept, dropped, stats = [], [], []
             for result, n_in, seconds in self._iter_results(batches):
@@ -131,7 +142,7 @@ class Stage(ABC):
                 stats.append(stats_of(self.label, n_in, result, seconds))
             return concat_batches(kept), concat_batches(dropped) if dropped else empty_batch(), stats
         finally:
-            self.teardown()
+            self.release()
 
     @abstractmethod
     def _iter_results(self, batches: Iterable[pl.DataFrame]) -> Iterator[tuple[StageResult, int, float]]: ...

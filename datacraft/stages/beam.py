@@ -34,7 +34,7 @@ class StageDoFn(beam.DoFn):
         self.stage = stage
 
     def setup(self) -> None:
-        self.stage.setup()
+        self.stage.ensure_setup()
 
     def process(self, batch: pl.DataFrame) -> Any:
         t0 = time.perf_counter()
@@ -42,7 +42,7 @@ class StageDoFn(beam.DoFn):
         yield from emit_result(self.stage.label, batch.height, result, time.perf_counter() - t0)
 
     def teardown(self) -> None:
-        self.stage.teardown()
+        self.stage.release()
 
 
 class _GlobalOneProcess(beam.DoFn):
@@ -52,7 +52,7 @@ class _GlobalOneProcess(beam.DoFn):
         self.stage = stage
 
     def setup(self) -> None:
-        self.stage.setup()
+        self.stage.ensure_setup()
 
     def process(self, batches: list[pl.DataFrame]) -> Any:
         frame = concat_batches(batches)
@@ -81,7 +81,7 @@ class _PartitionDoFn(beam.DoFn):
         self.stage = stage
 
     def setup(self) -> None:
-        self.stage.setup()
+        self.stage.ensure_setup()
 
     def process(self, keyed: tuple[Any, list[pl.DataFrame]], facts: Any) -> Any:
         key, parts = keyed

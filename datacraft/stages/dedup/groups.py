@@ -185,7 +185,7 @@ def edge_dedup_beam(
 
     class _Prepare(beam.DoFn):
         def setup(self) -> None:
-            stage.setup()
+            stage.ensure_setup()
 
         def process(self, batch: pl.DataFrame) -> Any:
             yield prepare(batch)

@@ -233,8 +233,7 @@ class IFDStage(BatchStage):
         self.scorer = IFDScorer(p.model, p.device, p.max_length, p.batch_size, p.template, p.dtype)
 
     def process(self, batch: pl.DataFrame) -> StageResult:
-        if not hasattr(self, "scorer"):
-            self.setup()
+        self.ensure_setup()
         p = self.params
         chosen = batch["chosen"].to_list()
         pairs = [(turn_pairs(m, c) or [("", "")])[0] for m, c in zip(batch["messages"].to_list(), chosen, strict=True)]

@@ -394,8 +394,7 @@ class JudgeStage(BatchStage):
             judge.close()
 
     def process(self, batch: pl.DataFrame) -> StageResult:
-        if not hasattr(self, "judge"):
-            self.setup()
+        self.ensure_setup()
         dim = self.dimension
         chosen = batch["chosen"].to_list() if "chosen" in batch.columns else [None] * batch.height
         row_pairs = [turn_pairs(m, c) for m, c in zip(batch["messages"].to_list(), chosen, strict=True)]

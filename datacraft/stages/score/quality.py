@@ -128,8 +128,7 @@ class RewardModelStage(BatchStage):
         self.scorer = RewardScorer(p.model, p.device, p.dtype, p.batch_size, p.max_length, p.label_index)
 
     def process(self, batch: pl.DataFrame) -> StageResult:
-        if not hasattr(self, "scorer"):
-            self.setup()
+        self.ensure_setup()
         msgs = batch["messages"].to_list()
         chosen = batch["chosen"].to_list()
         rejected = batch["rejected"].to_list()

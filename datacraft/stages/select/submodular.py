@@ -406,11 +406,10 @@ def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
     """GreeDi: hash rows into P partitions, select ⌈oversample·B/P⌉ per partition, then B over the union.
     Every row is in exactly one partition, so it is dropped in round 1 or decided in round 2."""
     import apache_beam as beam
-    from apache_beam.pvalue import AsSingleton, TaggedOutput
+    from apache_beam.pvalue import AsSingleton
 
     from datacraft.records import concat_batches
-    from datacraft.stages.base import stats_of
-    from datacraft.stages.beam import DROPPED, KEPT, STATS
+    from datacraft.stages.beam import DROPPED, KEPT, STATS, emit_result
 
     p = stage.params
     parts = p.partitions
@@ -420,11 +419,6 @@ def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
         for (key,), part in keyed.group_by("_p", maintain_order=True):
             yield int(key), part.drop("_p")
 
-    def _emit(result: StageResult, n_in: int, seconds: float) -> Any:
-        if result.dropped is not None and result.dropped.height:
-            yield TaggedOutput(DROPPED, result.dropped)
-        yield TaggedOutput(STATS, stats_of(stage.label, n_in, result, seconds))
-
     class _Round1(beam.DoFn):
         def process(self, item: tuple[int, list[pl.DataFrame]], total: int) -> Any:
             t0 = time.perf_counter()
@@ -433,9 +427,10 @@ def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
             local = min(frame.height, math.ceil(p.oversample * budget / parts))
             sel, _ = stage.select(frame, local)
             result = stage.split(frame, sel, {}, final=False)
-            yield result.kept  # candidates go to round 2 (counted there)
-            result.kept = result.kept.head(0)
-            yield from _emit(result, frame.height - len(sel.indices), time.perf_counter() - t0)
+            candidates, result.kept = result.kept, result.kept.head(0)
+            seconds = time.perf_counter() - t0
+            yield candidates  # to round 2, where they are counted
+            yield from emit_result(stage.label, frame.height - len(sel.indices), result, seconds)
 
     class _Round2(beam.DoFn):
         def process(self, batches: list[pl.DataFrame], total: int) -> Any:
@@ -446,10 +441,7 @@ def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
             sel, graph = stage.select(frame, budget, x)
             extras = {"selection": {**coverage_report(x, sel, graph, p, frame.height, time.perf_counter() - t0), "greedi_partitions": parts, "rows_total": total}}
             result = stage.split(frame, sel, extras)
-            seconds = time.perf_counter() - t0  # before the yields: fused downstream steps run inside them
-            if result.kept.height:
-                yield result.kept
-            yield from _emit(result, frame.height, seconds)
+            yield from emit_result(stage.label, frame.height, result, time.perf_counter() - t0)
 
     embedded = rows | "Embed" >> beam.Map(with_embeddings, stage)
     total = embedded | "Count" >> beam.Map(lambda b: b.height) | "Total" >> beam.CombineGlobally(sum)
