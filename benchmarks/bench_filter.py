@@ -53,12 +53,13 @@ def make_corpus(path: Path, n: int, seed: int = 0) -> None:
 
 
 def run_polars(src: Path, out: Path) -> int:
+    from datacraft.stages.dedup.exact import normalize_text
     from datacraft.stages.score.heuristics import ALL_SCORES, add_heuristics
 
     df = pl.read_ndjson(src)
     user = pl.when(pl.col("input").str.strip_chars() != "").then(pl.concat_str("instruction", pl.lit("\n\n"), "input")).otherwise(pl.col("instruction"))
     df = add_heuristics(df.with_columns(user.alias("_ins"), pl.col("output").alias("_res")), list(ALL_SCORES))
-    key = pl.col("_ins").str.to_lowercase().str.replace_all(r"[^\w\s]", "").str.replace_all(r"\s+", " ").str.strip_chars().hash(seed=0)
+    key = normalize_text(pl.col("_ins")).hash(seed=0)  # the same normalization expression as exact_dedup
     df = (
         df.with_columns(key.alias("_hash"), pl.col("_res").str.len_chars().alias("_rank"))
         .sort(["_hash", "_rank", "id"], descending=[False, True, False])
@@ -77,7 +78,7 @@ def run_datacraft(src: Path, out: Path) -> dict:
     config = load_config(
         data={
             "name": "bench-filter",
-            "input": {"path": str(src), "batch_size": 16384},
+            "input": {"path": str(src), "batch_size": 65536},
             "stages": [{"name": "heuristics"}, {"name": "exact_dedup", "text": "instruction"}],
             "output": {"path": str(out), "format": "parquet", "shard_rows": 2_000_000},
         }

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -170,6 +171,21 @@ def batch_from_rows(rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
             schema[k] = pl.Utf8
     data = {k: [r.get(k) for r in rows] for k in list(BATCH_SCHEMA) + list(extra_keys)}
     return pl.DataFrame(data, schema_overrides=schema, strict=False)
+
+
+def two_turn_messages(user: pl.Series, answer: pl.Series) -> pl.Series:
+    """`messages` [user, assistant] per row, built by interleaving the two columns and cutting the
+    result into rows of two (~6× faster than `concat_list` of two struct columns)."""
+    n = len(user)
+    if n == 0:
+        return pl.Series("messages", [], dtype=MESSAGES_DTYPE)
+    order = np.empty(2 * n, dtype=np.int64)
+    order[0::2] = np.arange(n)
+    order[1::2] = np.arange(n, 2 * n)
+    contents = pl.concat([user.cast(pl.Utf8), answer.cast(pl.Utf8)]).gather(order)
+    roles = pl.Series(["user", "assistant"], dtype=pl.Utf8).gather(np.tile(np.array([0, 1]), n))
+    turns = pl.DataFrame({"role": roles, "content": contents}).to_struct("turn")
+    return turns.reshape((n, 2)).arr.to_list().cast(MESSAGES_DTYPE).alias("messages")
 
 
 def conform(df: pl.DataFrame) -> pl.DataFrame:

@@ -27,10 +27,11 @@ from apache_beam.pvalue import TaggedOutput
 
 from datacraft import progress
 from datacraft.config import PipelineConfig, dump_config, load_config
-from datacraft.io.readers import READ_STAGE, ReadOptions, plan_reads, read_task
-from datacraft.io.writers import merge_parts, prepare_output_dir, to_datasets_folder, write_part
+from datacraft.io.readers import READ_STAGE, ReadOptions, plan_reads, prefetch, read_task
+from datacraft.io.writers import ShardWriter, finalize_shards, prepare_output_dir, to_datasets_folder
+from datacraft.records import content_hash
 from datacraft.report import build_report, merge_stats, write_report
-from datacraft.stages.beam import DROPPED, KEPT, STATS
+from datacraft.stages.beam import DROPPED, KEPT, STATS, in_global_window
 
 STATS_FILE = "_stats.json"
 
@@ -40,8 +41,14 @@ class _ReadDoFn(beam.DoFn):
         self.options = options
 
     def process(self, task: Any) -> Any:
-        for kept, dropped in read_task(task, self.options):
-            t0 = time.perf_counter()
+        batches = prefetch(read_task(task, self.options))
+        while True:
+            t0 = time.perf_counter()  # the wait for the next batch: reading time not hidden by read-ahead
+            item = next(batches, None)
+            if item is None:
+                return
+            kept, dropped = item
+            seconds = time.perf_counter() - t0
             progress.advance(READ_STAGE, kept.height + dropped.height, kept.height)
             if kept.height:
                 yield kept
@@ -53,7 +60,7 @@ class _ReadDoFn(beam.DoFn):
             yield TaggedOutput(
                 STATS,
                 {"stage": READ_STAGE, "in": kept.height + dropped.height, "kept": kept.height, "created": 0,
-                 "dropped": reasons, "seconds": time.perf_counter() - t0, "counters": {}, "extras": {}},
+                 "dropped": reasons, "seconds": seconds, "counters": {}, "extras": {}},
             )
 
 
@@ -72,8 +79,58 @@ class _MergeStats(beam.CombineFn):
         return merge_stats(acc)
 
 
+class _WriteShards(beam.DoFn):
+    """Appends the batches of a bundle to shard files (`ShardWriter`) on background threads.
+
+    Encoding Parquet / JSON is the costly part and one writer encodes on one core, so batches go
+    round-robin to `LANES` writers, each on its own thread with its own files (polars / Arrow
+    release the GIL); writing overlaps the steps before it. File names are the bundle's first
+    batch's id hash, the lane and a sequence number, so the finalizer orders them the same way
+    on every runner. Emits (path, rows) per file when the bundle finishes."""
+
+    LANES = 2
+    MAX_PENDING = 2  # per lane: bounds the batches held in memory
+
+    def __init__(self, make_writer: Any) -> None:
+        self.make_writer = make_writer
+
+    def setup(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pools = [ThreadPoolExecutor(1, thread_name_prefix=f"datacraft-write-{lane}") for lane in range(self.LANES)]
+
+    def start_bundle(self) -> None:
+        self.writers: list[Any] = []
+        self.pending: list[list[Any]] = [[] for _ in self.pools]
+        self.count = 0
+
+    def process(self, batch: Any) -> Any:
+        if not self.writers:
+            stem = content_hash(batch["id"].to_list(), length=24)
+            self.writers = [self.make_writer(f"{stem}-{lane}") for lane in range(self.LANES)]
+        lane = self.count % self.LANES
+        self.count += 1
+        queue = self.pending[lane]
+        queue.append(self.pools[lane].submit(self.writers[lane].write, batch))
+        while len(queue) > self.MAX_PENDING:
+            queue.pop(0).result()
+        return []
+
+    def finish_bundle(self) -> Any:
+        for queue in self.pending:
+            for future in queue:
+                future.result()
+        for writer in self.writers:
+            for written in writer.close():
+                yield in_global_window(written)
+
+    def teardown(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=True)
+
+
 class WriteBatches(beam.PTransform):
-    """Write batches as content-named parts, then merge them into `<prefix>-SSSSS-of-NNNNN` shards."""
+    """Write batches into `<prefix>-SSSSS-of-NNNNN` shard files under `target`."""
 
     def __init__(self, target: str, prefix: str, file_format: str, row_format: str = "datacraft", shard_rows: int = 200_000, keep_embedding: bool = False, write_empty: bool = True) -> None:
         super().__init__()
@@ -82,18 +139,20 @@ class WriteBatches(beam.PTransform):
         self.write_empty = write_empty
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        parts_dir = os.path.join(self.target, f"_parts-{self.prefix}")
         return (
             batches
-            | "Part" >> beam.Map(lambda b: write_part(b, parts_dir, self.file_format, self.row_format, self.keep_embedding)[0])
-            | "Parts" >> beam.combiners.ToList()
-            | "Merge" >> beam.Map(self._merge, parts_dir)
+            | "Write" >> beam.ParDo(_WriteShards(self._writer))
+            | "Files" >> beam.combiners.ToList()
+            | "Name" >> beam.Map(self._finalize)
         )
 
-    def _merge(self, parts: list[str], parts_dir: str) -> list[str]:
-        if not parts and not self.write_empty:
-            return []
-        names = merge_parts(parts, self.target, self.prefix, self.file_format, self.shard_rows)
+    def _writer(self, stem: str) -> ShardWriter:
+        parts_dir = os.path.join(self.target, f"_parts-{self.prefix}")
+        return ShardWriter(parts_dir, self.file_format, self.row_format, self.keep_embedding, self.shard_rows, stem)
+
+    def _finalize(self, files: list[tuple[str, int]]) -> list[str]:
+        names = finalize_shards(files, self.target, self.prefix, self.file_format, self.shard_rows, self.write_empty)
+        parts_dir = os.path.join(self.target, f"_parts-{self.prefix}")
         if os.path.isdir(parts_dir) and not os.listdir(parts_dir):
             os.rmdir(parts_dir)
         return names

@@ -89,6 +89,36 @@ def test_gzip_and_byte_range_splits_read_every_line_once(tmp_path: Path) -> None
     assert sorted(gz_kept["id"].to_list()) == sorted(ids)
 
 
+@pytest.mark.parametrize("block_bytes", [97, 4096, 1 << 20])
+def test_block_reader_keeps_line_numbers_across_ranges_and_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int) -> None:
+    """Byte ranges and read blocks cut lines anywhere: every line is read once and a bad line's
+    file:line is still exact (blank lines, CRLF endings and a last line without newline included)."""
+    import datacraft.io.readers as readers
+
+    monkeypatch.setattr(readers, "BLOCK_BYTES", block_bytes)
+    good = _records("alpaca_llamafactory_200.jsonl", 60)
+    lines, bad_lines = [], []
+    for i, record in enumerate(good):
+        if i % 17 == 5:
+            lines.append(b"")  # blank line: skipped, but counted
+        if i % 13 == 7:
+            lines.append(b'{"instruction": "broken"')
+            bad_lines.append(len(lines))
+        lines.append(json.dumps(record).encode() + (b"\r" if i % 2 else b""))
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines))  # no newline after the last line
+    tasks = plan_reads(str(path), split_bytes=1500)
+    assert len(tasks) > 5
+    kept_ids, malformed = [], []
+    for task in tasks:
+        for kept, dropped in read_task(task, ReadOptions(batch_size=7)):
+            kept_ids += kept["id"].to_list()
+            if dropped.height:
+                malformed += [int(d.split(": ")[0].rsplit(":", 1)[1]) for d in dropped["drop_detail"].to_list()]
+    assert sorted(kept_ids) == sorted(g["id"] for g in good)
+    assert sorted(malformed) == bad_lines
+
+
 def test_bad_input_is_dropped_with_file_line_and_field(tmp_path: Path) -> None:
     good = _records("alpaca_llamafactory_200.jsonl", 3)
     path = tmp_path / "bad.jsonl"

@@ -15,7 +15,7 @@ import io
 import polars as pl
 
 from datacraft.io.formats import _ID_KEYS, detect_format
-from datacraft.records import LINEAGE_DTYPE, MESSAGES_DTYPE, conform, text_id
+from datacraft.records import LINEAGE_DTYPE, MESSAGES_DTYPE, conform, text_id, two_turn_messages
 
 # format → (field that becomes the user turn, field that becomes the answer, optional second user field)
 _TEXT_FIELDS = {
@@ -24,17 +24,14 @@ _TEXT_FIELDS = {
 }
 
 
-def _message(role: str, content: pl.Expr) -> pl.Expr:
-    return pl.struct(pl.lit(role).alias("role"), content.alias("content"))
-
-
-def convert_chunk(lines: list[bytes], fmt: str, source: str, task_field: str) -> tuple[pl.DataFrame, list[int]] | None:
-    """(kept rows, indices of lines for the per-record path), or None when the chunk does not fit."""
+def convert_chunk(data: bytes, n_lines: int, fmt: str, source: str, task_field: str) -> tuple[pl.DataFrame, list[int]] | None:
+    """(kept rows, indices of lines for the per-record path) of `n_lines` JSONL lines, or None when
+    the chunk does not fit (then every line takes the per-record path)."""
     try:
-        frame = pl.read_ndjson(io.BytesIO(b"\n".join(lines)), infer_schema_length=None)
+        frame = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
     except Exception:  # any malformed line: the per-record path finds which
         return None
-    if frame.height != len(lines):
+    if frame.height != n_lines:  # blank lines (polars skips them): row i would not be line i
         return None
     cols = set(frame.columns)
     found = detect_format(dict.fromkeys(cols))
@@ -86,7 +83,6 @@ def convert_chunk(lines: list[bytes], fmt: str, source: str, task_field: str) ->
     source_expr = pl.col("source").cast(pl.Utf8).fill_null(source) if "source" in cols else pl.lit(source)
     out = frame.select(
         ids.alias("id"),
-        pl.concat_list(_message("user", pl.col("_user")), _message("assistant", pl.col("_answer"))).cast(MESSAGES_DTYPE).alias("messages"),
         pl.lit(None, dtype=MESSAGES_DTYPE).alias("chosen"),
         pl.lit(None, dtype=MESSAGES_DTYPE).alias("rejected"),
         (pl.col(task_field).cast(pl.Utf8) if task_field in cols else pl.lit(None, dtype=pl.Utf8)).alias("task"),
@@ -94,4 +90,5 @@ def convert_chunk(lines: list[bytes], fmt: str, source: str, task_field: str) ->
         pl.struct(pl.lit([], dtype=pl.List(pl.Utf8)).alias("parent_ids"), pl.lit("seed").alias("method")).cast(LINEAGE_DTYPE).alias("lineage"),
         pl.struct(meta_fields).struct.json_encode().alias("meta"),
     )
+    out = out.insert_column(1, two_turn_messages(frame["_user"], frame["_answer"]))
     return conform(out), slow_idx

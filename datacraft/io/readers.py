@@ -13,10 +13,12 @@ import glob
 import gzip
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from datacraft.io.formats import FORMATS, RecordError, describe_unknown, detect_format, to_row
@@ -169,28 +171,91 @@ def _line_number(path: str, offset: int) -> int:
 Where = tuple[str, int, int]  # (path, byte offset where counting starts, line index from there)
 
 
-def _iter_jsonl_lines(task: ReadTask) -> Iterator[tuple[bytes, Where]]:
-    """(line bytes, where) for lines that *start* inside the task's byte range; `where` becomes
-    "file:line" only when a row is reported (counting lines before a range costs a read)."""
-    if task.path.endswith(".gz"):
-        with gzip.open(task.path, "rb") as fh:
-            for n, line in enumerate(fh):
-                yield line, (task.path, 0, n)
-        return
-    with open(task.path, "rb") as fh:
-        pos = task.start
+BLOCK_BYTES = 8 * 1024 * 1024
+
+
+def newline_offsets(data: bytes | memoryview) -> np.ndarray:
+    """Byte offsets of every newline in `data` (vectorized: no per-line Python)."""
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+
+
+def _iter_chunks(task: ReadTask, lines_per_chunk: int, block_bytes: int | None = None) -> Iterator[tuple[bytes, int, int, np.ndarray]]:
+    """(data, base, first, newlines): chunks of `lines_per_chunk` whole lines (the last chunk may
+    have fewer, and a last line without its newline) that *start* inside the task's byte range.
+    `base` is the byte offset of the range's first whole line, `first` the index of the chunk's
+    first line counted from there, `newlines` the offsets of the chunk's newlines.
+
+    Blocks are read once and kept as views; a chunk is cut at a newline found with numpy and
+    joined once: each byte is copied once after the read, with no per-line Python."""
+    block_bytes = block_bytes or BLOCK_BYTES
+    gz = task.path.endswith(".gz")
+    with (gzip.open if gz else open)(task.path, "rb") as fh:
+        pos = 0 if gz else task.start
+        end = -1 if gz else task.end
         if pos > 0:
             fh.seek(pos - 1)
             if fh.read(1) != b"\n":
                 pos += len(fh.readline())  # that line began in the previous range
-        range_start, index = pos, 0
-        while task.end < 0 or pos < task.end:
-            line = fh.readline()
-            if not line:
+        if end >= 0 and pos >= end:
+            return  # no line starts inside this range (one long line crosses it)
+        base, first = pos, 0
+        pieces: deque[tuple[memoryview, np.ndarray]] = deque()
+        held = 0  # newlines in `pieces`
+        finished = False
+        while not finished:
+            block = fh.read(block_bytes)
+            if not block:
                 break
-            pos += len(line)
-            yield line, (task.path, range_start, index)
-            index += 1
+            view, newlines = memoryview(block), newline_offsets(block)
+            if end >= 0 and pos + len(block) >= end:
+                # the range ends in this block: keep up to the newline of the last line starting before `end`
+                closing = newlines[newlines >= end - 1 - pos]
+                if len(closing):
+                    stop = int(closing[0]) + 1
+                    view, newlines, finished = view[:stop], newlines[newlines < stop], True
+            pos += len(block)
+            pieces.append((view, newlines))
+            held += len(newlines)
+            while held >= lines_per_chunk:
+                need, out, out_newlines, size = lines_per_chunk, [], [], 0
+                while True:
+                    piece, offsets = pieces[0]
+                    if len(offsets) < need:
+                        pieces.popleft()
+                        out.append(piece)
+                        out_newlines.append(offsets + size)
+                        size += len(piece)
+                        need -= len(offsets)
+                        continue
+                    stop = int(offsets[need - 1]) + 1
+                    out.append(piece[:stop])
+                    out_newlines.append(offsets[:need] + size)
+                    pieces[0] = (piece[stop:], offsets[need:] - stop)
+                    break
+                held -= lines_per_chunk
+                yield b"".join(out), base, first, np.concatenate(out_newlines)
+                first += lines_per_chunk
+        size, out_newlines = 0, []
+        for piece, offsets in pieces:
+            out_newlines.append(offsets + size)
+            size += len(piece)
+        if size:
+            yield b"".join(piece for piece, _ in pieces), base, first, np.concatenate(out_newlines)
+
+
+def _iter_line_blocks(task: ReadTask, lines_per_block: int = 4096) -> Iterator[tuple[list[bytes], int, int]]:
+    """(lines, base, first): like `_iter_chunks`, each chunk split into lines (without newlines)."""
+    for data, base, first, _newlines in _iter_chunks(task, lines_per_block, 1 << 20):
+        lines = data.split(b"\n")
+        yield (lines[:-1] if data.endswith(b"\n") else lines), base, first
+
+
+def _iter_jsonl_lines(task: ReadTask) -> Iterator[tuple[bytes, Where]]:
+    """(line bytes, where) one line at a time (format sniffing); `where` becomes "file:line" only
+    when a row is reported (counting lines before a range costs a read)."""
+    for lines, base, first in _iter_line_blocks(task):
+        for offset, line in enumerate(lines):
+            yield line, (task.path, base, first + offset)
 
 
 def _resolve(where: Where | str) -> str:
@@ -216,48 +281,49 @@ def _read_line(builder: _BatchBuilder, line: bytes, where: Where) -> None:
 
 
 def read_jsonl(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-    """Stream a JSONL task in chunks of `batch_size` lines: the vectorized fast path first, the
-    per-record path for whatever it hands back."""
+    """Stream a JSONL task in chunks of `batch_size` lines. A chunk's bytes go to the vectorized
+    fast path whole (polars parses them; no per-line Python); the per-record path takes the lines
+    it hands back, and whole chunks it cannot take (blank lines, malformed JSON, other formats)."""
     from datacraft.io.fast import convert_chunk
 
     source = os.path.basename(task.path)
     builder = _BatchBuilder(options, source)
-    chunk: list[tuple[bytes, str]] = []
+    fast_formats = options.format in ("auto", "alpaca", "completion") and options.limit is None
     seen = 0
 
-    def flush_chunk() -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-        fast_lines = [(line, where) for line, where in chunk if len(line) <= options.max_row_chars]
-        converted = None
-        if len(fast_lines) == len(chunk) and options.format in ("auto", "alpaca", "completion"):
-            converted = convert_chunk([line for line, _ in fast_lines], options.format, source, options.task_field)
-        if converted is None:
-            for line, where in chunk:
-                _read_line(builder, line, where)
-        else:
-            kept, slow = converted
-            for i in slow:
-                _read_line(builder, *chunk[i])
-            rest = builder.flush()
-            extra_kept, dropped = rest if rest else (kept.head(0), batch_from_rows([]))
-            yield concat_batches([kept, extra_kept]) if extra_kept.height else kept, dropped
-        chunk.clear()
+    def per_record(lines: list[bytes], indices: Iterable[int], base: int, first: int) -> None:
+        nonlocal seen
+        for i in indices:
+            line = lines[i].strip()
+            if not line:
+                continue
+            if options.limit is not None and seen >= options.limit:
+                return
+            seen += 1
+            _read_line(builder, line, (task.path, base, first + i))
 
-    for line, where in _iter_jsonl_lines(task):
-        stripped = line.strip()
-        if not stripped:
-            continue
-        if options.limit is not None and seen >= options.limit:
-            break
-        seen += 1
-        chunk.append((stripped, where))
-        if len(chunk) >= options.batch_size:
-            yield from flush_chunk()
+    for data, base, first, newlines in _iter_chunks(task, options.batch_size):
+        n_lines = len(newlines) + (0 if data.endswith(b"\n") else 1)
+        longest = int(np.diff(newlines, prepend=-1).max()) if len(newlines) else len(data)
+        converted = None
+        if fast_formats and max(longest, len(data) - int(newlines[-1]) - 1 if len(newlines) else 0) <= options.max_row_chars:
+            converted = convert_chunk(data, n_lines, options.format, source, options.task_field)
+        if converted is None:
+            lines = data.split(b"\n")
+            per_record(lines, range(n_lines), base, first)
             if builder.full():
                 out = builder.flush()
                 if out:
                     yield out
-    if chunk:
-        yield from flush_chunk()
+        else:
+            kept, slow = converted
+            if slow:
+                per_record(data.split(b"\n"), slow, base, first)
+            rest = builder.flush()
+            extra_kept, dropped = rest if rest else (kept.head(0), batch_from_rows([]))
+            yield concat_batches([kept, extra_kept]) if extra_kept.height else kept, dropped
+        if options.limit is not None and seen >= options.limit:
+            break
     out = builder.flush()
     if out:
         yield out
@@ -329,6 +395,53 @@ def read_task(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFra
         raise ValueError(f"unknown read task kind {task.kind!r}")
 
 
+def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run `items` in a background thread, up to `depth` items ahead of the consumer.
+
+    The reader parses the next chunk (polars releases the GIL) while the stages fused after it
+    work on the current one, so reading costs little wall time on a second core. An exception in
+    the producer is raised in the consumer; closing the consumer stops the producer."""
+    import queue
+    import threading
+
+    done = object()
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((True, done))
+        except BaseException as err:  # noqa: BLE001  (handed to the consumer)
+            slots.put((False, err))
+
+    worker = threading.Thread(target=produce, name="datacraft-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
+
+
 def read_all(path: str, options: ReadOptions | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read a whole source into (kept, dropped) frames — for tests and small inputs."""
     options = options or ReadOptions()
@@ -389,6 +502,7 @@ __all__ = [
     "ReadOptions",
     "ReadTask",
     "plan_reads",
+    "prefetch",
     "read_all",
     "read_task",
     "sniff_format",

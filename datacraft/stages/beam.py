@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
 import polars as pl
 from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.transforms.window import GlobalWindows
 
 from datacraft import progress
 from datacraft.records import concat_batches
-from datacraft.stages.base import GlobalStage, RowStage, Stage, StageResult, stats_of
+from datacraft.stages.base import BatchStage, GlobalStage, RowStage, Stage, StageResult, stats_of
+from datacraft.stages.coder import register as register_batch_coder
+
+# every pipeline that wraps stages encodes its batches as Arrow IPC (see coder.py)
+register_batch_coder()
 
 KEPT, DROPPED, STATS = "kept", "dropped", "stats"
 
@@ -27,21 +34,81 @@ def emit_result(label: str, n_in: int, result: StageResult, seconds: float) -> A
     yield TaggedOutput(STATS, stats_of(label, n_in, result, seconds))
 
 
-class StageDoFn(beam.DoFn):
-    """Runs a row/batch stage; the stage's model is created once per worker in `setup`."""
+def in_global_window(output: Any) -> Any:
+    """An output of `finish_bundle`, which Beam wants windowed (batch pipelines: the global window)."""
+    if isinstance(output, TaggedOutput):
+        return TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+    return GlobalWindows.windowed_value(output)
+
+
+class OverlappedDoFn(beam.DoFn):
+    """Runs `compute(batch, facts)` on a worker thread, one batch ahead of the Beam thread.
+
+    While the worker computes batch i+1 (polars releases the GIL), the Beam thread runs the fused
+    steps after this one on batch i (dedup keys, encoding, writing) and fetches the next input, so
+    the second core stays busy. Batches are still computed one at a time and their outputs leave
+    in input order; `overlap = False` (stages with a model or an engine) computes in `process`."""
+
+    overlap = True
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    def compute(self, batch: pl.DataFrame, facts: Any) -> StageResult:
+        raise NotImplementedError
+
+    def _timed(self, batch: pl.DataFrame, facts: Any) -> tuple[StageResult, float]:
+        t0 = time.perf_counter()
+        return self.compute(batch, facts), time.perf_counter() - t0
+
+    def setup(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"datacraft-{self.stage.label}") if self.overlap else None
+
+    def start_bundle(self) -> None:
+        self.pending: deque[tuple[int, Future[tuple[StageResult, float]]]] = deque()
+
+    def process(self, batch: pl.DataFrame, facts: Any = None) -> Any:
+        """`facts`: the side input of `ApplyWithFacts` (unused by plain stages)."""
+        if self.pool is None:
+            result, seconds = self._timed(batch, facts)
+            yield from emit_result(self.stage.label, batch.height, result, seconds)
+            return
+        self.pending.append((batch.height, self.pool.submit(self._timed, batch, facts)))
+        if len(self.pending) > 1:
+            yield from self._emit_oldest()
+
+    def _emit_oldest(self) -> Any:
+        n_in, future = self.pending.popleft()
+        result, seconds = future.result()
+        yield from emit_result(self.stage.label, n_in, result, seconds)
+
+    def finish_bundle(self) -> Any:
+        while self.pending:
+            for output in self._emit_oldest():
+                yield in_global_window(output)
+
+    def teardown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+class StageDoFn(OverlappedDoFn):
+    """Runs a row/batch stage; the stage's model is created once per worker in `setup`. Stages
+    without a model overlap with the steps after them (`OverlappedDoFn`)."""
 
     def __init__(self, stage: RowStage) -> None:
-        self.stage = stage
+        super().__init__(stage)
+        self.overlap = not isinstance(stage, BatchStage)
 
     def setup(self) -> None:
         self.stage.ensure_setup()
+        super().setup()
 
-    def process(self, batch: pl.DataFrame) -> Any:
-        t0 = time.perf_counter()
-        result = self.stage.process(batch)
-        yield from emit_result(self.stage.label, batch.height, result, time.perf_counter() - t0)
+    def compute(self, batch: pl.DataFrame, facts: Any) -> StageResult:
+        return self.stage.process(batch)
 
     def teardown(self) -> None:
+        super().teardown()
         self.stage.release()
 
 
@@ -98,15 +165,13 @@ def sample_rows(batch: pl.DataFrame, fraction: float) -> pl.DataFrame:
     return batch.sample(n=max(1, int(batch.height * fraction)), seed=0) if batch.height else batch
 
 
-class _ApplyDoFn(beam.DoFn):
+class _ApplyDoFn(OverlappedDoFn):
     def __init__(self, stage: Stage, fn: Any) -> None:
-        self.stage = stage
+        super().__init__(stage)
         self.fn = fn
 
-    def process(self, batch: pl.DataFrame, facts: Any) -> Any:
-        t0 = time.perf_counter()
-        result = self.fn(batch, facts)
-        yield from emit_result(self.stage.label, batch.height, result, time.perf_counter() - t0)
+    def compute(self, batch: pl.DataFrame, facts: Any) -> StageResult:
+        return self.fn(batch, facts)
 
 
 class ApplyWithFacts(beam.PTransform):

@@ -20,6 +20,7 @@ import apache_beam as beam
 import polars as pl
 from pydantic import Field
 
+from datacraft.frames import parallel_select
 from datacraft.records import SCORE_PREFIX, concat_batches, response_expr, text_expr, with_drop
 from datacraft.stages.base import GlobalStage, StageParams, StageResult
 
@@ -33,15 +34,19 @@ class ExactDedupParams(StageParams):
     ignore_punctuation: bool = True
 
 
-def normalized_key(view: str, ignore_case: bool = True, ignore_punctuation: bool = True) -> pl.Expr:
-    """64-bit hash of the normalized text of a view."""
-    text = text_expr(view)
+def normalize_text(text: pl.Expr, ignore_case: bool = True, ignore_punctuation: bool = True) -> pl.Expr:
+    """Lower case, punctuation removed, every whitespace run one space, stripped."""
     if ignore_case:
         text = text.str.to_lowercase()
     if ignore_punctuation:
         text = text.str.replace_all(r"[^\w\s]", "")
-    text = text.str.replace_all(r"\s+", " ").str.strip_chars()
-    return text.hash(seed=0)
+    # the same as replacing `\s+` by " ", but single spaces (most matches) are not rewritten: 4× faster
+    return text.str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
+
+
+def normalized_key(view: str, ignore_case: bool = True, ignore_punctuation: bool = True) -> pl.Expr:
+    """64-bit hash of the normalized text of a view."""
+    return normalize_text(text_expr(view), ignore_case, ignore_punctuation).hash(seed=0)
 
 
 class ExactDedupStage(GlobalStage):
@@ -58,10 +63,8 @@ class ExactDedupStage(GlobalStage):
             rank = pl.col(col).cast(pl.Float64).fill_null(float("-inf")) if col in batch.columns else pl.lit(float("-inf"))
         else:
             rank = response_expr().str.len_chars().cast(pl.Float64)
-        return batch.select(
-            normalized_key(p.text, p.ignore_case, p.ignore_punctuation).alias("_hash"),
-            pl.col("id"),
-            rank.alias("_rank"),
+        return parallel_select(
+            batch, [normalized_key(p.text, p.ignore_case, p.ignore_punctuation).alias("_hash"), pl.col("id"), rank.alias("_rank")]
         )
 
     @staticmethod
