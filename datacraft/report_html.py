@@ -22,6 +22,7 @@ import os
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -159,13 +160,38 @@ class _Collector:
     def _sample(self, n: int) -> set[int]:
         return {i for i in range(n) if self.rng.random() < self.fraction} if self.fraction < 1 else set(range(n))
 
-    def add_file(self, path: str, status: str) -> int:
-        """Stream one file into the facts; returns its number of rows."""
+    @staticmethod
+    def load_columns(path: str) -> pl.DataFrame | None:
+        """The cheap columns of a file (id, scores, drop stage / reason), read by polars; None for
+        JSONL that polars cannot read (the per-row path takes it). Touches no collector state, so
+        files load in parallel."""
         if path.endswith(".parquet"):
-            return self._add_parquet(path, status)
-        n = self._add_jsonl_columnar(path, status)
-        if n is not None:
-            return n
+            names = pl.scan_parquet(path).collect_schema().names()
+            cheap = [c for c in ("id", "scores", "drop_stage", "drop_reason") if c in names]
+            if cheap:
+                return pl.scan_parquet(path).select(cheap).collect()
+            return pl.DataFrame({"_n": [0] * pl.scan_parquet(path).select(pl.len()).collect().item()})
+        head = next(iter_row_chunks(path, chunk_rows=1000), [])
+        if not head or any(k.startswith(SCORE_PREFIX) for rec in head[:50] for k in rec):
+            return None
+        keys = list(dict.fromkeys(k for rec in head if isinstance(rec.get("scores"), Mapping) for k in rec["scores"]))
+        schema: dict[str, Any] = {"id": pl.Utf8, "drop_stage": pl.Utf8, "drop_reason": pl.Utf8}
+        if keys:
+            schema["scores"] = pl.Struct({k: pl.Float64 for k in keys})
+        try:
+            return pl.scan_ndjson(path, schema=schema).collect()
+        except Exception:  # noqa: BLE001 - any polars parse problem: use the per-row path
+            return None
+
+    def add_file(self, path: str, status: str, columns: pl.DataFrame | None = None) -> int:
+        """Stream one file into the facts (`columns`: its `load_columns`, when already loaded);
+        returns its number of rows."""
+        if columns is None:
+            columns = self.load_columns(path)
+        if path.endswith(".parquet"):
+            return self._add_parquet(path, status, columns)
+        if columns is not None:
+            return self._add_jsonl_columnar(path, status, columns)
         n = 0
         for chunk in iter_row_chunks(path, _ROW_COLUMNS):
             if n < MAX_ROWS_PER_ROW_PATH:  # past that, only count: the per-row path is for odd files
@@ -174,11 +200,9 @@ class _Collector:
             n += len(chunk)
         return n
 
-    def _add_parquet(self, path: str, status: str) -> int:
+    def _add_parquet(self, path: str, status: str, df: pl.DataFrame) -> int:
         lf = pl.scan_parquet(path)
         names = lf.collect_schema().names()
-        cheap = [c for c in ("id", "scores", "drop_stage", "drop_reason") if c in names]
-        df = lf.select(cheap).collect() if cheap else pl.DataFrame({"_n": [0] * lf.select(pl.len()).collect().item()})
         picks = set(self._columns(df, status))
         sampled = self._sample(df.height) if "embedding" in names else set()
         rows = sorted(picks | sampled)
@@ -189,21 +213,10 @@ class _Collector:
                 self._show(row, status, row["_i"] in sampled)
         return df.height
 
-    def _add_jsonl_columnar(self, path: str, status: str) -> int | None:
-        """JSONL read by polars with a schema of the cheap fields; None when polars cannot read it."""
-        head = next(iter_row_chunks(path, chunk_rows=1000), [])
-        if not head or any(k.startswith(SCORE_PREFIX) for rec in head[:50] for k in rec):
-            return None
-        keys = list(dict.fromkeys(k for rec in head if isinstance(rec.get("scores"), Mapping) for k in rec["scores"]))
-        schema: dict[str, Any] = {"id": pl.Utf8, "drop_stage": pl.Utf8, "drop_reason": pl.Utf8}
-        if keys:
-            schema["scores"] = pl.Struct({k: pl.Float64 for k in keys})
-        try:
-            df = pl.scan_ndjson(path, schema=schema).collect()
-        except Exception:  # noqa: BLE001 - any polars parse problem: use the per-row path
-            return None
+    def _add_jsonl_columnar(self, path: str, status: str, df: pl.DataFrame) -> int:
+        """JSONL whose cheap columns polars read; whole rows are parsed only for the few shown."""
         picks = set(self._columns(df, status))
-        sampled = self._sample(df.height) if any("embedding" in rec for rec in head) else set()
+        sampled = self._sample(df.height) if any("embedding" in rec for rec in next(iter_row_chunks(path, chunk_rows=50), [])) else set()
         wanted = picks | sampled
         if wanted:
             last = max(wanted)
@@ -231,13 +244,16 @@ def collect_facts(run_dir: str) -> RunFacts:
     stages = report.get("stages", [])
     expected = (stages[-1].get("kept", 0) if stages else 0) + sum(sum((s.get("dropped") or {}).values()) for s in stages)
     col = _Collector(facts, expected, _referenced_ids(report), seed=0)
-    for status, path in run.files():
-        n = col.add_file(path, status)
-        if status == KEPT:
-            facts.rows_written += n
-            facts.output_files += 1
-        else:
-            facts.rows_dropped_files += n
+    files = list(run.files())
+    with ThreadPoolExecutor(2) as pool:  # polars reads the next files while this one is folded in
+        loads = [pool.submit(_Collector.load_columns, path) for _status, path in files]
+        for (status, path), load in zip(files, loads, strict=True):
+            n = col.add_file(path, status, load.result())
+            if status == KEPT:
+                facts.rows_written += n
+                facts.output_files += 1
+            else:
+                facts.rows_dropped_files += n
     col.finish()
     return facts
 

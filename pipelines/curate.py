@@ -12,6 +12,7 @@ The default runner is Beam's in-process FnApiRunner (no Prism download); any oth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -32,6 +33,7 @@ from datacraft.io.writers import ShardWriter, finalize_shards, prepare_output_di
 from datacraft.records import content_hash
 from datacraft.report import build_report, merge_stats, write_report
 from datacraft.stages.beam import DROPPED, KEPT, STATS, in_global_window
+from datacraft.stages.coder import frames_by_reference
 
 STATS_FILE = "_stats.json"
 
@@ -82,13 +84,15 @@ class _MergeStats(beam.CombineFn):
 class _WriteShards(beam.DoFn):
     """Appends the batches of a bundle to shard files (`ShardWriter`) on background threads.
 
-    Encoding Parquet / JSON is the costly part and one writer encodes on one core, so batches go
-    round-robin to `LANES` writers, each on its own thread with its own files (polars / Arrow
-    release the GIL); writing overlaps the steps before it. File names are the bundle's first
+    Encoding Parquet / JSON is the costly part and one writer encodes on one core, so past a
+    bundle's first `SINGLE_LANE_ROWS` rows batches go round-robin to `LANES` writers, each on its
+    own thread with its own files (polars / Arrow release the GIL); writing overlaps the steps
+    before it. File names are the bundle's first
     batch's id hash, the lane and a sequence number, so the finalizer orders them the same way
     on every runner. Emits (path, rows) per file when the bundle finishes."""
 
     LANES = 2
+    SINGLE_LANE_ROWS = 100_000  # a bundle's first rows use one lane: small outputs stay one file
     MAX_PENDING = 2  # per lane: bounds the batches held in memory
 
     def __init__(self, make_writer: Any) -> None:
@@ -102,14 +106,15 @@ class _WriteShards(beam.DoFn):
     def start_bundle(self) -> None:
         self.writers: list[Any] = []
         self.pending: list[list[Any]] = [[] for _ in self.pools]
-        self.count = 0
+        self.count = self.rows = 0
 
     def process(self, batch: Any) -> Any:
         if not self.writers:
             stem = content_hash(batch["id"].to_list(), length=24)
             self.writers = [self.make_writer(f"{stem}-{lane}") for lane in range(self.LANES)]
-        lane = self.count % self.LANES
+        lane = self.count % self.LANES if self.rows >= self.SINGLE_LANE_ROWS else 0
         self.count += 1
+        self.rows += batch.height
         queue = self.pending[lane]
         queue.append(self.pools[lane].submit(self.writers[lane].write, batch))
         while len(queue) > self.MAX_PENDING:
@@ -227,6 +232,13 @@ def pipeline_options(config: PipelineConfig, beam_args: Sequence[str] = ()) -> t
     return options, None
 
 
+def runs_in_this_process(options: PipelineOptions, runner: Any) -> bool:
+    """Whether every worker of the run is this process (the default in-process FnApiRunner)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    return runner is not None and options.view_as(DirectOptions).direct_running_mode in (None, "in_memory")
+
+
 def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
     """Run a config end to end; returns the report (also written to OUT/report.json)."""
     if not config.output.path:
@@ -236,14 +248,16 @@ def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipel
     Path(out_dir, "config.yaml").write_text(dump_config(config), encoding="utf-8")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
+    options, runner = pipeline_options(config, beam_args)
     if test_pipeline is not None:
         p = test_pipeline
     else:
-        options, runner = pipeline_options(config, beam_args)
         p = beam.Pipeline(runner=runner, options=options) if runner is not None else beam.Pipeline(options=options)
     build(p, config, out_dir)
     t_built = time.perf_counter()
-    p.run().wait_until_finish()
+    in_process = test_pipeline is None and runs_in_this_process(options, runner)
+    with frames_by_reference() if in_process else contextlib.nullcontext():
+        p.run().wait_until_finish()
     t_ran = time.perf_counter()
     stats_path = Path(out_dir, STATS_FILE)
     stats = json.loads(stats_path.read_text(encoding="utf-8"))

@@ -15,7 +15,11 @@ element type is `Any`, which is what untyped `Map` / `ParDo` outputs are.
 
 from __future__ import annotations
 
+import itertools
 import pickle
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import polars as pl
@@ -23,8 +27,35 @@ import pyarrow as pa
 from apache_beam import coders
 from apache_beam.coders import coder_impl
 
-_PICKLED, _ARROW_IPC = 0, 1
+_PICKLED, _ARROW_IPC, _IN_PROCESS = 0, 1, 2
 _registered = False
+
+# Frames passed by reference while a pipeline runs in this process (see `frames_by_reference`).
+_local_frames: dict[int, pl.DataFrame] = {}
+_local_runs = 0
+_local_lock = threading.Lock()
+_local_keys = itertools.count()
+
+
+@contextmanager
+def frames_by_reference() -> Iterator[None]:
+    """While active, a frame is encoded as a key into an in-process table instead of as bytes.
+
+    For the in-process runner only (every encode and decode happens in this process): a batch
+    that Beam materializes (the input of a global stage waiting for its side input) then costs
+    no LZ4 encode, copy and decode; polars frames share their unchanged columns, so holding them
+    costs no more memory than holding their bytes would. The table is emptied when the last
+    active run ends."""
+    global _local_runs
+    with _local_lock:
+        _local_runs += 1
+    try:
+        yield
+    finally:
+        with _local_lock:
+            _local_runs -= 1
+            if not _local_runs:
+                _local_frames.clear()
 IPC_CHUNK_ROWS = 8192  # record batches per frame: compressed and decompressed in parallel
 
 
@@ -50,6 +81,12 @@ class _FrameOrPickleImpl(coder_impl.StreamCoderImpl):
     """What FastPrimitives does with types it does not know: frames as IPC, the rest pickled."""
 
     def encode_to_stream(self, value: Any, stream: Any, nested: bool) -> None:
+        if isinstance(value, pl.DataFrame) and _local_runs:
+            key = next(_local_keys)
+            _local_frames[key] = value
+            stream.write_byte(_IN_PROCESS)
+            stream.write_var_int64(key)
+            return
         if isinstance(value, pl.DataFrame):
             try:
                 data = encode_frame(value)
@@ -64,6 +101,11 @@ class _FrameOrPickleImpl(coder_impl.StreamCoderImpl):
 
     def decode_from_stream(self, stream: Any, nested: bool) -> Any:
         tag = stream.read_byte()
+        if tag == _IN_PROCESS:
+            key = stream.read_var_int64()
+            if key not in _local_frames:
+                raise RuntimeError("a batch passed by reference (frames_by_reference) was decoded outside the run or process that encoded it")
+            return _local_frames[key]
         data = stream.read_all(True)
         return decode_frame(data) if tag == _ARROW_IPC else pickle.loads(data)
 
