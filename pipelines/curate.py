@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,7 +111,9 @@ class _WriteShards(beam.DoFn):
 
     def process(self, batch: Any) -> Any:
         if not self.writers:
-            stem = content_hash(batch["id"].to_list(), length=24)
+            # ordered by content; the random part only keeps two bundles that start with the same
+            # batch (a file read twice under two names) from writing the same file names
+            stem = f"{content_hash(batch['id'].to_list(), length=24)}-{uuid.uuid4().hex[:8]}"
             self.writers = [self.make_writer(f"{stem}-{lane}") for lane in range(self.LANES)]
         lane = self.count % self.LANES if self.rows >= self.SINGLE_LANE_ROWS else 0
         self.count += 1
@@ -175,8 +178,7 @@ def build(p: beam.Pipeline, config: PipelineConfig, out_dir: str) -> dict[str, A
         task_field=config.input.task_field,
     )
     paths = config.input.path if isinstance(config.input.path, list) else [config.input.path]
-    # a file named twice is read once: output parts are named by their rows' ids, so two identical
-    # batches would share one part file
+    # a file named twice (a glob and its folder) is read once
     tasks = list(dict.fromkeys(t for path in paths for t in plan_reads(path)))
     read = (
         p

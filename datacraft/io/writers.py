@@ -36,11 +36,8 @@ def to_written(batch: pl.DataFrame, row_format: str = "datacraft", keep_embeddin
     return records
 
 
-def write_part(
-    batch: pl.DataFrame, folder: str, file_format: str, row_format: str = "datacraft", keep_embedding: bool = False, compression: str = "zstd"
-) -> tuple[str, int]:
-    """Write one batch as a part file named by its content; returns (path, rows). Parts that are
-    merged into shards right after are written uncompressed (6× faster; the merge compresses)."""
+def write_part(batch: pl.DataFrame, folder: str, file_format: str, row_format: str = "datacraft", keep_embedding: bool = False) -> tuple[str, int]:
+    """Write one batch as a part file named by its content; returns (path, rows)."""
     os.makedirs(folder, exist_ok=True)
     name = content_hash(batch["id"].to_list(), length=24)
     data = to_written(batch, row_format, keep_embedding)
@@ -54,7 +51,7 @@ def write_part(
     else:
         path = os.path.join(folder, f"{name}.parquet")
         frame = data if isinstance(data, pl.DataFrame) else pl.DataFrame(data, infer_schema_length=None)
-        frame.write_parquet(path + ".tmp", compression=compression)
+        frame.write_parquet(path + ".tmp")
         os.replace(path + ".tmp", path)
     return path, batch.height
 
