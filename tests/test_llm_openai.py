@@ -147,3 +147,33 @@ def test_real_server_over_the_embedded_model():
     assert len(first.top) == 5 and first.token in first.top  # greedy: the chosen token is the top-1
     assert first.logprob == pytest.approx(max(first.top.values()), abs=1e-4)
     assert batches < 4  # concurrent requests shared engine calls
+
+
+def test_raw_completions_through_the_server_and_the_deita_judge():
+    """Raw prompts (the released Deita scorers' strings) go to `/v1/completions` without a chat
+    template; the judge's engine backend then agrees with the in-process logits backend."""
+    from datacraft.llm.cache import request_key
+    from datacraft.stages.score.judge import DeitaJudge
+
+    sp = SamplingParams(max_tokens=3, logprobs=True, top_logprobs=20)
+    raw, chat = Request.raw("Q: 2+2?\nA:", sp), Request.chat([{"role": "user", "content": "Q: 2+2?\nA:"}], sp)
+    assert request_key("e", "m", raw) != request_key("e", "m", chat)
+    assert OpenAIEngine(EngineConfig(engine="openai", base_url="http://x/v1", model="m")).body(raw)["prompt"] == "Q: 2+2?\nA:"
+
+    pairs = [(p, "Paris is the capital of France.") for p in prompts(3)]
+    app = create_app(EngineConfig(batch_size=8, cache=False), max_wait_ms=50, default_max_tokens=16)
+    with ServerThread(app) as server:
+        cfg = EngineConfig(engine="openai", base_url=f"{server.url}/v1", model="embedded", timeout_s=90, max_concurrency=8)
+        client = LLMClient(cfg)
+        out = client.generate([Request.raw(p, sp) for p in prompts(2)])
+        judge = DeitaJudge("quality", cfg, template="deita", client=client)
+        assert judge.backend == "engine"
+        over_http = judge.score(pairs)
+        client.close()
+    assert all(r.ok and r.logprobs and len(r.logprobs[0].top) == 20 for r in out), [r.error for r in out]
+    in_process = DeitaJudge("quality", EngineConfig(), template="deita").score(pairs)
+    for remote, local in zip(over_http, in_process, strict=True):
+        assert remote.method in ("logprobs", "logprobs_partial")
+        # all six digits in the top 20: the same softmax over the six digit logits
+        if remote.method == "logprobs":
+            assert remote.value == pytest.approx(local.value, abs=0.02)

@@ -58,6 +58,10 @@ class _LLM:
         steps = [{5: _Logprob(-0.1, 1, "4"), 6: _Logprob(-2.4, 2, "5"), 9: _Logprob(-7.0, 9, "x")}]
         return [_Output([1, 2, 3], [_Completion("4", [5], "stop", steps)]) for _ in conversations]
 
+    def generate(self, prompts: list, sampling_params: list, use_tqdm: bool = True) -> list[_Output]:
+        self.calls.append((prompts, sampling_params))
+        return [_Output([1] * len(p), [_Completion(f"raw:{p}", [7], "stop")]) for p in prompts]
+
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
@@ -94,6 +98,20 @@ def test_vllm_engine_builds_current_api_requests(fake_vllm):
     assert out[0].prompt_tokens == 3 and out[0].completion_tokens == 1 and out[0].finish_reason == "stop"
 
 
+def test_vllm_raw_prompts_use_generate_and_keep_request_order(fake_vllm):
+    """Raw prompts (the released Deita scorers) go to `LLM.generate` without a chat template,
+    chat requests to `LLM.chat`; results come back in request order."""
+    engine = create_engine(EngineConfig(engine="vllm", model="hkust-nlp/deita-quality-scorer"))
+    sp = SamplingParams(max_tokens=3, logprobs=True, top_logprobs=20)
+    reqs = [Request.raw("rate A", sp), Request.chat([{"role": "user", "content": "hi"}], sp), Request.raw("rate BB", sp)]
+    out = engine.generate(reqs)
+    calls = _LLM.instances[0].calls
+    assert [c[0] for c in calls] == [[[{"role": "user", "content": "hi"}]], ["rate A", "rate BB"]]
+    assert calls[1][1][0].kw["logprobs"] == 20
+    assert out[0].text == "raw:rate A" and out[1].text == "4" and out[2].text == "raw:rate BB"
+    assert out[2].prompt_tokens == len("rate BB")
+
+
 def test_vllm_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(RuntimeError, match="datacraft\\[vllm\\]"):
@@ -108,10 +126,12 @@ def test_vllm_real_generation_on_gpu():
     reqs = [Request.chat([{"role": "user", "content": f"Name a fruit number {i}."}], SamplingParams(max_tokens=24)) for i in range(8)]
     reqs.append(Request.chat([{"role": "user", "content": "Pick a color. Answer in JSON."}], SamplingParams(max_tokens=32), json_schema=schema))
     reqs.append(Request.chat([{"role": "user", "content": "Rate 1-6: 'ok'"}], SamplingParams(max_tokens=1, logprobs=True, top_logprobs=10)))
+    reqs.append(Request.raw("The capital of France is", SamplingParams(max_tokens=4, logprobs=True, top_logprobs=5)))  # LLM.generate
     out = client.generate(reqs)
     counters = client.pop_counters()
     client.close()
     assert all(r.ok and r.text.strip() for r in out), [r.error for r in out]
-    assert counters["llm.engine_calls"] == 1
+    assert counters["llm.engine_calls"] == 1  # one engine call: chat and raw prompts split inside
     assert out[8].parsed["color"] in {"red", "green", "blue"}  # the constraint was applied, not ignored
     assert len(out[9].logprobs[0].top) == 10
+    assert len(out[10].logprobs[0].top) == 5

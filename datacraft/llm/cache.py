@@ -24,14 +24,10 @@ _CHUNK = 500  # SQLite host-parameter limit is 999 on old builds
 
 def request_key(engine: str, model: str, request: Request) -> str:
     """The cache key: every input that decides the output, never the caller's `tag`."""
-    return content_hash(
-        engine,
-        model,
-        request.sampling.model_dump(mode="json"),
-        [list(m) for m in request.messages],
-        request.json_schema,
-        length=32,
-    )
+    parts: list[Any] = [engine, model, request.sampling.model_dump(mode="json"), [list(m) for m in request.messages], request.json_schema]
+    if request.prompt is not None:  # appended only for raw prompts: chat keys stay what they were
+        parts.append({"raw_prompt": request.prompt})
+    return content_hash(*parts, length=32)
 
 
 def result_to_dict(result: Result) -> dict[str, Any]:

@@ -205,7 +205,10 @@ class LLMClient:
     @staticmethod
     def _repair_request(request: Request, result: Result, error: str) -> Request:
         schema = json.dumps(request.json_schema, ensure_ascii=False)
-        messages = (*request.messages, ("assistant", result.text), ("user", REPAIR_PROMPT.format(error=error, schema=schema)))
+        repair = REPAIR_PROMPT.format(error=error, schema=schema)
+        if request.prompt is not None:  # a raw prompt continues as text
+            return dataclasses.replace(request, prompt=f"{request.prompt}{result.text}\n\n{repair}\n")
+        messages = (*request.messages, ("assistant", result.text), ("user", repair))
         return dataclasses.replace(request, messages=messages)
 
     def close(self) -> None:

@@ -71,7 +71,10 @@ class TransformersEngine:
         self.max_len = config.max_model_len or getattr(self.lm.config, "max_position_embeddings", None)
 
     def render(self, request: Request) -> str:
-        """The prompt text: the model's chat template, or `role: content` lines for base models."""
+        """The prompt text: a raw prompt as is, the model's chat template, or `role: content` lines
+        for base models."""
+        if request.prompt is not None:
+            return request.prompt
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(request.message_dicts(), tokenize=False, add_generation_prompt=True)
         return "".join(f"{role}: {content}\n" for role, content in request.messages) + "assistant:"
@@ -80,7 +83,8 @@ class TransformersEngine:
         results: list[Result | None] = [None] * len(requests)
         groups: dict[SamplingParams, list[tuple[int, list[int]]]] = defaultdict(list)
         for i, request in enumerate(requests):
-            ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
+            # a chat template writes its own special tokens; a raw prompt gets the tokenizer's (BOS)
+            ids = self.tokenizer(self.render(request), add_special_tokens=request.prompt is not None)["input_ids"]
             if self.max_len and len(ids) + request.sampling.max_tokens > self.max_len:
                 results[i] = error_result(f"prompt_too_long: {len(ids)} prompt tokens + max_tokens > {self.max_len}")
                 _notify(on_results, [i], [results[i]])  # type: ignore[list-item]
@@ -231,12 +235,20 @@ class VLLMEngine:
         return results
 
     def _chat(self, requests: list[Request]) -> list[Result]:
-        outs = self.llm.chat(
-            [r.message_dicts() for r in requests],
-            sampling_params=[self.sampling_params(r) for r in requests],
-            use_tqdm=False,
-        )
-        return [self._result(o, r.sampling.top_logprobs) for o, r in zip(outs, requests, strict=True)]
+        """`LLM.chat` for chat requests, `LLM.generate` for raw prompts; results in request order."""
+        results: list[Result | None] = [None] * len(requests)
+        for raw in (False, True):
+            idx = [i for i, r in enumerate(requests) if (r.prompt is not None) == raw]
+            if not idx:
+                continue
+            params = [self.sampling_params(requests[i]) for i in idx]
+            if raw:
+                outs = self.llm.generate([requests[i].prompt for i in idx], sampling_params=params, use_tqdm=False)
+            else:
+                outs = self.llm.chat([requests[i].message_dicts() for i in idx], sampling_params=params, use_tqdm=False)
+            for i, out in zip(idx, outs, strict=True):
+                results[i] = self._result(out, requests[i].sampling.top_logprobs)
+        return [r for r in results if r is not None]
 
     @staticmethod
     def _result(out: Any, k: int) -> Result:
@@ -315,6 +327,7 @@ class OpenAIEngine:
         self.model = config.model
         base = config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         self.url = base.rstrip("/") + "/chat/completions"
+        self.completions_url = base.rstrip("/") + "/completions"  # raw prompts
         self.stats: Counter[str] = Counter()  # tries, retries, by failure kind
 
     def _secret(self) -> str | None:
@@ -326,20 +339,20 @@ class OpenAIEngine:
 
     def body(self, request: Request) -> dict[str, Any]:
         sp = request.sampling
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": request.message_dicts(),
-            "max_tokens": sp.max_tokens,
-            "temperature": sp.temperature,
-            "top_p": sp.top_p,
-        }
+        body: dict[str, Any] = {"model": self.model, "max_tokens": sp.max_tokens, "temperature": sp.temperature, "top_p": sp.top_p}
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+        else:
+            body["messages"] = request.message_dicts()
         if sp.seed is not None:
             body["seed"] = sp.seed
         if sp.stop:
             body["stop"] = list(sp.stop)
         if sp.top_k is not None:
             body["top_k"] = sp.top_k
-        if sp.logprobs or sp.top_logprobs:
+        if (sp.logprobs or sp.top_logprobs) and request.prompt is not None:
+            body["logprobs"] = max(1, sp.top_logprobs)  # the completions API: how many alternatives
+        elif sp.logprobs or sp.top_logprobs:
             body["logprobs"] = True
             if sp.top_logprobs:
                 body["top_logprobs"] = sp.top_logprobs
@@ -386,11 +399,12 @@ class OpenAIEngine:
     async def _call(self, client: Any, request: Request) -> Result:
         tries = self.config.max_retries + 1
         body = self.body(request)
+        url = self.completions_url if request.prompt is not None else self.url
         last = ""
         for attempt in range(1, tries + 1):
             self.stats["tries"] += 1
             try:
-                return await self._try(client, body)
+                return await self._try(client, url, body)
             except _Retryable as err:
                 last = err.what
                 self.stats[f"retryable.{err.what.split(' (')[0]}"] += 1
@@ -403,10 +417,10 @@ class OpenAIEngine:
                 return error_result(self._scrub(f"llm_error: {err}"))
         return error_result(f"llm_error: {last} after {tries} tries")
 
-    async def _try(self, client: Any, body: dict[str, Any]) -> Result:
+    async def _try(self, client: Any, url: str, body: dict[str, Any]) -> Result:
         httpx = self._httpx
         try:
-            resp = await asyncio.wait_for(client.post(self.url, json=body), self.config.timeout_s)
+            resp = await asyncio.wait_for(client.post(url, json=body), self.config.timeout_s)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise _Retryable("timeout") from None
         except httpx.TransportError as err:  # refused, reset, truncated body
@@ -417,7 +431,7 @@ class OpenAIEngine:
         if status >= 400:
             raise _Fatal(f"http {status}: {_error_message(resp)}")
         try:
-            return parse_chat_completion(resp.json())
+            return parse_completion(resp.json()) if "prompt" in body else parse_chat_completion(resp.json())
         except (ValueError, KeyError, TypeError, IndexError):
             raise _Retryable("malformed response") from None
 
@@ -449,7 +463,6 @@ def parse_chat_completion(data: Any) -> Result:
     text = message.get("content") or ""
     if not isinstance(text, str):
         raise TypeError("content is not a string")
-    usage = data.get("usage") or {}
     logprobs = None
     content = (choice.get("logprobs") or {}).get("content")
     if content is not None:
@@ -461,6 +474,11 @@ def parse_chat_completion(data: Any) -> Result:
             )
             for c in content
         ]
+    return _response_result(data, choice, text, logprobs)
+
+
+def _response_result(data: dict[str, Any], choice: dict[str, Any], text: str, logprobs: list[TokenLogprob] | None) -> Result:
+    usage = data.get("usage") or {}
     return Result(
         text=text,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -468,6 +486,26 @@ def parse_chat_completion(data: Any) -> Result:
         finish_reason=choice.get("finish_reason") or "stop",
         logprobs=logprobs,
     )
+
+
+def parse_completion(data: Any) -> Result:
+    """An OpenAI (legacy) completions response body → Result (raises on a malformed body).
+    Logprobs come as parallel lists: `tokens`, `token_logprobs`, `top_logprobs` ({token: logprob})."""
+    if not isinstance(data, dict):
+        raise TypeError("response is not an object")
+    choice = data["choices"][0]
+    text = choice.get("text") or ""
+    if not isinstance(text, str):
+        raise TypeError("text is not a string")
+    logprobs = None
+    lp = choice.get("logprobs")
+    if lp:
+        tops = lp.get("top_logprobs") or [{}] * len(lp["tokens"])
+        logprobs = [
+            TokenLogprob(token=t, logprob=float(v), top={k: float(x) for k, x in (top or {}).items()})
+            for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops, strict=True)
+        ]
+    return _response_result(data, choice, text, logprobs)
 
 
 # ---------------------------------------------------------------------------------------------

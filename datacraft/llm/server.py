@@ -1,10 +1,11 @@
-"""A small OpenAI-compatible chat-completions server over the transformers engine.
+"""A small OpenAI-compatible server over the transformers engine.
 
 Several workers (or several pipelines) can share one in-process model through it: concurrent
 requests are gathered into batches of up to `batch_size` (waiting at most `max_wait_ms` for more)
 and each batch is one engine call. Endpoints: `GET /health`, `GET /v1/models`,
-`POST /v1/chat/completions` (no streaming, n=1; `response_format` schemas are not enforced
-during decoding — the datacraft client validates them).
+`POST /v1/chat/completions` and `POST /v1/completions` (raw prompts, legacy logprobs; both
+without streaming, n=1; `response_format` schemas are not enforced during decoding — the
+datacraft client validates them).
 
     datacraft serve --model embedded --port 8000
     python -m datacraft.llm.server --model embedded --port 8000
@@ -39,39 +40,55 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatRequest(BaseModel):
+class _SamplingFields(BaseModel):
+    """The request fields both endpoints share."""
+
     model_config = ConfigDict(extra="allow")
     model: str = ""
-    messages: list[ChatMessage]
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
     n: int = 1
     stream: bool = False
+
+    def sampling(self, max_tokens: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            seed=self.seed, stop=tuple(stop), logprobs=logprobs, top_logprobs=top_logprobs,
+        )
+
+
+class ChatRequest(_SamplingFields):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
 
     def to_request(self, default_max_tokens: int) -> Request:
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        sampling = SamplingParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            stop=tuple(stop),
-            logprobs=self.logprobs,
-            top_logprobs=(self.top_logprobs or 0) if self.logprobs else 0,
+        sampling = self.sampling(
+            self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            self.logprobs,
+            (self.top_logprobs or 0) if self.logprobs else 0,
         )
         schema = None
         if self.response_format and self.response_format.get("type") == "json_schema":
             schema = (self.response_format.get("json_schema") or {}).get("schema")
         return Request(tuple((m.role, m.text()) for m in self.messages), sampling, json_schema=schema)
+
+
+class CompletionRequest(_SamplingFields):
+    """`POST /v1/completions`: a raw text prompt (no chat template); `logprobs` = alternatives per token."""
+
+    prompt: str
+    logprobs: int | None = Field(None, ge=0, le=20)
+
+    def to_request(self, default_max_tokens: int) -> Request:
+        return Request.raw(self.prompt, self.sampling(self.max_tokens or default_max_tokens, self.logprobs is not None, self.logprobs or 0))
 
 
 class MicroBatcher:
@@ -149,6 +166,29 @@ def completion_body(result: Result, model: str, with_logprobs: bool) -> dict[str
     }
 
 
+def text_completion_body(result: Result, model: str, with_logprobs: bool) -> dict[str, Any]:
+    """A Result as an OpenAI (legacy) completions response."""
+    logprobs = None
+    if with_logprobs and result.logprobs is not None:
+        logprobs = {
+            "tokens": [lp.token for lp in result.logprobs],
+            "token_logprobs": [lp.logprob for lp in result.logprobs],
+            "top_logprobs": [dict(lp.top) for lp in result.logprobs],
+        }
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": logprobs}],
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        },
+    }
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
     from fastapi.responses import JSONResponse
 
@@ -192,20 +232,27 @@ def create_app(
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "datacraft"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest) -> Any:
+    async def answer(body: ChatRequest | CompletionRequest, render: Any, with_logprobs: bool) -> Any:
         if body.stream:
             return _error(400, "streaming is not supported by this server")
         if body.n != 1:
             return _error(400, "only n=1 is supported")
-        if not body.messages:
-            return _error(400, "messages must not be empty")
         result = await state["batcher"].submit(body.to_request(default_max_tokens))
         if result.error is not None:
             if result.error.startswith("prompt_too_long"):
                 return _error(400, result.error)
             return _error(500, result.error, "server_error")
-        return completion_body(result, name, body.logprobs)
+        return render(result, name, with_logprobs)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest) -> Any:
+        if not body.messages:
+            return _error(400, "messages must not be empty")
+        return await answer(body, completion_body, body.logprobs)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Any:
+        return await answer(body, text_completion_body, body.logprobs is not None)
 
     return app
 

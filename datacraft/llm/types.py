@@ -1,6 +1,8 @@
 """The one engine interface: batched `generate(requests) -> results`.
 
-A request is chat messages + sampling parameters (+ optional JSON schema, + optional logprobs);
+A request is chat messages, or a raw text prompt (completion mode: no chat template, for scorers
+trained on fixed prompt strings such as the released Deita scorers), + sampling parameters (+
+optional JSON schema, + optional logprobs);
 a result carries the text, token counts, finish reason, logprobs when asked, and an error when the
 request failed (it is then dropped with that reason by the calling stage, never turned into a null).
 """
@@ -32,10 +34,16 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     json_schema: dict[str, Any] | None = None
     tag: str = ""  # caller's bookkeeping (row id, op); not part of the cache key
+    prompt: str | None = None  # raw text prompt (completion mode); `messages` is then empty
 
     @classmethod
     def chat(cls, messages: list[dict[str, str]], sampling: SamplingParams | None = None, **kw: Any) -> Request:
         return cls(tuple((m["role"], m["content"]) for m in messages), sampling or SamplingParams(), **kw)
+
+    @classmethod
+    def raw(cls, prompt: str, sampling: SamplingParams | None = None, **kw: Any) -> Request:
+        """A completion request: `prompt` goes to the model as is, without a chat template."""
+        return cls((), sampling or SamplingParams(), prompt=prompt, **kw)
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]

@@ -7,10 +7,11 @@ Two backends:
 
 * `logits` — the model runs in-process (`load_causal_lm`, once per worker): one batched,
   padding-aware forward pass per batch of prompts, no generation; exact logits of the six digit
-  tokens (Deita's own HF path). Used for the `transformers` engine and for the released Deita scorer
-  models, whose raw (non-chat) prompt only this path can send.
+  tokens (Deita's own HF path). Used for the `transformers` engine.
 * `engine` — any `LLMClient` engine that returns `top_logprobs` (vLLM, OpenAI-compatible servers,
-  transformers): the digits found among the first token's top alternatives are renormalised. All six
+  transformers); the `deita` template goes as a raw completion request (`Request.raw`: vLLM
+  `LLM.generate`, `POST /v1/completions`), so the released scorers run on vLLM too. The digits
+  found among the first token's top alternatives are renormalised. All six
   present → the exact Deita value (softmax over a subset of logits = renormalised probabilities);
   some missing → renormalised over the ones present, flagged `<dim>_method: "logprobs_partial"`;
   none present (or no logprobs at all) → the integer parsed from the text, flagged `"parsed"`;
@@ -146,10 +147,10 @@ def turn_pairs(messages: Sequence[Mapping[str, str]] | None, chosen: Sequence[Ma
 
 
 def resolve_template(template: str, model: str, backend: str) -> str:
-    """`auto`: Deita's raw strings for the released scorers and for in-process (logits) judges — on
+    """`auto`: Deita's raw strings for the released scorers (in process, or as raw completions
+    through any engine: vLLM `generate`, `/v1/completions`) and for in-process (logits) judges — on
     the embedded 135M model they separate full from truncated answers better than our chat wording
-    (measured, see tests/test_score_quality.py) — and our chat wording for engine backends, which
-    take chat messages only."""
+    (measured, see tests/test_score_quality.py) — and our chat wording for other engine judges."""
     if template == "auto":
         return "deita" if "deita" in model.lower() or backend == "logits" else "judge"
     return template
@@ -183,11 +184,8 @@ class DeitaJudge:
         self.dimension = dimension
         self.config = engine_config
         if backend == "auto":
-            in_process = engine_config.engine == "transformers" or "deita" in engine_config.model.lower()
-            backend = "logits" if in_process else "engine"
+            backend = "logits" if engine_config.engine == "transformers" else "engine"
         self.template = resolve_template(template, engine_config.model, backend)
-        if backend == "engine" and self.template == "deita" and client is None:
-            raise ValueError("the raw Deita template needs backend 'logits' (engines take chat messages only)")
         self.backend = backend
         self.batch_size = batch_size
         self.max_length = max_length
@@ -295,7 +293,11 @@ class DeitaJudge:
         from datacraft.llm.types import Request, SamplingParams
 
         sampling = SamplingParams(max_tokens=3, temperature=0.0, logprobs=True, top_logprobs=self.top_logprobs)
-        results = self.client.generate([Request.chat([{"role": "user", "content": p}], sampling) for p in prompts])
+        if self.template == "deita":  # the released scorers' own prompt strings, as raw completions
+            requests = [Request.raw(p, sampling) for p in prompts]
+        else:
+            requests = [Request.chat([{"role": "user", "content": p}], sampling) for p in prompts]
+        results = self.client.generate(requests)
         return [judge_result(r) for r in results]
 
 
