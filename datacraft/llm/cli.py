@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 …"),
         max_wait_ms: float = typer.Option(10.0, min=0, help="how long a batch waits to fill up"),
     ) -> None:
-        """Serve a model through an OpenAI-compatible chat-completions API, so several workers share it.
+        """Serve a model through an OpenAI-compatible API (chat and raw completions), so several workers share it.
 
         Example:
 
