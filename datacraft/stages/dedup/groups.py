@@ -177,18 +177,26 @@ def edge_dedup_beam(
     (embeddings, signatures) once per row; `keyed` yields small (key, frame) pieces; `edges_of` turns one
     partition into (edges, nodes)."""
     import apache_beam as beam
-    from apache_beam.pvalue import AsSingleton
+    from apache_beam.pvalue import AsSingleton, TaggedOutput
 
     from datacraft.records import concat_batches
     from datacraft.stages.base import stats_of
     from datacraft.stages.beam import DROPPED, KEPT, STATS, emit_result, sample_rows
+
+    def _time_only(seconds: float) -> Any:
+        """A ledger entry of no rows that carries the time of a step before the per-batch apply."""
+        return TaggedOutput(STATS, stats_of(stage.label, 0, StageResult(kept=pl.DataFrame()), seconds))
 
     class _Prepare(beam.DoFn):
         def setup(self) -> None:
             stage.ensure_setup()
 
         def process(self, batch: pl.DataFrame) -> Any:
-            yield prepare(batch)
+            t0 = time.perf_counter()
+            prepared = prepare(batch)
+            seconds = time.perf_counter() - t0
+            yield prepared
+            yield _time_only(seconds)
 
     class _Key(beam.DoFn):
         def process(self, batch: pl.DataFrame, side: Any) -> Any:
@@ -197,15 +205,18 @@ def edge_dedup_beam(
     class _Edges(beam.DoFn):
         def process(self, item: tuple[Any, list[pl.DataFrame]], side: Any) -> Any:
             key, parts = item
-            yield edges_of(key, pl.concat(list(parts), how="vertical_relaxed"), side)
+            t0 = time.perf_counter()
+            edges, nodes = edges_of(key, pl.concat(list(parts), how="vertical_relaxed"), side)
+            yield edges, nodes, time.perf_counter() - t0
 
-    def _resolve(pieces: list[tuple[pl.DataFrame, pl.DataFrame]]) -> dict[str, Any]:
+    def _resolve(pieces: list[tuple[pl.DataFrame, pl.DataFrame, float]]) -> dict[str, Any]:
         t0 = time.perf_counter()
         edges = pl.concat([p[0] for p in pieces], how="vertical_relaxed") if pieces else pl.DataFrame(schema=EDGE_SCHEMA)
         nodes = pl.concat([p[1] for p in pieces], how="vertical_relaxed") if pieces else pl.DataFrame(schema=NODE_SCHEMA)
         edges = edges.unique(["a", "b"])
         drops, extras = resolve(edges, nodes, tau, metric, grouping=grouping)
-        return {"drops": drops, "extras": extras, "edges": edges.height, "seconds": time.perf_counter() - t0}
+        seconds = time.perf_counter() - t0 + sum(p[2] for p in pieces)  # resolving + every partition's edges
+        return {"drops": drops, "extras": extras, "edges": edges.height, "seconds": seconds}
 
     class _Apply(beam.DoFn):
         def process(self, batch: pl.DataFrame, res: dict[str, Any]) -> Any:
@@ -217,7 +228,8 @@ def edge_dedup_beam(
         empty = StageResult(kept=pl.DataFrame(), extras=res["extras"], counters={f"{metric}.edges": float(res["edges"])})
         return stats_of(stage.label, 0, empty, res["seconds"])
 
-    prepared = rows | "Prepare" >> beam.ParDo(_Prepare())
+    prepare_outs = rows | "Prepare" >> beam.ParDo(_Prepare()).with_outputs(STATS, main="prepared")
+    prepared = prepare_outs["prepared"]
     if facts is not None:
         side = (
             prepared
@@ -237,5 +249,5 @@ def edge_dedup_beam(
     )
     outs = prepared | "Apply" >> beam.ParDo(_Apply(), AsSingleton(resolution)).with_outputs(DROPPED, STATS, main=KEPT)
     summary = resolution | "Summary" >> beam.Map(_summary)
-    stats = (outs[STATS], summary) | "Stats" >> beam.Flatten()
+    stats = (prepare_outs[STATS], outs[STATS], summary) | "Stats" >> beam.Flatten()
     return {KEPT: outs[KEPT], DROPPED: outs[DROPPED], STATS: stats}
