@@ -161,16 +161,16 @@ class _Collector:
         return {i for i in range(n) if self.rng.random() < self.fraction} if self.fraction < 1 else set(range(n))
 
     @staticmethod
-    def load_columns(path: str) -> pl.DataFrame | None:
-        """The cheap columns of a file (id, scores, drop stage / reason), read by polars; None for
-        JSONL that polars cannot read (the per-row path takes it). Touches no collector state, so
-        files load in parallel."""
+    def load_columns(path: str) -> tuple[pl.DataFrame, bool] | None:
+        """The cheap columns of a file (id, scores, drop stage / reason), read by polars, and whether
+        its rows carry embeddings; None for JSONL that polars cannot read (the per-row path takes
+        it). Touches no collector state, so files load in parallel."""
         if path.endswith(".parquet"):
             names = pl.scan_parquet(path).collect_schema().names()
             cheap = [c for c in ("id", "scores", "drop_stage", "drop_reason") if c in names]
             if cheap:
-                return pl.scan_parquet(path).select(cheap).collect()
-            return pl.DataFrame({"_n": [0] * pl.scan_parquet(path).select(pl.len()).collect().item()})
+                return pl.scan_parquet(path).select(cheap).collect(), "embedding" in names
+            return pl.DataFrame({"_n": [0] * pl.scan_parquet(path).select(pl.len()).collect().item()}), "embedding" in names
         head = next(iter_row_chunks(path, chunk_rows=1000), [])
         if not head or any(k.startswith(SCORE_PREFIX) for rec in head[:50] for k in rec):
             return None
@@ -179,19 +179,20 @@ class _Collector:
         if keys:
             schema["scores"] = pl.Struct({k: pl.Float64 for k in keys})
         try:
-            return pl.scan_ndjson(path, schema=schema).collect()
+            return pl.scan_ndjson(path, schema=schema).collect(), any("embedding" in rec for rec in head)
         except Exception:  # noqa: BLE001 - any polars parse problem: use the per-row path
             return None
 
-    def add_file(self, path: str, status: str, columns: pl.DataFrame | None = None) -> int:
+    def add_file(self, path: str, status: str, columns: tuple[pl.DataFrame, bool] | None = None) -> int:
         """Stream one file into the facts (`columns`: its `load_columns`, when already loaded);
         returns its number of rows."""
         if columns is None:
             columns = self.load_columns(path)
-        if path.endswith(".parquet"):
-            return self._add_parquet(path, status, columns)
         if columns is not None:
-            return self._add_jsonl_columnar(path, status, columns)
+            df, has_embedding = columns
+            if path.endswith(".parquet"):
+                return self._add_parquet(path, status, df, has_embedding)
+            return self._add_jsonl_columnar(path, status, df, has_embedding)
         n = 0
         for chunk in iter_row_chunks(path, _ROW_COLUMNS):
             if n < MAX_ROWS_PER_ROW_PATH:  # past that, only count: the per-row path is for odd files
@@ -200,11 +201,11 @@ class _Collector:
             n += len(chunk)
         return n
 
-    def _add_parquet(self, path: str, status: str, df: pl.DataFrame) -> int:
+    def _add_parquet(self, path: str, status: str, df: pl.DataFrame, has_embedding: bool) -> int:
         lf = pl.scan_parquet(path)
         names = lf.collect_schema().names()
         picks = set(self._columns(df, status))
-        sampled = self._sample(df.height) if "embedding" in names else set()
+        sampled = self._sample(df.height) if has_embedding else set()
         rows = sorted(picks | sampled)
         if rows:
             cols = [c for c in _ROW_COLUMNS if c in names]
@@ -213,10 +214,10 @@ class _Collector:
                 self._show(row, status, row["_i"] in sampled)
         return df.height
 
-    def _add_jsonl_columnar(self, path: str, status: str, df: pl.DataFrame) -> int:
+    def _add_jsonl_columnar(self, path: str, status: str, df: pl.DataFrame, has_embedding: bool) -> int:
         """JSONL whose cheap columns polars read; whole rows are parsed only for the few shown."""
         picks = set(self._columns(df, status))
-        sampled = self._sample(df.height) if any("embedding" in rec for rec in next(iter_row_chunks(path, chunk_rows=50), [])) else set()
+        sampled = self._sample(df.height) if has_embedding else set()
         wanted = picks | sampled
         if wanted:
             last = max(wanted)

@@ -88,9 +88,9 @@ class _WriteShards(beam.DoFn):
     Encoding Parquet / JSON is the costly part and one writer encodes on one core, so past a
     bundle's first `SINGLE_LANE_ROWS` rows batches go round-robin to `LANES` writers, each on its
     own thread with its own files (polars / Arrow release the GIL); writing overlaps the steps
-    before it. File names are the bundle's first
-    batch's id hash, the lane and a sequence number, so the finalizer orders them the same way
-    on every runner. Emits (path, rows) per file when the bundle finishes."""
+    before it. File names are the bundle's first batch's id hash, the lane and a sequence number,
+    so the finalizer orders them the same way on every runner. Emits (path, rows) per file when
+    the bundle finishes."""
 
     LANES = 2
     SINGLE_LANE_ROWS = 100_000  # a bundle's first rows use one lane: small outputs stay one file
@@ -154,15 +154,17 @@ class WriteBatches(beam.PTransform):
             | "Name" >> beam.Map(self._finalize)
         )
 
+    @property
+    def parts_dir(self) -> str:
+        return os.path.join(self.target, f"_parts-{self.prefix}")
+
     def _writer(self, stem: str) -> ShardWriter:
-        parts_dir = os.path.join(self.target, f"_parts-{self.prefix}")
-        return ShardWriter(parts_dir, self.file_format, self.row_format, self.keep_embedding, self.shard_rows, stem)
+        return ShardWriter(self.parts_dir, self.file_format, self.row_format, self.keep_embedding, self.shard_rows, stem)
 
     def _finalize(self, files: list[tuple[str, int]]) -> list[str]:
         names = finalize_shards(files, self.target, self.prefix, self.file_format, self.shard_rows, self.write_empty)
-        parts_dir = os.path.join(self.target, f"_parts-{self.prefix}")
-        if os.path.isdir(parts_dir) and not os.listdir(parts_dir):
-            os.rmdir(parts_dir)
+        if os.path.isdir(self.parts_dir) and not os.listdir(self.parts_dir):
+            os.rmdir(self.parts_dir)
         return names
 
 
@@ -250,14 +252,15 @@ def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipel
     Path(out_dir, "config.yaml").write_text(dump_config(config), encoding="utf-8")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    options, runner = pipeline_options(config, beam_args)
+    in_process = False
     if test_pipeline is not None:
         p = test_pipeline
     else:
+        options, runner = pipeline_options(config, beam_args)
         p = beam.Pipeline(runner=runner, options=options) if runner is not None else beam.Pipeline(options=options)
+        in_process = runs_in_this_process(options, runner)
     build(p, config, out_dir)
     t_built = time.perf_counter()
-    in_process = test_pipeline is None and runs_in_this_process(options, runner)
     with frames_by_reference() if in_process else contextlib.nullcontext():
         p.run().wait_until_finish()
     t_ran = time.perf_counter()

@@ -303,10 +303,11 @@ def read_jsonl(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFr
             _read_line(builder, line, (task.path, base, first + i))
 
     for data, base, first, newlines in _iter_chunks(task, options.batch_size):
-        n_lines = len(newlines) + (0 if data.endswith(b"\n") else 1)
-        longest = int(np.diff(newlines, prepend=-1).max()) if len(newlines) else len(data)
+        line_ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
+        n_lines = len(line_ends)
+        longest = int(np.diff(line_ends, prepend=-1).max()) - 1
         converted = None
-        if fast_formats and max(longest, len(data) - int(newlines[-1]) - 1 if len(newlines) else 0) <= options.max_row_chars:
+        if fast_formats and longest <= options.max_row_chars:
             converted = convert_chunk(data, n_lines, options.format, source, options.task_field)
         if converted is None:
             lines = data.split(b"\n")

@@ -60,8 +60,9 @@ class ShardWriter:
     """Appends batches to shard files of at most `shard_rows` rows in `folder`, as they come.
 
     This is the Beam sink's writer (one per bundle): rows are encoded once, in their final
-    compressed form, and a finalizing step only renames the files (`finalize_shards`). A file is
-    named by the hash of its first batch's ids, so names and order do not depend on the runner.
+    compressed form, and a finalizing step only renames the files (`finalize_shards`). Files are
+    `<stem>-<n>`: the stem is given (or the hash of the first batch's ids), so their order does
+    not depend on the runner.
     Parquet files hold one row group per batch; a batch whose schema differs from the open file's
     starts a new file (the finalizer unifies schemas if it must)."""
 
@@ -196,12 +197,8 @@ def merge_parts(parts: list[str], target: str, prefix: str, file_format: str, sh
         shard, written = 0, 0
         out = open(names[0], "wb")
         try:
-            for part, count in zip(parts, counts, strict=True):
+            for part in parts:
                 with open(part, "rb") as fh:
-                    if written + count <= shard_rows or shard + 1 == n_shards:
-                        shutil.copyfileobj(fh, out, 1 << 20)  # the whole part fits: copy bytes
-                        written += count
-                        continue
                     for line in fh:
                         if written >= shard_rows and shard + 1 < n_shards:
                             out.close()
@@ -211,11 +208,6 @@ def merge_parts(parts: list[str], target: str, prefix: str, file_format: str, sh
                         written += 1
         finally:
             out.close()
-    elif len({pq.ParquetFile(p).schema_arrow for p in parts}) <= 1:
-        # one schema: polars streams the parts into each shard (no whole-output frame in memory)
-        scan = pl.scan_parquet(parts) if parts else pl.LazyFrame()
-        for shard, name in enumerate(names):
-            scan.slice(shard * shard_rows, shard_rows if shard + 1 < n_shards else None).sink_parquet(name)
     else:
         buffer: list[pl.DataFrame] = []
         buffered = 0

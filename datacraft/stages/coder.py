@@ -81,13 +81,13 @@ class _FrameOrPickleImpl(coder_impl.StreamCoderImpl):
     """What FastPrimitives does with types it does not know: frames as IPC, the rest pickled."""
 
     def encode_to_stream(self, value: Any, stream: Any, nested: bool) -> None:
-        if isinstance(value, pl.DataFrame) and _local_runs:
-            key = next(_local_keys)
-            _local_frames[key] = value
-            stream.write_byte(_IN_PROCESS)
-            stream.write_var_int64(key)
-            return
         if isinstance(value, pl.DataFrame):
+            if _local_runs:
+                key = next(_local_keys)
+                _local_frames[key] = value
+                stream.write_byte(_IN_PROCESS)
+                stream.write_var_int64(key)
+                return
             try:
                 data = encode_frame(value)
             except Exception:  # e.g. an Object column, which IPC cannot hold

@@ -17,7 +17,7 @@ No row is dropped here; pair it with `filter` (e.g. `where: "refusal == 0 and le
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Literal
 
 import polars as pl
 from pydantic import Field
@@ -38,7 +38,6 @@ REFUSAL_PATTERNS = (
 )
 _STOPWORDS = r"(?i)\b(?:the|and|of|to|a|in|is|that|for|it|with|as|on|be|this|are|was|by|or|an|at|from|not|you|can|have|will|which|we|they)\b"
 _WORD = r"\S+"
-FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 ALL_SCORES = (
     "length.instruction",
@@ -58,11 +57,10 @@ class HeuristicsParams(StageParams):
     extra_refusal_patterns: list[str] = Field(default_factory=list, description="more regexes (case-insensitive)")
 
 
-def add_heuristics(frame: FrameT, names: list[str], extra_patterns: list[str] = ()) -> FrameT:
+def add_heuristics(frame: pl.DataFrame, names: list[str], extra_patterns: list[str] = ()) -> pl.DataFrame:
     """Add the named `scores.*` columns to a frame that has `_ins` / `_res` text columns.
 
-    Shared intermediates (word counts, response tokens, non-space characters) are computed once.
-    Works on a DataFrame or a LazyFrame."""
+    Shared intermediates (word counts, response tokens, non-space characters) are computed once."""
     ins, res = pl.col("_ins"), pl.col("_res")
     refusal = "(?i)(?:" + "|".join((*REFUSAL_PATTERNS, *extra_patterns)) + ")"
     lines = res.str.split("\n").list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
@@ -98,4 +96,5 @@ class HeuristicsStage(RowStage):
     def process(self, batch: pl.DataFrame) -> StageResult:
         p: HeuristicsParams = self.params  # type: ignore[assignment]
         texts = batch.with_columns(instruction_expr().alias("_ins"), response_expr().alias("_res"))
-        return StageResult(kept=add_heuristics(texts, list(p.scores), p.extra_refusal_patterns).drop("_ins", "_res"))
+        scored = add_heuristics(texts, list(p.scores), p.extra_refusal_patterns).drop("_ins", "_res")
+        return StageResult(kept=scored)
