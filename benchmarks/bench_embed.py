@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit  # noqa: E402
 
-from datacraft.embed import EmbedStage, load_embedder  # noqa: E402
+from datacraft.core.rows import text_expr  # noqa: E402
+from datacraft.core.stage import RunContext  # noqa: E402
 from datacraft.io.readers import read_all  # noqa: E402
-from datacraft.records import text_expr  # noqa: E402
-from datacraft.stages.base import RunContext  # noqa: E402
+from datacraft.stages.vectors.embed import EmbedStage  # noqa: E402
+from datacraft.vectors.embedders import load_embedder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -76,8 +76,8 @@ def run_polars(src: Path, out: Path) -> int:
 
 
 def run_datacraft(src: Path, out: Path) -> dict:
-    from datacraft.config import load_config
-    from pipelines.curate import run_config
+    from datacraft.pipeline.config import load_config
+    from datacraft.pipeline.run import run_config
 
     config = load_config(
         data={

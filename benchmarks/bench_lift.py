@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from datacraft.core.rows import batch_from_rows, response_expr  # noqa: E402
+from datacraft.core.stage import RunContext  # noqa: E402
 from datacraft.io.formats import to_row  # noqa: E402
-from datacraft.records import batch_from_rows, response_expr  # noqa: E402
-from datacraft.stages.base import RunContext  # noqa: E402
 from datacraft.stages.registry import build_stage, stage_names  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sft"

@@ -21,12 +21,13 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from datacraft.beam.transform import stage_transform
+from datacraft.core.rows import batch_from_rows, make_row
+from datacraft.core.stage import RunContext
 from datacraft.llm.config import EngineConfig
 from datacraft.llm.engines import create_engine
-from datacraft.llm.stage import GenerateStage
 from datacraft.llm.types import Request, SamplingParams
-from datacraft.records import batch_from_rows, make_row
-from datacraft.stages.base import RunContext
+from datacraft.stages.synthesize.generate import GenerateStage
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "tests/data/selfinstruct_60.jsonl", ROOT / "tests/data/alpaca_llamafactory_200.jsonl"]
@@ -67,7 +68,7 @@ def run_pipeline(config: EngineConfig, prompts: list[str], sp: SamplingParams, b
         stats_path = Path(tmp) / "stats.jsonl"
         t0, c0 = time.perf_counter(), time.process_time()
         with beam.Pipeline(runner=FnApiRunner()) as p:
-            outs = p | beam.Create(batches) | stage.transform()
+            outs = p | beam.Create(batches) | stage_transform(stage)
             outs["stats"] | beam.Map(_append_json, str(stats_path))
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         stats = [json.loads(line) for line in stats_path.open()]

@@ -32,8 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks._common import emit  # noqa: E402
+from datacraft.beam.transform import stage_transform
+from datacraft.core.rows import instruction_expr, response_expr  # noqa: E402
 from datacraft.io.readers import read_all  # noqa: E402
-from datacraft.records import instruction_expr, response_expr  # noqa: E402
 from datacraft.stages.registry import build_stage  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "alpaca_llamafactory_200.jsonl"
@@ -52,7 +53,7 @@ def run_beam(stage: Any, frame: pl.DataFrame, batch_rows: int) -> int:
     _SINK.clear()
     batches = [frame.slice(i, batch_rows) for i in range(0, frame.height, batch_rows)]
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        res = p | beam.Create(batches) | stage.transform()
+        res = p | beam.Create(batches) | stage_transform(stage)
         _ = res["kept"] | beam.Map(_collect)
     return sum(b.height for b in _SINK)
 
@@ -122,8 +123,8 @@ def main() -> None:
 
     def per_1k(name: str, params: dict[str, Any], data: pl.DataFrame) -> None:
         stage = build_stage(name, params)
-        stage.setup()
-        stage_fn = stage.process_all if hasattr(stage, "process_all") else stage.process
+        stage.acquire()
+        stage_fn = stage.process_all if hasattr(stage, "process_all") else stage.run
         seconds = best_of(lambda: stage_fn(data), 1)
         cost[name] = round(seconds / data.height * 1000, 2)
 
@@ -136,8 +137,8 @@ def main() -> None:
     cost["ifd"] = round(raw_i / n * 1000, 2)
     with tempfile.TemporaryDirectory() as tmp:
         per_1k("reward", {"model": tiny_reward_model(tmp), "batch_size": 8, "max_length": max_len}, frame)
-    from datacraft.embed import embedder_from, encode_sorted
-    from datacraft.records import text_expr
+    from datacraft.core.rows import text_expr
+    from datacraft.vectors.embedders import embedder_from, encode_sorted
 
     pool = frame if args.quick else rows
     texts = pool.select(text_expr("conversation").alias("t"))["t"].to_list()

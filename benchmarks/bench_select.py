@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import blobs_on_sphere, emit, peak_rss_gb, timed  # noqa: E402
 
-from datacraft.knn import knn_graph  # noqa: E402
 from datacraft.stages.select.submodular import dense_facility_location, greedy, similarity_graph  # noqa: E402
+from datacraft.vectors.knn import knn_graph  # noqa: E402
 
 
 def ours(x: np.ndarray, budget: int, k: int, exact_max: int) -> np.ndarray:

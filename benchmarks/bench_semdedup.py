@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, peak_rss_gb  # noqa: E402
 
-from datacraft.embed import encode_sorted, load_embedder  # noqa: E402
-from datacraft.knn import union_find_groups  # noqa: E402
 from datacraft.stages.dedup.groups import resolve  # noqa: E402
 from datacraft.stages.dedup.semantic import threshold_edges  # noqa: E402
+from datacraft.vectors.embedders import encode_sorted, load_embedder  # noqa: E402
+from datacraft.vectors.knn import union_find_groups  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sft"
 

@@ -24,13 +24,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from datacraft.beam.transform import STATS, stage_transform
+from datacraft.core.stage import RunContext
 from datacraft.io.readers import read_all
 from datacraft.llm import client as client_mod
 from datacraft.llm.config import EngineConfig
 from datacraft.llm.engines import create_engine
 from datacraft.llm.types import Request, SamplingParams
-from datacraft.stages.base import RunContext
-from datacraft.stages.beam import STATS
 from datacraft.stages.synthesize.multihop import MultiHopStage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,7 +81,7 @@ def main() -> None:
         stats_path = Path(tempfile.mkdtemp()) / "stats.json"
         t0 = time.perf_counter()
         with beam.Pipeline(runner=FnApiRunner()) as p:
-            outs = p | beam.Create([seeds]) | stage.transform()
+            outs = p | beam.Create([seeds]) | stage_transform(stage)
             _ = outs[STATS] | beam.Map(lambda s, path=str(stats_path): Path(path).write_text(json.dumps(s)))
         pipeline_wall = time.perf_counter() - t0
     finally:

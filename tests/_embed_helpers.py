@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datacraft.embed import embedding_series, ensure_embeddings
+from datacraft.beam.transform import stage_transform
+from datacraft.core.rows import concat_batches
 from datacraft.io.readers import read_all
-from datacraft.records import concat_batches
+from datacraft.vectors.embedders import embedding_series, ensure_embeddings
 
 DATA = Path(__file__).parent / "data"
 
@@ -48,7 +49,7 @@ def run_beam(stage: Any, frame: pl.DataFrame, batch_rows: int = 100) -> tuple[pl
     _SINK.clear()
     _SINK.update({"kept": [], "dropped": [], "stats": []})
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        res = p | beam.Create(batches) | stage.transform()
+        res = p | beam.Create(batches) | stage_transform(stage)
         for tag in ("kept", "dropped", "stats"):
             _ = res[tag] | f"Collect{tag}" >> beam.Map(_collect, tag)
     out = {k: list(v) for k, v in _SINK.items()}
@@ -70,6 +71,6 @@ def assert_ledger(n_in: int, kept: pl.DataFrame, dropped: pl.DataFrame, stats: l
     if dropped.height:
         assert dropped["drop_reason"].null_count() == 0
     if stats is not None:
-        assert sum(s["in"] for s in stats) == n_in
-        assert sum(s["kept"] for s in stats) == kept.height
-        assert sum(sum(s["dropped"].values()) for s in stats) == dropped.height
+        assert sum(s.n_in for s in stats) == n_in
+        assert sum(s.kept for s in stats) == kept.height
+        assert sum(sum(s.dropped.values()) for s in stats) == dropped.height

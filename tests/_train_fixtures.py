@@ -13,8 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from datacraft.io.readers import read_all
-from datacraft.records import (
+from datacraft.core.rows import (
     batch_from_rows,
     concat_batches,
     make_row,
@@ -24,6 +23,7 @@ from datacraft.records import (
     to_output_frame,
     with_drop,
 )
+from datacraft.io.readers import read_all
 
 DATA = Path(__file__).parent / "data"
 CONFIG_YAML = """name: fixture

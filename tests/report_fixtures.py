@@ -14,10 +14,10 @@ import numpy as np
 import polars as pl
 import yaml
 
+from datacraft.core.rows import concat_batches, derived_id, make_row, set_scores, with_drop
 from datacraft.io.readers import read_all
 from datacraft.io.writers import merge_parts, write_part
-from datacraft.records import concat_batches, derived_id, make_row, set_scores, with_drop
-from datacraft.report import build_report
+from datacraft.report.summary import build_report
 
 DATA = Path(__file__).parent / "data" / "alpaca_llamafactory_200.jsonl"
 STAGES = ["read", "heuristics", "multihop", "exact_dedup", "mixture"]

@@ -119,8 +119,8 @@ def check_golden(name: str, messages: list[dict[str, str]]) -> None:
 
 def run_pipeline(tmp_path: Path, input_path: str, stages: list[dict[str, Any]], **extra: Any) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
     """A whole Beam pipeline (FnApiRunner) over a config dict: (report, output rows, dropped rows)."""
-    from datacraft.config import load_config
-    from pipelines.curate import run_config
+    from datacraft.pipeline.config import load_config
+    from datacraft.pipeline.run import run_config
 
     out = tmp_path / "out"
     data = {"name": "synth-test", "input": {"path": input_path, **extra.pop("input", {})}, "stages": stages,

@@ -11,11 +11,11 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
+from datacraft.beam import coder
+from datacraft.beam.transform import KEPT, StageTransform
+from datacraft.core.rows import from_output_frame
 from datacraft.io.readers import ReadOptions, read_all
 from datacraft.io.writers import ShardWriter, finalize_shards
-from datacraft.records import from_output_frame
-from datacraft.stages import coder
-from datacraft.stages.beam import KEPT, StageTransform
 from datacraft.stages.registry import build_stage
 
 from .conftest import DATA

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from datacraft.config import ConfigError, load_config
+from datacraft.pipeline.config import ConfigError, load_config
 
 from .conftest import ROOT
 

@@ -5,9 +5,9 @@ import re
 import numpy as np
 import polars as pl
 
-from datacraft.embed import embedding_series
-from datacraft.records import set_scores
+from datacraft.core.rows import set_scores
 from datacraft.stages.dedup.semantic import SemanticDedupStage
+from datacraft.vectors.embedders import embedding_series
 
 from ._embed_helpers import assert_ledger, embedded, rows, run_beam
 
@@ -42,8 +42,8 @@ def test_groups_keep_best_by_score_and_detail() -> None:
     assert set(dropped["id"]) == {ids[0], ids[2]}
     assert ids[1] in kept["id"].to_list()
     assert all(re.fullmatch(rf"near-duplicate of {re.escape(ids[1])} \(cos=(1\.0|0\.9\d+)\)", d) for d in dropped["drop_detail"])
-    assert stats[0]["extras"]["group_sizes"] == {"3": 1}
-    assert stats[0]["extras"]["examples"][0]["kept_id"] == ids[1]
+    assert stats[0].extras["group_sizes"] == {"3": 1}
+    assert stats[0].extras["examples"][0]["kept_id"] == ids[1]
 
 
 def test_transitive_groups_union_find() -> None:
@@ -70,8 +70,8 @@ def test_beam_form_matches_local_and_balances() -> None:
     kept, dropped, stats = run_beam(stage, frame, batch_rows=50)
     assert_ledger(frame.height, kept, dropped, stats)
     assert set(dropped["id"]) == set(local_dropped["id"])
-    summary = [s for s in stats if s["in"] == 0 and s["extras"]]  # (time-only entries have no extras)
-    assert summary and summary[0]["extras"]["group_sizes"]
+    summary = [s for s in stats if s.n_in == 0 and s.extras]  # (time-only entries have no extras)
+    assert summary and summary[0].extras["group_sizes"]
 
 
 def test_empty_and_embeds_when_column_missing() -> None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from datacraft.embed import EMBEDDING_COLUMN, EmbedStage, embeddings_of, encode_sorted, load_embedder
-from datacraft.stages.base import RunContext
+from datacraft.core.stage import RunContext
+from datacraft.stages.vectors.embed import EmbedStage
+from datacraft.vectors.embedders import EMBEDDING_COLUMN, embeddings_of, encode_sorted, load_embedder
 
 from ._embed_helpers import rows
 
@@ -39,10 +40,10 @@ def test_embed_stage_column_cache_and_float16(tmp_path) -> None:
     assert kept.height == 50 and dropped.height == 0
     x = embeddings_of(kept)
     assert x.shape == (50, load_embedder("static").dim)
-    assert stats[0]["counters"]["embed.encoded"] == 50
+    assert stats[0].counters["embed.encoded"] == 50
     again = EmbedStage({"text": "instruction_response"}, context=ctx)
     kept2, _, stats2 = again.run_local([frame])
-    assert stats2[0]["counters"]["embed.cache_hits"] == 50 and stats2[0]["counters"]["embed.encoded"] == 0
+    assert stats2[0].counters["embed.cache_hits"] == 50 and stats2[0].counters["embed.encoded"] == 0
     assert np.allclose(embeddings_of(kept2), x)
     half, _, _ = EmbedStage({"float16": True, "cache": False}, context=ctx).run_local([frame])
     assert half.schema[EMBEDDING_COLUMN] == pl.Array(pl.Float16, x.shape[1])

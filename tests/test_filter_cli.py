@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from datacraft.cli import app
+from datacraft.cli.main import app
 
 from .conftest import DATA
 

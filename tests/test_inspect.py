@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from datacraft.inspect import describe_file, explain_row, render_explanation, summarize_file
+from datacraft.report.describe import describe_file, summarize_file
+from datacraft.report.explain import explain_row, render_explanation
 from tests.report_fixtures import DATA, build_run
 
 
@@ -115,7 +116,7 @@ def test_why_command(run: tuple[Path, dict[str, Any]]) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from datacraft.report_cli import register
+    from datacraft.cli.report import register
 
     app = typer.Typer()
     register(app)

@@ -9,16 +9,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datacraft.io.formats import FormatDetectionError, detect_format, from_row, to_row
-from datacraft.io.readers import ReadOptions, plan_reads, read_all, read_task, sniff_format
-from datacraft.io.writers import merge_parts, write_part
-from datacraft.records import (
+from datacraft.core.rows import (
     from_output_frame,
     instruction_expr,
     response_expr,
     row_id_for,
     to_output_frame,
 )
+from datacraft.io.formats import FormatDetectionError, detect_format, from_row, to_row
+from datacraft.io.readers import ReadOptions, plan_reads, read_all, read_task, sniff_format
+from datacraft.io.writers import merge_parts, write_part
 
 from .conftest import DATA
 
@@ -199,7 +199,7 @@ def test_output_frame_roundtrip_preserves_rows() -> None:
 
 def test_fast_path_matches_the_per_record_path(tmp_path: Path) -> None:
     """The vectorized chunk reader gives the same rows as per-record conversion."""
-    from datacraft.records import meta_of
+    from datacraft.core.rows import meta_of
 
     records = _records("alpaca_llamafactory_200.jsonl") + _records("t0_tasks_720.jsonl", 100)
     for r in records[::7]:

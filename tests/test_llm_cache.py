@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import pytest
 
+from datacraft.core.stage import RunContext
 from datacraft.llm.cache import LLMCache, request_key, result_from_dict, result_to_dict
 from datacraft.llm.client import LLMClient, engine_config_for, extract_json, failure_reason
 from datacraft.llm.config import EngineConfig
 from datacraft.llm.types import Request, Result, SamplingParams, TokenLogprob
-from datacraft.stages.base import RunContext
 
 pytestmark = pytest.mark.timeout(60)
 

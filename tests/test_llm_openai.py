@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from datacraft.core.rows import batch_from_rows, make_row
+from datacraft.core.stage import RunContext
 from datacraft.llm.client import LLMClient
 from datacraft.llm.config import EngineConfig
 from datacraft.llm.engines import OpenAIEngine, retry_after_seconds
 from datacraft.llm.server import create_app
-from datacraft.llm.stage import GenerateStage
 from datacraft.llm.testing import ServerThread, fault_app
 from datacraft.llm.types import Request, SamplingParams
-from datacraft.records import batch_from_rows, make_row
-from datacraft.stages.base import RunContext
+from datacraft.stages.synthesize.generate import GenerateStage
 
 pytestmark = pytest.mark.timeout(120)
 DATA = Path(__file__).parent / "data" / "selfinstruct_60.jsonl"
@@ -126,7 +126,7 @@ def test_stage_drops_failed_rows_with_reasons(faults, tmp_path):
         kept, dropped, stats = stage.run_local([batch_from_rows(rows)])
         assert kept.height == 0 and dropped.height == 2
         assert set(dropped["drop_reason"]) == {reason} and set(dropped["drop_stage"]) == {"generate"}
-        assert stats[0]["counters"][f"llm.failures.{reason}"] == 2
+        assert stats[0].counters[f"llm.failures.{reason}"] == 2
         if reason == "llm_error":
             assert dropped["drop_detail"][0] == "llm_error: http 500 after 2 tries"
 

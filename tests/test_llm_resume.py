@@ -23,9 +23,10 @@ SCRIPT = r"""
 import json, sys
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from datacraft.llm.stage import GenerateStage
-from datacraft.records import batch_from_rows, make_row
-from datacraft.stages.base import RunContext
+from datacraft.beam.transform import stage_transform
+from datacraft.stages.synthesize.generate import GenerateStage
+from datacraft.core.rows import batch_from_rows, make_row
+from datacraft.core.stage import RunContext
 
 prompts, cache_dir, stats_path = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 rows = [make_row([{"role": "user", "content": p}], id=f"r{i}") for i, p in enumerate(prompts)]
@@ -33,10 +34,10 @@ stage = GenerateStage({"max_tokens": 8}, context=RunContext(cache_dir=cache_dir,
 
 def save(stats):
     with open(stats_path, "a") as fh:
-        fh.write(json.dumps(stats) + "\n")
+        fh.write(json.dumps(stats.to_dict()) + "\n")
 
 with beam.Pipeline(runner=FnApiRunner()) as p:
-    outs = p | beam.Create([batch_from_rows(rows)]) | stage.transform()
+    outs = p | beam.Create([batch_from_rows(rows)]) | stage_transform(stage)
     outs["stats"] | beam.Map(save)
 """
 

@@ -12,13 +12,14 @@ import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from datacraft.beam.transform import stage_transform
+from datacraft.core.rows import batch_from_rows, make_row
+from datacraft.core.stage import RunContext
 from datacraft.llm.cache import LLMCache
 from datacraft.llm.config import EngineConfig
 from datacraft.llm.engines import TransformersEngine, apply_stop, create_engine
-from datacraft.llm.stage import GenerateStage, prompt_of
 from datacraft.llm.types import Request, SamplingParams
-from datacraft.records import batch_from_rows, make_row
-from datacraft.stages.base import RunContext
+from datacraft.stages.synthesize.generate import GenerateStage, prompt_of
 
 pytestmark = pytest.mark.timeout(300)
 DATA = Path(__file__).parent / "data" / "selfinstruct_60.jsonl"
@@ -102,12 +103,12 @@ def _run_pipeline(rows: list[dict], cache_dir: str, out: Path) -> tuple[list[dic
         def write(item):
             with path.open("a") as fh:
                 for rec in item.to_dicts() if hasattr(item, "to_dicts") else [item]:
-                    fh.write(json.dumps(rec, default=str) + "\n")
+                    fh.write(json.dumps(rec.to_dict() if hasattr(rec, "to_dict") else rec, default=str) + "\n")
 
         return write
 
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        outs = p | beam.Create([batch_from_rows(rows)]) | stage.transform()
+        outs = p | beam.Create([batch_from_rows(rows)]) | stage_transform(stage)
         outs["kept"] | "K" >> beam.Map(dump(kept_path))
         outs["dropped"] | "D" >> beam.Map(dump(dropped_path))
         outs["stats"] | "S" >> beam.Map(dump(stats_path))

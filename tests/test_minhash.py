@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datacraft.records import batch_from_rows, make_row
+from datacraft.core.rows import batch_from_rows, make_row
 from datacraft.stages.dedup.minhash import MinHashDedupStage, choose_bands, signatures
 
 from ._embed_helpers import assert_ledger, rows, run_beam
@@ -13,7 +13,7 @@ def _with_near_copies():
         msgs = [dict(m) for m in r["messages"]]
         msgs[-1]["content"] = msgs[-1]["content"] + " Thanks."  # a small edit
         extra.append(make_row(msgs, id=r["id"] + ":copy"))
-    from datacraft.records import concat_batches
+    from datacraft.core.rows import concat_batches
 
     return concat_batches([base, batch_from_rows(extra)])
 

@@ -14,11 +14,11 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from datacraft.cli import app
-from datacraft.config import load_config
+from datacraft.cli.main import app
 from datacraft.io.readers import read_all
-from datacraft.report import ledger_problems
-from pipelines.curate import run, run_config
+from datacraft.pipeline.config import load_config
+from datacraft.pipeline.run import run, run_config
+from datacraft.report.summary import ledger_problems
 
 from .conftest import DATA, ROOT
 

@@ -149,7 +149,7 @@ def test_cli_publish_dry_run(run_folder: tuple[Path, dict[str, int]], tmp_path: 
     import typer
     from typer.testing import CliRunner
 
-    from datacraft.train.cli import register
+    from datacraft.cli.train import register
 
     app = typer.Typer()
 
@@ -172,8 +172,8 @@ def test_cli_publish_dry_run(run_folder: tuple[Path, dict[str, int]], tmp_path: 
 
 def test_publish_a_real_run_folder(tmp_path: Path) -> None:
     """A folder written by `pipelines.curate.run_config` (configs/filter.yaml on real rows)."""
-    from datacraft.config import load_config
-    from pipelines.curate import run_config
+    from datacraft.pipeline.config import load_config
+    from datacraft.pipeline.run import run_config
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "out"

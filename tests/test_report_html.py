@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from datacraft.report_html import collect_facts, render_html, stage_balance
+from datacraft.report.html import collect_facts, render_html, stage_balance
 from tests.report_fixtures import STAGES, build_run
 
 
@@ -122,7 +122,7 @@ def test_report_command(run: tuple[Path, dict[str, Any]]) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from datacraft.report_cli import register
+    from datacraft.cli.report import register
 
     app = typer.Typer()
     register(app)
@@ -143,8 +143,8 @@ def _chromium() -> str | None:
 def test_real_run_report_in_headless_chromium(tmp_path: Path) -> None:
     from PIL import Image
 
-    from datacraft.config import load_config
-    from pipelines.curate import run_config
+    from datacraft.pipeline.config import load_config
+    from datacraft.pipeline.run import run_config
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "out"

@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from datacraft.core.rows import set_scores
 from datacraft.io.readers import read_all
-from datacraft.records import set_scores
 from datacraft.stages.registry import build_stage
 from datacraft.stages.score.diversity import distance_to_nearest, long_tail_score, mean_knn_distance
 from datacraft.stages.score.ds2 import (
@@ -110,8 +110,8 @@ def test_long_tail_and_diversity_scores() -> None:
 
 @pytest.fixture(scope="module")
 def alpaca_with_embeddings() -> pl.DataFrame:
-    from datacraft.embed import embedding_series, encode_sorted, load_embedder
-    from datacraft.records import text_expr
+    from datacraft.core.rows import text_expr
+    from datacraft.vectors.embedders import embedding_series, encode_sorted, load_embedder
 
     rows, _ = read_all(str(DATA / "alpaca_llamafactory_200.jsonl"))
     rows = rows.head(120)
@@ -129,7 +129,7 @@ def test_diversity_stage_on_real_rows(alpaca_with_embeddings: pl.DataFrame) -> N
     assert nn["dup"] == pytest.approx(0.0, abs=1e-5)
     assert np.median(kept["scores.nn_distance"].to_numpy()) > 0.2
     assert np.allclose(kept["scores.longtail"], np.round(np.tanh(kept["scores.diversity"].to_numpy() / 2), 4))
-    assert stats[0]["extras"]["score_spread"][0]["dimension"] == "diversity"
+    assert stats[0].extras["score_spread"][0]["dimension"] == "diversity"
 
 
 def test_ds2_stage_curates_any_rating_column_and_selects(alpaca_with_embeddings: pl.DataFrame) -> None:
@@ -144,6 +144,6 @@ def test_ds2_stage_curates_any_rating_column_and_selects(alpaca_with_embeddings:
     assert ((cur >= 4) & (cur <= 9)).all()
     worst_kept = cur.min()
     assert (dropped["scores.rater_curated"].to_numpy() <= worst_kept).all()
-    facts = stats[0]["extras"]["ds2"]
+    facts = stats[0].extras["ds2"]
     assert np.allclose(np.array(facts["transition_matrix"]).sum(axis=1), 1.0, atol=1e-3)
     assert sum(facts["curated_counts"]) == frame.height and facts["classes"] == [4, 5, 6, 7, 8, 9]

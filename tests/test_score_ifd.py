@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from datacraft.core.rows import batch_from_rows, make_row
 from datacraft.io.readers import read_all
-from datacraft.records import batch_from_rows, make_row
 from datacraft.stages.registry import build_stage
 from datacraft.stages.score.ifd import IFDScorer, ratios, scores_from_losses
 
@@ -28,7 +28,7 @@ def alpaca() -> pl.DataFrame:
 
 
 def _pairs(frame: pl.DataFrame, n: int) -> tuple[list[str], list[str]]:
-    from datacraft.records import instruction_expr, response_expr
+    from datacraft.core.rows import instruction_expr, response_expr
 
     sel = frame.head(n).select(instruction_expr().alias("x"), response_expr().alias("y"))
     return sel["x"].to_list(), sel["y"].to_list()
@@ -102,4 +102,4 @@ def test_ifd_stage_writes_scores_and_filters(alpaca: pl.DataFrame) -> None:
     assert row["scores.ifd"][0] is None and "ifd_unscorable" in row["meta"][0]
     ok = kept.filter(pl.col("scores.ifd").is_not_null())
     assert np.allclose(ok["scores.ifd"], ok["scores.ifd_loss_cond"] / ok["scores.ifd_loss_direct"])
-    assert stats[0]["counters"]["ifd.rows"] == frame.height
+    assert stats[0].counters["ifd.rows"] == frame.height

@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from datacraft.core.rows import batch_from_rows, make_row, meta_of
 from datacraft.io.readers import read_all
 from datacraft.llm.config import EngineConfig
 from datacraft.llm.types import Result, TokenLogprob
-from datacraft.records import batch_from_rows, make_row, meta_of
 from datacraft.stages.registry import build_stage
 from datacraft.stages.score.judge import (
     DEITA_TEMPLATES,
@@ -140,8 +140,8 @@ def test_multi_turn_rows_scored_per_turn_and_combined() -> None:
     assert len(q_turns) == 2 and q_turns[0] > 5.5 and q_turns[1] < 2.5
     assert by_id["multi"]["scores.quality"] == pytest.approx(np.mean(q_turns))
     assert meta_of(by_id["parsed"]["meta"])["quality_method"] == "parsed" and by_id["parsed"]["scores.quality"] == 2.0
-    assert stats_q[0]["counters"]["llm.requests"] == 5  # one request per turn
-    assert stats_q[0]["extras"]["score_spread"][0]["n"] == 3
+    assert stats_q[0].counters["llm.requests"] == 5  # one request per turn
+    assert stats_q[0].extras["score_spread"][0]["n"] == 3
 
     kept_c, _, _ = _stage("complexity").run_local([kept_q])
     multi = kept_c.filter(pl.col("id") == "multi").row(0, named=True)
@@ -185,7 +185,7 @@ def test_embedded_judge_small_batch_logits_path() -> None:
     # batching does not change the values (right padding, last real position)
     single = build_stage("quality", {"max_field_chars": 300, "batch_size": 1}).run_local([frame])[0]
     assert np.allclose(single["scores.quality"].to_numpy(), q, atol=1e-4)
-    assert stats[0]["counters"]["judge.forward_rows"] == 4
+    assert stats[0].counters["judge.forward_rows"] == 4
 
 
 @pytest.mark.slow
@@ -197,7 +197,7 @@ def test_embedded_judge_on_50_rows_spread_and_truncation() -> None:
     full, _, stats = build_stage("quality", params).run_local([frame])
     trunc, _, _ = build_stage("quality", params).run_local([_truncated(frame)])
     f, t = full["scores.quality"].to_numpy(), trunc["scores.quality"].to_numpy()
-    spread = stats[0]["extras"]["score_spread"][0]
+    spread = stats[0].extras["score_spread"][0]
     print(json.dumps({"full_mean": f.mean(), "trunc_mean": t.mean(), "frac_full_gt_trunc": float((f > t).mean()), "spread": spread}))
     assert ((f >= 1) & (f <= 6)).all() and spread["std"] > 0.05 and spread["distinct_2dp"] > 10
     assert (f > t).mean() > 0.5 and f.mean() > t.mean()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datacraft.knn import knn, knn_graph, union_find_groups
+from datacraft.vectors.knn import knn, knn_graph, union_find_groups
 
 from ._embed_helpers import clustered
 
@@ -38,7 +38,7 @@ def test_graph_and_union_find() -> None:
 
 def test_pairs_above_widens_rows_in_dense_groups() -> None:
     """60 near copies with k=5: plain kNN links each row to 5 of them; widening finds all 1,770 pairs."""
-    from datacraft.knn import pairs_above
+    from datacraft.vectors.knn import pairs_above
 
     rng = np.random.default_rng(0)
     centre = rng.normal(size=64)

@@ -5,8 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datacraft.embed import embedding_series
-from datacraft.records import SCORE_PREFIX, set_scores
+from datacraft.core.rows import SCORE_PREFIX, set_scores
 from datacraft.stages.select.deita import DeitaSelectStage, deita_filter
 from datacraft.stages.select.mixture import (
     SmartMixtureStage,
@@ -21,6 +20,7 @@ from datacraft.stages.select.submodular import (
     log_det_greedy,
     similarity_graph,
 )
+from datacraft.vectors.embedders import embedding_series
 
 from ._embed_helpers import assert_ledger, clustered, embedded, run_beam
 
@@ -73,7 +73,7 @@ def test_select_stage_budget_scores_weights_and_tokens() -> None:
     assert kept.height == 20 and set(dropped["drop_reason"]) == {"not selected (budget)"}
     assert kept[SCORE_PREFIX + "select_rank"].to_list() == list(range(1, 21))
     assert (kept[SCORE_PREFIX + "select_gain"].diff().drop_nulls() <= 1e-9).all()
-    assert 0 < stats[0]["extras"]["selection"]["coverage_mean_sim"] <= 1
+    assert 0 < stats[0].extras["selection"]["coverage_mean_sim"] <= 1
     quality = np.linspace(0, 1, 200)
     weighted, _, _ = SubmodularSelectStage({"budget": 20, "weight": "quality"}).run_local([set_scores(frame, {"quality": quality})])
     assert weighted[SCORE_PREFIX + "quality"].mean() > kept.join(set_scores(frame, {"quality": quality}).select("id", SCORE_PREFIX + "quality"), on="id")[SCORE_PREFIX + "quality"].mean()
@@ -93,7 +93,7 @@ def test_greedi_beam_ledger() -> None:
     assert_ledger(200, kept, dropped, stats)
     assert kept.height == 30
     local, _, _ = SubmodularSelectStage({"budget": 30}).run_local([frame])
-    from datacraft.embed import embeddings_of
+    from datacraft.vectors.embedders import embeddings_of
 
     x = embeddings_of(frame)
     pos = {r: i for i, r in enumerate(frame["id"].to_list())}
@@ -109,7 +109,7 @@ def test_smart_on_t0_tasks() -> None:
     frame = embedded("t0_tasks_720.jsonl")
     kept, dropped, stats = SmartMixtureStage({"budget": 180}).run_local([frame])
     assert_ledger(720, kept, dropped, stats)
-    table = stats[0]["extras"]["budgets"]
+    table = stats[0].extras["budgets"]
     assert len(table) == 36 and sum(r["budget"] for r in table) == 180 == kept.height
     assert all(r["budget"] <= r["rows"] for r in table)
     assert [r["budget"] for r in table] != [r["proportional"] for r in table]
@@ -183,7 +183,7 @@ def test_deita_stage_reasons() -> None:
     rng = np.random.default_rng(0)
     frame = set_scores(frame, {"complexity": rng.uniform(1, 6, 200), "quality": rng.uniform(1, 6, 200)})
     dup = frame.head(5).with_columns(frame["id"].head(5) + ":dup")
-    from datacraft.records import concat_batches
+    from datacraft.core.rows import concat_batches
 
     frame = concat_batches([frame, dup])
     kept, dropped, stats = DeitaSelectStage({"budget": 60, "threshold": 0.9, "text": "instruction"}).run_local([frame])

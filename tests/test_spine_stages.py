@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
+from datacraft.core.rows import batch_from_rows, make_row
 from datacraft.io.readers import read_all
-from datacraft.records import batch_from_rows, make_row
 from datacraft.stages.registry import build_stage
 from datacraft.stages.transform.filter import FilterExpressionError, compile_filter
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from datacraft.core.rows import batch_from_rows, make_row
 from datacraft.io.readers import read_all
-from datacraft.records import batch_from_rows, make_row
 from datacraft.stages.synthesize.dpo import DPOPairsStage, pair_check
 
 from .conftest import DATA
@@ -42,15 +42,15 @@ def _reflected_rows() -> pl.DataFrame:
 def test_pairs_and_drop_reasons() -> None:
     kept, dropped, stats = DPOPairsStage().run_local([_reflected_rows()])
     s = stats[0]
-    assert s["in"] == s["kept"] + sum(s["dropped"].values())
+    assert s.n_in == s.kept + sum(s.dropped.values())
     assert dict(zip(dropped["id"], dropped["drop_reason"], strict=True)) == {
         "r1": "not_accepted", "r2": "chosen_equals_rejected", "r3": "fallback_copy", "r4": "no_reflection"}
     assert kept.height == 4
     for r in kept.iter_rows(named=True):
         assert r["lineage"] == {"parent_ids": [r["lineage"]["parent_ids"][0]], "method": "dpo:reflection"}
         assert r["messages"][-1]["role"] == "user" and len(r["chosen"][0]["content"]) > len(r["rejected"][0]["content"])
-    assert s["counters"]["dpo.chosen_chars"] / s["counters"]["dpo.rejected_chars"] == pytest.approx(s["extras"]["dpo_length"][0]["chosen_over_rejected_chars"])
-    assert s["extras"]["dpo_length"][0]["median_ratio"] >= 2.0 - 1e-9
+    assert s.counters["dpo.chosen_chars"] / s.counters["dpo.rejected_chars"] == pytest.approx(s.extras["dpo_length"][0]["chosen_over_rejected_chars"])
+    assert s.extras["dpo_length"][0]["median_ratio"] >= 2.0 - 1e-9
     assert pair_check({"reflection": {"accepted": None, "response_status": "ok", "variant": "recycled", "rejected_response": "a"}}, "b", False) is None
 
 

@@ -189,4 +189,4 @@ def test_stage_without_sources_drops_them_with_reasons() -> None:
     assert (out["source"] == "mosaic").all()
     assert dropped.height == 60 and set(dropped["drop_reason"]) <= {"merged_into_mosaic", "not_merged"}
     s = stats[0]
-    assert s["in"] + s["created"] == s["kept"] + sum(s["dropped"].values())
+    assert s.n_in + s.created == s.kept + sum(s.dropped.values())

@@ -35,7 +35,7 @@ def _run(seeds: pl.DataFrame, client: ScriptedClient, **params: object) -> tuple
     stage = MultiHopStage({**base, **params}, client=client, embed=_fake_embed)
     kept, dropped, stats = stage.run_local([seeds])
     s = stats[0]
-    assert s["in"] + s["created"] == s["kept"] + sum(s["dropped"].values())  # the ledger
+    assert s.n_in + s.created == s.kept + sum(s.dropped.values())  # the ledger
     return kept, dropped, s
 
 
@@ -49,7 +49,7 @@ def test_each_hop_step_is_one_batched_call(seeds: pl.DataFrame) -> None:
     # attributes: 2 extracted + 1 KG tail → 3 attributes × 3 ops + 2 personas = 11 children per node
     sizes = [len(c) for c in client.calls]
     assert sizes == [3, 3, 33, 33, 33, 33, 363, 363]  # hop1: extract, kg, rewrite, solve; hop2: the same
-    assert s["created"] == 33 + 363 and dropped.height == 0 and kept.height == 3 + 396
+    assert s.created == 33 + 363 and dropped.height == 0 and kept.height == 3 + 396
     new = kept.filter(pl.col("source") == "multihop")
     methods = set(new["lineage"].struct.field("method").to_list())
     assert {"multihop:hop1:reasoning", "multihop:hop1:persona", "multihop:hop2:constraint"} <= methods
@@ -85,7 +85,7 @@ def test_residual_from_hop_two_and_the_reference_quirk(seeds: pl.DataFrame) -> N
 def test_budget_stops_cleanly_and_spreads_over_seeds(seeds: pl.DataFrame) -> None:
     client = ScriptedClient(multihop_rules())
     kept, _, s = _run(seeds, client, max_rows=20)
-    assert s["created"] == 20 and s["counters"]["multihop.budget_skipped"] > 0
+    assert s.created == 20 and s.counters["multihop.budget_skipped"] > 0
     new = kept.filter(pl.col("source") == "multihop")
     per_seed = new["lineage"].struct.field("parent_ids").list.first().value_counts()
     assert per_seed.height == 3 and per_seed["count"].min() >= 6  # round-robin, not seed 1 first
@@ -96,7 +96,7 @@ def test_failures_become_dropped_rows_with_reasons(seeds: pl.DataFrame) -> None:
     kept, dropped, s = _run(seeds.head(2), client, hops=1)
     reasons = dict(zip(*np.unique(dropped["drop_reason"].to_list(), return_counts=True), strict=True))
     assert reasons == {"parse_failed": 6, "solver_llm_error": 4}  # 2 seeds × 3 attrs; 2 seeds × 2 personas
-    assert s["counters"]["multihop.parse_failed.missing"] == 6
+    assert s.counters["multihop.parse_failed.missing"] == 6
     assert all(len(p) == 2 for p in dropped["lineage"].struct.field("parent_ids").to_list())
     assert set(dropped["drop_stage"]) == {"multihop"}
 
@@ -113,7 +113,7 @@ def test_multi_choice_and_self_reflection(seeds: pl.DataFrame) -> None:
         # the judge gives rewritten questions 3 (improved, then accepted at 8) and persona prompts 8
         assert meta["reflection"]["accepted"] is True
         assert meta["reflection"]["attempts"] == (1 if meta["branch"] == "relevance" else 0)
-    assert s["counters"]["multihop.reflection.improved"] == 9
+    assert s.counters["multihop.reflection.improved"] == 9
 
 
 def test_persona_selection() -> None:

@@ -37,7 +37,7 @@ def teacher(bad_response_marker: str = "making crepes") -> ScriptedClient:
 
 def _ledger(stats: list[dict]) -> None:
     s = stats[0]
-    assert s["in"] + s["created"] == s["kept"] + sum(s["dropped"].values())
+    assert s.n_in + s.created == s.kept + sum(s.dropped.values())
 
 
 NAN = float("nan")
@@ -78,7 +78,7 @@ def test_selective_mode_one_call_per_step_and_rule_applied(rows: pl.DataFrame) -
         assert r["messages"][0]["content"].startswith("Explain") and r["messages"][1]["content"].startswith("Better")
         assert info["rejected_response"].startswith("Detailed answer") and info["accepted"] is True
         assert r["scores.ifd"] == 0.9 and r["scores.rifd"] == 0.5
-    assert stats[0]["counters"]["reflection.parse_failed.response.placeholder"] == 1
+    assert stats[0].counters["reflection.parse_failed.response.placeholder"] == 1
 
 
 def test_selective_mode_drops_rows_the_student_rejects(rows: pl.DataFrame) -> None:
@@ -97,7 +97,7 @@ def test_parse_failure_keeps_the_original_and_is_counted(rows: pl.DataFrame) -> 
     assert dropped.height == 0 and kept.height == 8
     crepes = kept.filter(pl.col("id") == "llamafactory_alpaca_en_demo:0").row(0, named=True)
     assert crepes["lineage"]["method"] == "seed" and crepes["messages"] == rows.row(0, named=True)["messages"]
-    c = stats[0]["counters"]
+    c = stats[0].counters
     assert c["reflection.parse_failed.response.placeholder"] == 1 and c["reflection.unchanged"] == 1 and c["reflection.reflected"] == 7
 
 
@@ -109,7 +109,7 @@ def test_llm_failures_keep_or_drop(rows: pl.DataFrame) -> None:
     assert dropped["drop_reason"].to_list() == ["llm_error"] and kept.height == 7
     client.calls.clear()
     kept, dropped, stats = ReflectionStage({"mode": "recycled"}, client=client).run_local([rows])
-    assert dropped.height == 0 and stats[0]["counters"]["reflection.llm_failed.instruction.llm_error"] == 1
+    assert dropped.height == 0 and stats[0].counters["reflection.llm_failed.instruction.llm_error"] == 1
 
 
 def test_modes_and_keep_original(rows: pl.DataFrame) -> None:
@@ -118,7 +118,7 @@ def test_modes_and_keep_original(rows: pl.DataFrame) -> None:
         assert set(kept["lineage"].struct.field("method")) == {method}
     kept, _, stats = ReflectionStage({"mode": "recycled", "keep_original": True}, client=teacher()).run_local([rows])
     _ledger(stats)
-    assert stats[0]["created"] == 8 and kept.height == 16
+    assert stats[0].created == 8 and kept.height == 16
     rec = kept.filter(pl.col("lineage").struct.field("method") == "reflection:recycled")
     assert all(m[1]["content"].startswith(("Better", "Detailed")) for m in rec["messages"].to_list())
 

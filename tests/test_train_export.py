@@ -7,11 +7,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datacraft.records import batch_from_rows, concat_batches, make_row
+from datacraft.core.rows import batch_from_rows, concat_batches, make_row
+from datacraft.stages.handoff.decontaminate import DecontaminateStage, EvalIndex
 from datacraft.stages.registry import build_stage
 from datacraft.train.export import (
-    DecontaminateStage,
-    EvalIndex,
     export_frame,
     split_frame,
     to_dpo,
@@ -103,8 +102,8 @@ def test_decontamination_removes_planted_eval_items(tmp_path: Path) -> None:
     assert sorted(dropped["id"].to_list()) == [f"planted-{i}" for i in range(5)]
     assert kept.height == train.height and set(dropped["drop_reason"]) == {"contaminated"}
     assert "gpt4_1106_preview:" in dropped["drop_detail"][0]
-    assert stats[0]["counters"]["decontaminate.removed"] == 5
-    matches = stats[0]["extras"]["decontamination"]["matches"]
+    assert stats[0].counters["decontaminate.removed"] == 5
+    matches = stats[0].extras["decontamination"]["matches"]
     assert {m["id"] for m in matches} == set(dropped["id"]) and all(m["overlap"] >= 0.5 for m in matches)
 
 

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
-from datacraft.records import text_expr
+from datacraft.core.rows import text_expr
 from datacraft.train.trainer import TrainError, cpu_threads_for_load, load_train_config, train
 from tests._train_fixtures import make_run_folder, read_rows
 

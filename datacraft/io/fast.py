@@ -14,8 +14,8 @@ import io
 
 import polars as pl
 
+from datacraft.core.rows import LINEAGE_DTYPE, MESSAGES_DTYPE, conform, text_id, two_turn_messages
 from datacraft.io.formats import _ID_KEYS, detect_format
-from datacraft.records import LINEAGE_DTYPE, MESSAGES_DTYPE, conform, text_id, two_turn_messages
 
 # format → (field that becomes the user turn, field that becomes the answer, optional second user field)
 _TEXT_FIELDS = {

@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from datacraft.records import SCORE_PREFIX, make_row, meta_of
+from datacraft.core.rows import SCORE_PREFIX, make_row, meta_of
 
 FORMATS = ("alpaca", "sharegpt", "messages", "completion", "preference", "datacraft")
 

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from datacraft.core.paths import is_jsonl
+from datacraft.core.rows import batch_from_rows, concat_batches, from_output_frame, make_row, with_drop
 from datacraft.io.formats import FORMATS, RecordError, describe_unknown, detect_format, to_row
-from datacraft.records import batch_from_rows, concat_batches, from_output_frame, make_row, with_drop
 
 READ_STAGE = "read"
 SPLIT_BYTES = 64 * 1024 * 1024
@@ -47,10 +48,6 @@ class ReadTask:
     end: int = -1  # byte range for jsonl; -1 = to the end
 
 
-def _is_jsonl(path: str) -> bool:
-    return path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz"))
-
-
 def plan_reads(path: str, split_bytes: int = SPLIT_BYTES) -> list[ReadTask]:
     """The read tasks of a path: a file, a folder, a glob, or a Hub dataset name."""
     if any(ch in path for ch in "*?["):
@@ -66,7 +63,7 @@ def plan_reads(path: str, split_bytes: int = SPLIT_BYTES) -> list[ReadTask]:
         files = sorted(
             f
             for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-            if os.path.isfile(f) and (f.endswith(".parquet") or _is_jsonl(f)) and "/dropped/" not in f
+            if os.path.isfile(f) and (f.endswith(".parquet") or is_jsonl(f)) and "/dropped/" not in f
         )
         if not files:
             raise FileNotFoundError(f"{path}: folder holds no .jsonl/.parquet files and is not a datasets folder")
@@ -452,6 +449,24 @@ def read_all(path: str, options: ReadOptions | None = None) -> tuple[pl.DataFram
             kept.append(k)
             dropped.append(d)
     return concat_batches(kept), concat_batches(dropped)
+
+
+def peek_columns(path: str, options: ReadOptions, rows: int = 20) -> set[str] | None:
+    """The canonical columns of the first rows of `path` (None when it cannot be peeked: a Hub
+    name, a missing or unreadable file). Used to check a config before any work."""
+    try:
+        tasks = plan_reads(path)
+    except (OSError, ValueError):
+        return None
+    if not tasks or tasks[0].kind == "hub":
+        return None
+    peek = ReadOptions(**{**options.__dict__, "limit": rows, "batch_size": rows})
+    try:
+        for kept, _dropped in read_task(tasks[0], peek):
+            return set(kept.columns)
+    except Exception:  # the run itself reports an unreadable input with file and line
+        return None
+    return set()
 
 
 def sniff_format(path: str, n: int = 50) -> str:

@@ -15,14 +15,12 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
-from pydantic import Field
 
+from datacraft.core.rows import content_hash, meta_of, to_output_frame
 from datacraft.io.formats import from_row
-from datacraft.records import content_hash, meta_of, to_output_frame
-from datacraft.stages.base import RowStage, StageParams, StageResult
 
 
 def to_written(batch: pl.DataFrame, row_format: str = "datacraft", keep_embedding: bool = False) -> pl.DataFrame | list[dict[str, Any]]:
@@ -47,7 +45,7 @@ def write_part(batch: pl.DataFrame, folder: str, file_format: str, row_format: s
             data.write_ndjson(path + ".tmp")
             os.replace(path + ".tmp", path)
         else:
-            _write_jsonl(path, data)
+            write_jsonl(path, data)
     else:
         path = os.path.join(folder, f"{name}.parquet")
         frame = data if isinstance(data, pl.DataFrame) else pl.DataFrame(data, infer_schema_length=None)
@@ -145,7 +143,7 @@ def finalize_shards(files: list[tuple[str, int]], target: str, prefix: str, file
         if not write_empty:
             return []
         os.makedirs(target, exist_ok=True)
-        name = os.path.join(target, f"{prefix}-00000-of-00001.{ext}")
+        name = os.path.join(target, shard_name(prefix, 0, 1, ext))
         if ext == "jsonl":
             open(name, "wb").close()
         else:
@@ -157,13 +155,20 @@ def finalize_shards(files: list[tuple[str, int]], target: str, prefix: str, file
         if len({pq.read_schema(p) for p in paths}) > 1:
             return merge_parts(paths, target, prefix, file_format, shard_rows)
     os.makedirs(target, exist_ok=True)
-    names = [os.path.join(target, f"{prefix}-{i:05d}-of-{len(paths):05d}.{ext}") for i in range(len(paths))]
+    names = [os.path.join(target, shard_name(prefix, i, len(paths), ext)) for i in range(len(paths))]
     for path, name in zip(paths, names, strict=True):
         os.replace(path, name)
     return names
 
 
-def _write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> None:
+def shard_name(prefix: str, index: int, count: int, ext: str) -> str:
+    """`<prefix>-SSSSS-of-NNNNN.<ext>`: the Hub / push_to_hub shard naming."""
+    return f"{prefix}-{index:05d}-of-{count:05d}.{ext}"
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Rows as JSON lines, written to a temporary name first so a reader never sees half a file."""
+    path = str(path)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
@@ -192,7 +197,7 @@ def merge_parts(parts: list[str], target: str, prefix: str, file_format: str, sh
         counts = [pq.ParquetFile(p).metadata.num_rows for p in parts]
     total = sum(counts)
     n_shards = max(1, -(-total // shard_rows))
-    names = [os.path.join(target, f"{prefix}-{i:05d}-of-{n_shards:05d}.{ext}") for i in range(n_shards)]
+    names = [os.path.join(target, shard_name(prefix, i, n_shards, ext)) for i in range(n_shards)]
     if file_format == "jsonl":
         shard, written = 0, 0
         out = open(names[0], "wb")
@@ -257,23 +262,3 @@ def prepare_output_dir(path: str, overwrite: bool) -> None:
                 continue  # the LLM / embedding cache survives an overwrite: that is what makes reruns cheap
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     p.mkdir(parents=True, exist_ok=True)
-
-
-class WriteParams(StageParams):
-    path: str = Field(..., description="folder to write a snapshot of the rows at this point")
-    format: Literal["parquet", "jsonl"] = "parquet"
-    row_format: str = "datacraft"
-
-
-class WriteStage(RowStage):
-    """`write`: writes the rows that reach this point as part files under `path` and passes them on
-    (a tee; the run's final output is configured under `output:`). Reads all columns."""
-
-    name = "write"
-    Params = WriteParams
-
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        p: WriteParams = self.params  # type: ignore[assignment]
-        if batch.height:
-            write_part(batch, p.path, p.format, p.row_format)
-        return StageResult(kept=batch)

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from datacraft.core.rows import content_hash
 from datacraft.llm.types import Request, Result, TokenLogprob
-from datacraft.records import content_hash
 
 CACHE_FILE = "llm_cache.sqlite"
 _CHUNK = 500  # SQLite host-parameter limit is 999 on old builds

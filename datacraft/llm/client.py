@@ -27,8 +27,7 @@ from typing import Any
 from datacraft.llm.cache import LLMCache, request_key, result_from_dict, result_to_dict
 from datacraft.llm.config import EngineConfig
 from datacraft.llm.engines import create_engine
-from datacraft.llm.types import Engine, Request, Result
-from datacraft.stages.base import RunContext
+from datacraft.llm.types import Engine, Request, Result, failure_reason
 
 REPAIR_PROMPT = (
     "Your reply was not valid JSON for the required schema ({error}). "
@@ -37,15 +36,10 @@ REPAIR_PROMPT = (
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 
 
-def engine_config_for(override: Mapping[str, Any] | None, context: RunContext) -> EngineConfig:
-    """A stage's own `llm:` settings merged over the run default (`context.llm`)."""
+def engine_config_for(override: Mapping[str, Any] | None, context: Any) -> EngineConfig:
+    """A stage's own `llm:` settings merged over the run default (`context.llm` of a RunContext)."""
     base = dict(context.llm or {})
     return EngineConfig.model_validate({**base, **dict(override or {})})
-
-
-def failure_reason(result: Result) -> str:
-    """The short drop reason of a failed result: the part of the error before the first ':'."""
-    return (result.error or "").split(":", 1)[0].strip() or "llm_error"
 
 
 def extract_json(text: str) -> Any:

@@ -16,19 +16,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from datacraft.core.paths import cache_root
+
 EMBEDDED_MODEL = "embedded"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _lock = threading.Lock()
-
-
-def cache_root() -> Path:
-    """datacraft's user cache dir (models converted once, shared caches)."""
-    env = os.environ.get("DATACRAFT_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("datacraft"))
 
 
 def embedded_gguf_path() -> Path:

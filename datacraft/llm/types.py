@@ -81,3 +81,13 @@ class Engine(Protocol):
     def generate(self, requests: list[Request]) -> list[Result]: ...
 
     def close(self) -> None: ...
+
+
+def error_reason(error: str | None) -> str:
+    """The short drop reason of an error text: the part before the first ':' (default `llm_error`)."""
+    return (error or "").split(":", 1)[0].strip() or "llm_error"
+
+
+def failure_reason(result: Result) -> str:
+    """The short drop reason of a failed result."""
+    return error_reason(result.error)

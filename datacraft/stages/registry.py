@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from datacraft.stages.base import RunContext, Stage
+from datacraft.core.stage import RunContext, Stage
 
 # name → "module:Class"
 _BUILTIN: dict[str, str] = {
@@ -15,10 +15,9 @@ _BUILTIN: dict[str, str] = {
     "filter": "datacraft.stages.transform.filter:FilterStage",
     "exact_dedup": "datacraft.stages.dedup.exact:ExactDedupStage",
     "near_dedup": "datacraft.stages.dedup.minhash:MinHashDedupStage",
-    "sample": "datacraft.stages.transform.sample:SampleStage",
-    "write": "datacraft.io.writers:WriteStage",
+    "write": "datacraft.stages.handoff.write:WriteStage",
     # embeddings, dedup, selection
-    "embed": "datacraft.embed:EmbedStage",
+    "embed": "datacraft.stages.vectors.embed:EmbedStage",
     "semantic_dedup": "datacraft.stages.dedup.semantic:SemanticDedupStage",
     "select": "datacraft.stages.select.submodular:SubmodularSelectStage",
     "smart_mixture": "datacraft.stages.select.mixture:SmartMixtureStage",
@@ -31,13 +30,13 @@ _BUILTIN: dict[str, str] = {
     "ifd": "datacraft.stages.score.ifd:IFDStage",
     "ds2_curate": "datacraft.stages.score.ds2:DS2CurateStage",
     # synthesis
-    "generate": "datacraft.llm.stage:GenerateStage",
+    "generate": "datacraft.stages.synthesize.generate:GenerateStage",
     "multihop": "datacraft.stages.synthesize.multihop:MultiHopStage",
     "reflection": "datacraft.stages.synthesize.reflection:ReflectionStage",
     "mosaic": "datacraft.stages.synthesize.mosaic:MosaicStage",
     "dpo_pairs": "datacraft.stages.synthesize.dpo:DPOPairsStage",
     # hand-off
-    "decontaminate": "datacraft.train.export:DecontaminateStage",
+    "decontaminate": "datacraft.stages.handoff.decontaminate:DecontaminateStage",
 }
 _EXTRA: dict[str, type[Stage]] = {}
 

@@ -13,31 +13,30 @@
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field
 
-from datacraft.records import (
+from datacraft.core.rows import (
     SCORE_PREFIX,
     concat_batches,
     empty_batch,
     is_preference_expr,
-    text_expr,
-    with_drop,
 )
-from datacraft.stages.base import RowStage, StageParams, StageResult, split_kept
+from datacraft.core.stage import split_kept
+from datacraft.io.writers import shard_name, write_jsonl
+from datacraft.stages.handoff.decontaminate import (
+    DecontaminateParams,
+    DecontaminateStage,
+)
 
 EXPORT_STAGE = "export"
-DECONTAMINATE_STAGE = "decontaminate"
 Kind = Literal["sft", "dpo"]
 #: the columns TRL reads, per kind and SFT style
 TRL_COLUMNS: dict[str, list[str]] = {
@@ -183,7 +182,7 @@ def split_frame(frame: pl.DataFrame, test_size: float | int | None, seed: int = 
 
 def shard_paths(config: str, split: str, n_shards: int) -> list[str]:
     """Relative paths `<config>/<split>-SSSSS-of-NNNNN.parquet` (the Hub / push_to_hub naming)."""
-    return [f"{config}/{split}-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
+    return [f"{config}/{shard_name(split, i, n_shards, 'parquet')}" for i in range(n_shards)]
 
 
 def write_shards(frame: pl.DataFrame, folder: str | Path, config: str, split: str, shard_rows: int = 100_000) -> list[str]:
@@ -194,155 +193,6 @@ def write_shards(frame: pl.DataFrame, folder: str | Path, config: str, split: st
     for i, rel in enumerate(paths):
         frame.slice(i * shard_rows, shard_rows).write_parquet(Path(folder) / rel)
     return paths
-
-
-# ---------------------------------------------------------------------------------------------
-# decontamination
-
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def normalize_words(text: str) -> list[str]:
-    """Lower-cased word tokens (punctuation and whitespace ignored)."""
-    return _WORD.findall(text.lower())
-
-
-def ngrams(words: Sequence[str], n: int) -> set[str]:
-    """Word n-grams as strings; a text shorter than n words is one n-gram (so short exact matches count)."""
-    if not words:
-        return set()
-    if len(words) < n:
-        return {" ".join(words)}
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-@dataclass
-class EvalIndex:
-    """n-gram → eval ids, plus each eval item's n-gram count (for containment ratios)."""
-
-    n: int
-    grams: dict[str, list[int]] = field(default_factory=dict)
-    ids: list[str] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    #: word counts of eval items shorter than n (matched as whole word sequences inside a row)
-    short_lengths: set[int] = field(default_factory=set)
-
-    @classmethod
-    def build(cls, texts: Iterable[tuple[str, str]], n: int) -> EvalIndex:
-        index = cls(n=n)
-        grams: dict[str, list[int]] = defaultdict(list)
-        for eval_id, text in texts:
-            words = normalize_words(text)
-            g = ngrams(words, n)
-            if not g:
-                continue
-            if len(words) < n:
-                index.short_lengths.add(len(words))
-            k = len(index.ids)
-            index.ids.append(eval_id)
-            index.sizes.append(len(g))
-            for gram in g:
-                grams[gram].append(k)
-        index.grams = dict(grams)
-        return index
-
-    def best_match(self, text: str) -> tuple[int, float, str] | None:
-        """(eval index, overlap, one shared n-gram) of the eval item this text overlaps most;
-        overlap = shared n-grams / min(n-grams of the text, n-grams of the eval item)."""
-        words = normalize_words(text)
-        g = ngrams(words, self.n)
-        if not g:
-            return None
-        probes = set(g)
-        for length in self.short_lengths:  # a short eval item contained in a longer row
-            if length < len(words):
-                probes |= ngrams(words, length)
-        hits: Counter[int] = Counter()
-        example: dict[int, str] = {}
-        for gram in probes:
-            for k in self.grams.get(gram, ()):
-                hits[k] += 1
-                example.setdefault(k, gram)
-        if not hits:
-            return None
-        best = max(hits, key=lambda k: hits[k] / min(len(g), self.sizes[k]))
-        return best, hits[best] / min(len(g), self.sizes[best]), example[best]
-
-
-def load_eval_texts(path: str | Sequence[str], view: str = "instruction") -> list[tuple[str, str]]:
-    """(eval id, text) pairs from any readable eval file(s) (rows without answers are fine)."""
-    from datacraft.io.readers import ReadOptions, read_all
-
-    paths = [path] if isinstance(path, str) else list(path)
-    out: list[tuple[str, str]] = []
-    for p in paths:
-        kept, _ = read_all(p, ReadOptions(allow_empty_response=True))
-        if kept.height:
-            texts = kept.select(pl.col("id"), text_expr(view).alias("_t"))
-            out.extend(zip(texts["id"].to_list(), texts["_t"].to_list(), strict=True))
-    if not out:
-        raise ValueError(f"eval set {paths} holds no readable rows")
-    return out
-
-
-def decontaminate_frame(
-    batch: pl.DataFrame, index: EvalIndex, *, view: str = "instruction", threshold: float = 0.5, stage: str = DECONTAMINATE_STAGE
-) -> StageResult:
-    """Drop rows whose `view` text overlaps an eval item by ≥ `threshold` (reason `contaminated`,
-    detail names the eval id, the overlap and one shared n-gram). Reads the text view; writes nothing."""
-    if batch.height == 0:
-        return StageResult(kept=batch, dropped=empty_batch())
-    texts = batch.select(text_expr(view).alias("_t"))["_t"].to_list()
-    keep, details, matches = [], [], []
-    by_eval: Counter[str] = Counter()
-    for row_id, text in zip(batch["id"].to_list(), texts, strict=True):
-        m = index.best_match(text or "")
-        if m is not None and m[1] >= threshold:
-            eval_id = index.ids[m[0]]
-            keep.append(False)
-            details.append(f"overlaps eval {eval_id} ({m[1]:.0%} of {index.n}-grams), e.g. {m[2]!r}")
-            by_eval[eval_id] += 1
-            matches.append({"id": row_id, "eval_id": eval_id, "overlap": round(m[1], 3), "ngram": m[2]})
-        else:
-            keep.append(True)
-            details.append("")
-    mask = pl.Series("_keep", keep)
-    dropped = with_drop(batch.filter(~mask), stage, "contaminated", pl.lit(pl.Series("_d", details).filter(~mask)))
-    return StageResult(
-        kept=batch.filter(mask),
-        dropped=dropped,
-        counters={"decontaminate.removed": float(dropped.height)},
-        extras={"decontamination": {"matches": matches[:200], "by_eval": dict(by_eval), "n": index.n, "threshold": threshold}},
-    )
-
-
-class DecontaminateParams(StageParams):
-    eval_path: str | list[str] = Field(..., description="eval set file(s) or folder(s) in any readable format")
-    view: str = Field("instruction", description="text of a training row compared: instruction | response | conversation | instruction_response")
-    eval_view: str = Field("instruction", description="text of an eval row compared")
-    n: int = Field(8, ge=1, description="word n-gram length")
-    threshold: float = Field(0.5, gt=0, le=1, description="drop when shared n-grams / min(n-grams of either side) ≥ this")
-
-
-class DecontaminateStage(RowStage):
-    """Drop training rows that overlap a user-given eval set by word n-grams.
-
-    Reads the text view (`messages`, `chosen`); drops with reason `contaminated`; extras hold the
-    matches (row id, eval id, overlap, one shared n-gram) and counts per eval item.
-    """
-
-    name = DECONTAMINATE_STAGE
-    Params = DecontaminateParams
-    params: DecontaminateParams
-
-    def setup(self) -> None:
-        self._index = EvalIndex.build(load_eval_texts(self.params.eval_path, self.params.eval_view), self.params.n)
-
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        if getattr(self, "_index", None) is None:
-            self.setup()
-        return decontaminate_frame(batch, self._index, view=self.params.view, threshold=self.params.threshold, stage=self.label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,7 +251,7 @@ def export_frame(
         kept, dropped, stats = stage.run_local([batch])
         batch = kept
         drops.append(dropped)
-        report = stats[0]["extras"].get("decontamination", {}) if stats else {}
+        report = stats[0].extras.get("decontamination", {}) if stats else {}
         report["removed"] = dropped.height
     kinds = list(kinds or detect_kinds(batch))
     files: dict[str, dict[str, list[str]]] = {}
@@ -422,21 +272,16 @@ def export_frame(
 
 def write_dropped_jsonl(dropped: pl.DataFrame, path: str | Path) -> None:
     """Dropped rows (with drop_stage/drop_reason/drop_detail) as JSONL."""
-    from datacraft.records import to_output_frame
+    from datacraft.core.rows import to_output_frame
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in to_output_frame(dropped).iter_rows(named=True):
-            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    write_jsonl(path, to_output_frame(dropped).iter_rows(named=True))
 
 
 __all__ = [
     "DecontaminateParams",
-    "DecontaminateStage",
-    "EvalIndex",
     "ExportResult",
     "convert",
-    "decontaminate_frame",
     "detect_kinds",
     "export_frame",
     "split_frame",

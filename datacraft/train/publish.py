@@ -32,7 +32,7 @@ import polars as pl
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from datacraft.records import SCORE_PREFIX, score_columns
+from datacraft.core.rows import SCORE_PREFIX, score_columns
 from datacraft.train.export import DecontaminateParams, ExportResult, export_frame
 
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")

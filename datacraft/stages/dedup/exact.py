@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import apache_beam as beam
 import polars as pl
 from pydantic import Field
 
-from datacraft.frames import parallel_select
-from datacraft.records import SCORE_PREFIX, concat_batches, response_expr, text_expr, with_drop
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.core.frames import parallel_select
+from datacraft.core.rows import SCORE_PREFIX, concat_batches, response_expr, text_expr, with_drop
+from datacraft.core.stage import GlobalStage, Shape, StageParams, StageResult, score
 
 KeyView = Literal["instruction", "instruction_response", "response", "conversation"]
 
@@ -86,20 +85,21 @@ class ExactDedupStage(GlobalStage):
         dropped = with_drop(dupes, self.label, "duplicate", pl.lit("duplicate of ") + pl.col("winner")).drop("winner")
         return StageResult(kept=batch.filter(~dup), dropped=dropped, extras={"examples": examples} if examples else {})
 
+    def reads(self) -> set[str]:
+        return {score(self.params.by)} if self.params.by else set()
+
     def process_all(self, frame: pl.DataFrame) -> StageResult:
         return self.apply(frame, self.resolve(self.key_frame(frame)))
 
-    def expand_beam(self, rows: Any) -> dict[str, Any]:
-        from datacraft.stages.beam import DROPPED, KEPT, STATS, ApplyWithFacts
+    # -- scale-out: a 40-byte key per row is the evidence, the losers table the decision
+    def shape(self) -> Shape:
+        return Shape.DECIDE_APPLY
 
-        losers = (
-            rows
-            | "Keys" >> beam.Map(self.key_frame)
-            | "AllKeys" >> beam.combiners.ToList()
-            | "Resolve" >> beam.Map(lambda frames: self.resolve(concat_keys(frames)))
-        )
-        outs = rows | "Apply" >> ApplyWithFacts(self, self.apply, losers)
-        return {KEPT: outs[KEPT], DROPPED: outs[DROPPED], STATS: outs[STATS]}
+    def evidence(self, batch: pl.DataFrame, facts: Any) -> pl.DataFrame:
+        return self.key_frame(batch)
+
+    def decide(self, evidence: list[pl.DataFrame]) -> pl.DataFrame:
+        return self.resolve(concat_keys(evidence))
 
 
 def concat_keys(frames: list[pl.DataFrame]) -> pl.DataFrame:

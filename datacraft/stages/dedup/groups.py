@@ -4,7 +4,7 @@ Both stages produce edges `(a, b, sim)` between row ids whose similarity passes 
 rows' priorities (`score` desc, then text `length` desc, then `id` asc) decide which row a group
 keeps. `resolve` turns edges + priorities into one drop table (id → kept id), computed once over
 the whole collection, so a row that appears in several partitions is still decided exactly once;
-`apply_drops` splits any batch by that table. The Beam form (`edge_dedup_beam`) is:
+`apply_drops` splits any batch by that table. The scale-out form (`EdgeDedup`, the DECIDE_APPLY shape) is:
 
     rows ─ prepare ─┬─ key (list of partition keys) ─ GroupByKey ─ edges per partition ─┐
                     │                                                     ToList ─ resolve (side input)
@@ -15,17 +15,16 @@ Memory of `resolve`: O(#edges + #rows with an edge) — duplicates only, never t
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from datacraft.knn import union_find_groups
-from datacraft.records import SCORE_PREFIX, text_expr, with_drop
-from datacraft.stages.base import StageResult
+from datacraft.core.rows import SCORE_PREFIX, text_expr, with_drop
+from datacraft.core.stage import Shape, StageResult
+from datacraft.vectors.knn import union_find_groups
 
 EDGE_SCHEMA = {"a": pl.Utf8, "b": pl.Utf8, "sim": pl.Float64}
 NODE_SCHEMA = {"id": pl.Utf8, "score": pl.Float64, "length": pl.Int64, "text": pl.Utf8}
@@ -157,97 +156,47 @@ def dedup_result(stage_label: str, frame: pl.DataFrame, edges: pl.DataFrame, nod
 
 
 # ---------------------------------------------------------------------------------------------
-# Beam form
+# the DECIDE_APPLY hooks both dedup stages share
 
 
-def edge_dedup_beam(
-    stage: Any,
-    rows: Any,
-    *,
-    prepare: Callable[[pl.DataFrame], pl.DataFrame],
-    facts: Callable[[pl.DataFrame], Any] | None,
-    keyed: Callable[[pl.DataFrame, Any], Iterable[tuple[Any, pl.DataFrame]]],
-    edges_of: Callable[[Any, pl.DataFrame, Any], tuple[pl.DataFrame, pl.DataFrame]],
-    tau: float,
-    metric: str,
-    sample_fraction: float = 0.05,
-    grouping: str = "union_find",
-) -> dict[str, Any]:
-    """The scale-out graph shared by the dedup stages (see module doc). `prepare` adds what the keys need
-    (embeddings, signatures) once per row; `keyed` yields small (key, frame) pieces; `edges_of` turns one
-    partition into (edges, nodes)."""
-    import apache_beam as beam
-    from apache_beam.pvalue import AsSingleton, TaggedOutput
+class EdgeDedup:
+    """Mixin for a GlobalStage whose evidence is candidate edges per partition (`keyed_pieces`,
+    `edges_of`); the decision is the drop table, applied per batch. Set `metric`, `tau()`, `grouping()`."""
 
-    from datacraft.records import concat_batches
-    from datacraft.stages.base import stats_of
-    from datacraft.stages.beam import DROPPED, KEPT, STATS, emit_result, sample_rows
+    label: str
+    metric: str
+    keyed_evidence = True
 
-    def _time_only(seconds: float) -> Any:
-        """A ledger entry of no rows that carries the time of a step before the per-batch apply."""
-        return TaggedOutput(STATS, stats_of(stage.label, 0, StageResult(kept=pl.DataFrame()), seconds))
+    def tau(self) -> float:
+        raise NotImplementedError
 
-    class _Prepare(beam.DoFn):
-        def setup(self) -> None:
-            stage.ensure_setup()
+    def grouping(self) -> str:
+        raise NotImplementedError
 
-        def process(self, batch: pl.DataFrame) -> Any:
-            t0 = time.perf_counter()
-            prepared = prepare(batch)
-            seconds = time.perf_counter() - t0
-            yield prepared
-            yield _time_only(seconds)
+    def shape(self) -> Shape:
+        return Shape.DECIDE_APPLY
 
-    class _Key(beam.DoFn):
-        def process(self, batch: pl.DataFrame, side: Any) -> Any:
-            yield from keyed(batch, side)
+    def evidence(self, batch: pl.DataFrame, facts: Any) -> Iterable[tuple[Any, pl.DataFrame]]:
+        return self.keyed_pieces(batch, facts)
 
-    class _Edges(beam.DoFn):
-        def process(self, item: tuple[Any, list[pl.DataFrame]], side: Any) -> Any:
-            key, parts = item
-            t0 = time.perf_counter()
-            edges, nodes = edges_of(key, pl.concat(list(parts), how="vertical_relaxed"), side)
-            yield edges, nodes, time.perf_counter() - t0
+    def keyed_pieces(self, batch: pl.DataFrame, facts: Any) -> Iterable[tuple[Any, pl.DataFrame]]:
+        raise NotImplementedError
 
-    def _resolve(pieces: list[tuple[pl.DataFrame, pl.DataFrame, float]]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        edges = pl.concat([p[0] for p in pieces], how="vertical_relaxed") if pieces else pl.DataFrame(schema=EDGE_SCHEMA)
-        nodes = pl.concat([p[1] for p in pieces], how="vertical_relaxed") if pieces else pl.DataFrame(schema=NODE_SCHEMA)
+    def edges_of(self, key: Any, part: pl.DataFrame, facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+        raise NotImplementedError
+
+    def partition_evidence(self, key: Any, pieces: list[pl.DataFrame], facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+        return self.edges_of(key, pl.concat(pieces, how="vertical_relaxed"), facts)
+
+    def decide(self, evidence: list[tuple[pl.DataFrame, pl.DataFrame]]) -> dict[str, Any]:
+        edges = pl.concat([e for e, _ in evidence], how="vertical_relaxed") if evidence else pl.DataFrame(schema=EDGE_SCHEMA)
+        nodes = pl.concat([n for _, n in evidence], how="vertical_relaxed") if evidence else pl.DataFrame(schema=NODE_SCHEMA)
         edges = edges.unique(["a", "b"])
-        drops, extras = resolve(edges, nodes, tau, metric, grouping=grouping)
-        seconds = time.perf_counter() - t0 + sum(p[2] for p in pieces)  # resolving + every partition's edges
-        return {"drops": drops, "extras": extras, "edges": edges.height, "seconds": seconds}
+        drops, extras = resolve(edges, nodes, self.tau(), self.metric, grouping=self.grouping())
+        return {"drops": drops, "extras": extras, "edges": edges.height}
 
-    class _Apply(beam.DoFn):
-        def process(self, batch: pl.DataFrame, res: dict[str, Any]) -> Any:
-            t0 = time.perf_counter()
-            result = apply_drops(stage.label, batch, res["drops"], metric)
-            yield from emit_result(stage.label, batch.height, result, time.perf_counter() - t0)
+    def apply(self, batch: pl.DataFrame, decision: dict[str, Any]) -> StageResult:
+        return apply_drops(self.label, batch, decision["drops"], self.metric)
 
-    def _summary(res: dict[str, Any]) -> dict[str, Any]:
-        empty = StageResult(kept=pl.DataFrame(), extras=res["extras"], counters={f"{metric}.edges": float(res["edges"])})
-        return stats_of(stage.label, 0, empty, res["seconds"])
-
-    prepare_outs = rows | "Prepare" >> beam.ParDo(_Prepare()).with_outputs(STATS, main="prepared")
-    prepared = prepare_outs["prepared"]
-    if facts is not None:
-        side = (
-            prepared
-            | "Sample" >> beam.Map(sample_rows, sample_fraction)
-            | "SampleAll" >> beam.combiners.ToList()
-            | "Facts" >> beam.Map(lambda bs: facts(concat_batches(bs)))
-        )
-    else:
-        side = rows.pipeline | "NoFacts" >> beam.Create([None])
-    resolution = (
-        prepared
-        | "Key" >> beam.ParDo(_Key(), AsSingleton(side))
-        | "Group" >> beam.GroupByKey()
-        | "Edges" >> beam.ParDo(_Edges(), AsSingleton(side))
-        | "AllEdges" >> beam.combiners.ToList()
-        | "Resolve" >> beam.Map(_resolve)
-    )
-    outs = prepared | "Apply" >> beam.ParDo(_Apply(), AsSingleton(resolution)).with_outputs(DROPPED, STATS, main=KEPT)
-    summary = resolution | "Summary" >> beam.Map(_summary)
-    stats = (prepare_outs[STATS], outs[STATS], summary) | "Stats" >> beam.Flatten()
-    return {KEPT: outs[KEPT], DROPPED: outs[DROPPED], STATS: stats}
+    def decision_result(self, decision: dict[str, Any]) -> StageResult:
+        return StageResult(kept=pl.DataFrame(), extras=decision["extras"], counters={f"{self.metric}.edges": float(decision["edges"])})

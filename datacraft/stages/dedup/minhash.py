@@ -23,9 +23,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import text_expr
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
-from datacraft.stages.dedup.groups import EDGE_SCHEMA, dedup_result, edge_dedup_beam, node_frame
+from datacraft.core.rows import text_expr
+from datacraft.core.stage import GlobalStage, StageParams, StageResult, score
+from datacraft.stages.dedup.groups import EDGE_SCHEMA, EdgeDedup, dedup_result, node_frame
 
 _PRIME = np.uint64((1 << 61) - 1)
 _SIG = "_minhash"
@@ -126,10 +126,20 @@ def candidate_edges(ids: list[str], sig: np.ndarray, keys: np.ndarray, threshold
     return pl.DataFrame({"a": arr.gather(h[ok]), "b": arr.gather(i[ok]), "sim": est[ok]}, schema=EDGE_SCHEMA)
 
 
-class MinHashDedupStage(GlobalStage):
+class MinHashDedupStage(EdgeDedup, GlobalStage):
     name = "near_dedup"
     Params = MinHashParams
     params: MinHashParams
+    metric = "jaccard"
+
+    def tau(self) -> float:
+        return self.params.threshold
+
+    def grouping(self) -> str:
+        return self.params.grouping
+
+    def reads(self) -> set[str]:
+        return {score(self.params.score)} if self.params.score and self.param_is_set("score") else set()
 
     def bands_rows(self) -> tuple[int, int]:
         p = self.params
@@ -151,7 +161,7 @@ class MinHashDedupStage(GlobalStage):
         return dedup_result(self.label, frame, edges, nodes, self.params.threshold, "jaccard", grouping=self.params.grouping)
 
     # -- scale-out --------------------------------------------------------------------------------
-    def _keyed(self, batch: pl.DataFrame, _facts: Any) -> Iterator[tuple[Any, pl.DataFrame]]:
+    def keyed_pieces(self, batch: pl.DataFrame, _facts: Any) -> Iterator[tuple[Any, pl.DataFrame]]:
         sig = self.signatures_of(batch)
         keys = band_keys(sig, *self.bands_rows())
         slim = node_frame(batch, self.params.score, self.params.text).with_columns(pl.Series(_SIG, sig))
@@ -160,22 +170,10 @@ class MinHashDedupStage(GlobalStage):
         for (key,), part in frame.group_by("_shard", maintain_order=True):
             yield int(key), part.drop("_shard")
 
-    def _partition_edges(self, _key: Any, part: pl.DataFrame, _facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def edges_of(self, _key: Any, part: pl.DataFrame, _facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
         part = part.unique("id", keep="first", maintain_order=True)
         sig = part[_SIG].to_numpy().astype(np.uint64)
         edges = candidate_edges(part["id"].to_list(), sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
         touched = pl.concat([edges["a"], edges["b"]]).unique()
         return edges, part.drop(_SIG).filter(pl.col("id").is_in(touched.implode()))
 
-    def expand_beam(self, rows: Any) -> dict[str, Any]:
-        return edge_dedup_beam(
-            self,
-            rows,
-            prepare=lambda b: b,
-            facts=None,
-            keyed=self._keyed,
-            edges_of=self._partition_edges,
-            tau=self.params.threshold,
-            metric="jaccard",
-            grouping=self.params.grouping,
-        )

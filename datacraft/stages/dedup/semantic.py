@@ -7,7 +7,7 @@ every linked component keeps one row and drops the others as "near-duplicate" wi
 
 One process: each row's `k` nearest neighbours (widened while the k-th is still a duplicate, see
 `datacraft.knn.pairs_above`) — exact (blocked GEMM) up to `exact_max` rows, IVF
-(k-means lists, `nprobe` probes) above, see `datacraft.knn` for the recall trade-off. Groups larger
+(k-means lists, `nprobe` probes) above, see `datacraft.vectors.knn` for the recall trade-off. Groups larger
 than k stay connected through union-find. Memory: the N×d vectors + N×k neighbours.
 
 Scale-out (Beam): k-means centroids trained on a sample are a side input; each row is keyed by its
@@ -27,16 +27,12 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.embed import (
-    EMBEDDING_COLUMN,
-    EmbeddingSourceParams,
-    embedding_series,
-    embeddings_of,
-    ensure_embeddings,
-)
-from datacraft.knn import assign, kmeans, pairs_above
-from datacraft.stages.base import GlobalStage, StageResult
-from datacraft.stages.dedup.groups import EDGE_SCHEMA, apply_drops, edge_dedup_beam, node_frame, resolve
+from datacraft.core.rows import concat_batches
+from datacraft.core.stage import GlobalStage, StageResult, score
+from datacraft.stages.dedup.groups import EDGE_SCHEMA, EdgeDedup, apply_drops, node_frame, resolve
+from datacraft.stages.vectors.embed import EmbeddingSourceParams
+from datacraft.vectors.embedders import EMBEDDING_COLUMN, embedding_series, embeddings_of, ensure_embeddings
+from datacraft.vectors.knn import assign, kmeans, pairs_above
 
 
 class SemanticDedupParams(EmbeddingSourceParams):
@@ -72,10 +68,20 @@ def threshold_edges(ids: list[str], x: np.ndarray, k: int, threshold: float, **k
     return edges_from_pairs(ids, a, b, sim)
 
 
-class SemanticDedupStage(GlobalStage):
+class SemanticDedupStage(EdgeDedup, GlobalStage):
     name = "semantic_dedup"
     Params = SemanticDedupParams
     params: SemanticDedupParams
+    metric = "cos"
+
+    def tau(self) -> float:
+        return self.params.threshold
+
+    def grouping(self) -> str:
+        return self.params.grouping
+
+    def reads(self) -> set[str]:
+        return {score(self.params.score)} if self.params.score and self.param_is_set("score") else set()
 
     # -- pure core -------------------------------------------------------------------------------
     def vectors(self, frame: pl.DataFrame) -> np.ndarray:
@@ -101,16 +107,14 @@ class SemanticDedupStage(GlobalStage):
         return result
 
     # -- scale-out --------------------------------------------------------------------------------
-    def wants_partitions(self) -> bool:
-        return True
-
     def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
         if EMBEDDING_COLUMN in batch.columns or batch.height == 0:
             return batch
         return batch.with_columns(embedding_series(self.vectors(batch), self.params.float16))
 
-    def compute_facts(self, sample: pl.DataFrame) -> Any:
+    def facts(self, summaries: list[pl.DataFrame]) -> Any:
         """k-means centroids from a sample, sized so a partition holds ≈ `partition_rows` rows."""
+        sample = concat_batches(summaries)
         if sample.height == 0:
             return None
         x = self.vectors(sample)
@@ -125,13 +129,13 @@ class SemanticDedupStage(GlobalStage):
         _, top = assign(self.vectors(batch), facts, min(2, facts.shape[0]))
         return pl.Series("_key", top.tolist(), dtype=pl.List(pl.Int64))
 
-    def _keyed(self, batch: pl.DataFrame, facts: Any) -> Iterator[tuple[Any, pl.DataFrame]]:
+    def keyed_pieces(self, batch: pl.DataFrame, facts: Any) -> Iterator[tuple[Any, pl.DataFrame]]:
         slim = node_frame(batch, self.params.score, self.params.text).with_columns(batch[EMBEDDING_COLUMN])
         slim = slim.with_columns(self.partition_keys(batch, facts).alias("_key")).explode("_key")
         for (key,), part in slim.group_by("_key", maintain_order=True):
             yield int(key), part.drop("_key")
 
-    def _partition_edges(self, key: Any, part: pl.DataFrame, facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def edges_of(self, key: Any, part: pl.DataFrame, facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
         part = part.unique("id", keep="first", maintain_order=True)
         if part.height < 2:
             return pl.DataFrame(schema=EDGE_SCHEMA), part.drop(EMBEDDING_COLUMN).head(0)
@@ -139,16 +143,3 @@ class SemanticDedupStage(GlobalStage):
         touched = pl.concat([edges["a"], edges["b"]]).unique()
         return edges, part.drop(EMBEDDING_COLUMN).filter(pl.col("id").is_in(touched.implode()))
 
-    def expand_beam(self, rows: Any) -> dict[str, Any]:
-        return edge_dedup_beam(
-            self,
-            rows,
-            prepare=self.prepare,
-            facts=self.compute_facts,
-            keyed=self._keyed,
-            edges_of=self._partition_edges,
-            tau=self.params.threshold,
-            metric="cos",
-            sample_fraction=self.sample_fraction,
-            grouping=self.params.grouping,
-        )

@@ -1,4 +1,4 @@
-"""`complexity`: Deita's EVOL-Complexity score of each user turn (methods.md §6.1).
+"""`complexity`: Deita's EVOL-Complexity score of each user turn (docs/methods.md §6.1).
 
 Writes `scores.complexity` (mean over the row's user turns), `meta.complexity_scores` (per turn;
 each turn's instruction alone, no history) and, when `quality` ran before, `scores.deita`.

@@ -1,4 +1,4 @@
-"""`diversity`: per-row diversity scores from embeddings (methods.md §7.4).
+"""`diversity`: per-row diversity scores from embeddings (docs/methods.md §7.4).
 
 * `scores.diversity` — mean cosine distance to the k nearest neighbours (DS2's x̄; by default self is
   included at distance 0, as DS2's `get_lr_score` counts it);
@@ -19,10 +19,10 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.embed import EmbeddingSourceParams
-from datacraft.records import set_scores
-from datacraft.stages.base import GlobalStage, StageResult
+from datacraft.core.rows import set_scores
+from datacraft.core.stage import GlobalStage, StageResult, score
 from datacraft.stages.score.judge import spread
+from datacraft.stages.vectors.embed import EmbeddingSourceParams
 
 TextView = Literal["instruction", "instruction_response", "response", "conversation"]
 
@@ -30,7 +30,7 @@ TextView = Literal["instruction", "instruction_response", "response", "conversat
 def neighbour_distances(emb: np.ndarray, k: int, include_self: bool = True) -> np.ndarray:
     """(n, k) cosine distances (1 − cos) to the k nearest neighbours, ascending; with `include_self`
     the first column is the row itself (distance 0) and k − 1 others follow. Missing → NaN."""
-    from datacraft.knn import knn
+    from datacraft.vectors.knn import knn
 
     others = k - 1 if include_self else k
     n = emb.shape[0]
@@ -58,7 +58,7 @@ def long_tail_score(emb: np.ndarray, k: int = 10, include_self: bool = True) -> 
 
 def distance_to_nearest(rows: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """Cosine distance of each row to its nearest row of `kept` (0 for rows that are in `kept`)."""
-    from datacraft.knn import knn
+    from datacraft.vectors.knn import knn
 
     if kept.shape[0] == 0:
         return np.full(rows.shape[0], np.nan)
@@ -81,8 +81,11 @@ class DiversityStage(GlobalStage):
     Params = DiversityParams
     params: DiversityParams
 
+    def writes(self) -> set[str]:
+        return {score(n) for n in ("diversity", "nn_distance", *(("longtail",) if self.params.longtail else ()))}
+
     def process_all(self, frame: pl.DataFrame) -> StageResult:
-        from datacraft.embed import ensure_embeddings
+        from datacraft.vectors.embedders import ensure_embeddings
 
         p = self.params
         if frame.height == 0:

@@ -1,4 +1,4 @@
-"""`ds2_curate`: DS2 score curation and selection (Pang et al., ICLR 2025; methods.md §7.2–7.6).
+"""`ds2_curate`: DS2 score curation and selection (Pang et al., ICLR 2025; docs/methods.md §7.2–7.6).
 
 Input: any discrete rating column (an LLM rater's score, a Deita score rounded, a heuristic bucket)
 and embeddings. Steps, as the spec:
@@ -27,10 +27,10 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.embed import EmbeddingSourceParams
-from datacraft.records import SCORE_PREFIX, set_scores, update_meta, with_drop
-from datacraft.stages.base import GlobalStage, StageResult
+from datacraft.core.rows import SCORE_PREFIX, set_scores, update_meta, with_drop
+from datacraft.core.stage import BASE_COLUMNS, GlobalStage, StageResult, score
 from datacraft.stages.score.diversity import TextView, long_tail_score
+from datacraft.stages.vectors.embed import EmbeddingSourceParams
 
 
 def _subsample(rng: np.random.Generator, n: int, sample_size: int) -> np.ndarray:
@@ -39,7 +39,7 @@ def _subsample(rng: np.random.Generator, n: int, sample_size: int) -> np.ndarray
 
 def consensus_frequencies(emb: np.ndarray, labels: np.ndarray, num_classes: int, *, rounds: int = 50, sample_size: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Empirical 1st/2nd/3rd-order label consensus (own, nn1, nn2), averaged over subsample rounds."""
-    from datacraft.knn import knn
+    from datacraft.vectors.knn import knn
 
     K = num_classes
     rng = np.random.default_rng(seed)
@@ -95,7 +95,7 @@ def _fit_hoc(c1: np.ndarray, c2: np.ndarray, c3: np.ndarray, steps: int, lr: flo
 
 
 def estimate_transition_matrix(emb: np.ndarray, labels: np.ndarray, num_classes: int, *, rounds: int = 50, sample_size: int = 50_000, steps: int = 1501, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(T, p_true): T[i, j] = P(rated j | true i) and the true-class prior, by HOC (methods.md §7.2)."""
+    """(T, p_true): T[i, j] = P(rated j | true i) and the true-class prior, by HOC (docs/methods.md §7.2)."""
     c = consensus_frequencies(emb, labels, num_classes, rounds=rounds, sample_size=sample_size, seed=seed)
     return fit_transition_matrix(*c, steps=steps, seed=seed)
 
@@ -111,8 +111,8 @@ def noise_rates(T: np.ndarray, p_true: np.ndarray, labels: np.ndarray) -> np.nda
 
 
 def curate(emb: np.ndarray, labels: np.ndarray, T: np.ndarray, p_true: np.ndarray, *, k: int = 10, epochs: int = 51, sample_size: int = 50_000, confidence: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SimiFeat-rank score curation: (curated labels, confidence, noisy_avg) (methods.md §7.3)."""
-    from datacraft.knn import knn
+    """SimiFeat-rank score curation: (curated labels, confidence, noisy_avg) (docs/methods.md §7.3)."""
+    from datacraft.vectors.knn import knn
 
     K, n = len(p_true), len(labels)
     rho = noise_rates(T, p_true, labels)
@@ -206,6 +206,13 @@ class DS2CurateStage(GlobalStage):
     Params = DS2Params
     params: DS2Params
 
+    def reads(self) -> set[str]:
+        name = self.params.rating
+        return {name if name in BASE_COLUMNS else score(name)}
+
+    def writes(self) -> set[str]:
+        return {score(f"{self.params.rating}_curated"), score("longtail")}
+
     def _column(self, frame: pl.DataFrame) -> str:
         name = self.params.rating
         for col in (SCORE_PREFIX + name, name):
@@ -214,7 +221,7 @@ class DS2CurateStage(GlobalStage):
         raise ValueError(f"ds2_curate: no rating column {name!r} (nor {SCORE_PREFIX + name!r}) in the rows")
 
     def process_all(self, frame: pl.DataFrame) -> StageResult:
-        from datacraft.embed import ensure_embeddings
+        from datacraft.vectors.embedders import ensure_embeddings
 
         p = self.params
         if frame.height == 0:

@@ -22,8 +22,8 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import SCORE_PREFIX, instruction_expr, response_expr
-from datacraft.stages.base import RowStage, StageParams, StageResult
+from datacraft.core.rows import SCORE_PREFIX, instruction_expr, response_expr
+from datacraft.core.stage import MapStage, score, StageParams, StageResult
 
 REFUSAL_PATTERNS = (
     r"as an ai(?: language)? model",
@@ -87,14 +87,17 @@ def add_heuristics(frame: pl.DataFrame, names: list[str], extra_patterns: list[s
     )
 
 
-class HeuristicsStage(RowStage):
+class HeuristicsStage(MapStage[HeuristicsParams, None]):
     """Cheap per-row quality signals as `scores.*` columns; keeps every row."""
 
     name = "heuristics"
     Params = HeuristicsParams
 
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        p: HeuristicsParams = self.params  # type: ignore[assignment]
+    def writes(self) -> set[str]:
+        return {score(n) for n in self.params.scores}
+
+    def process(self, batch: pl.DataFrame, resource: None = None) -> StageResult:
+        p = self.params
         texts = batch.with_columns(instruction_expr().alias("_ins"), response_expr().alias("_res"))
         scored = add_heuristics(texts, list(p.scores), p.extra_refusal_patterns).drop("_ins", "_res")
         return StageResult(kept=scored)

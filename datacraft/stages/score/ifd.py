@@ -1,4 +1,4 @@
-"""`ifd`: Instruction-Following Difficulty and reverse IFD with a student causal LM (methods.md §2.2, §3).
+"""`ifd`: Instruction-Following Difficulty and reverse IFD with a student causal LM (docs/methods.md §2.2, §3).
 
 For an (instruction x, response y) pair, with mean token cross-entropies from teacher forcing:
 
@@ -32,12 +32,12 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import set_scores, update_meta
-from datacraft.stages.base import BatchStage, StageParams, StageResult, split_kept
+from datacraft.core.rows import set_scores, update_meta
+from datacraft.core.stage import MapStage, StageParams, StageResult, score, split_kept
 from datacraft.stages.score.judge import spread, turn_pairs
 
 IFDForm = Literal["ppl_ratio", "loss_ratio"]
-# Our own wording of the reverse ("guess the instruction") query (methods.md §2.2).
+# Our own wording of the reverse ("guess the instruction") query (docs/methods.md §2.2).
 REVERSE_PROMPT = (
     "Below is a response that was written for some instruction. Guess what that instruction was.\n\n"
     "Response:\n{response}\n\n"
@@ -220,24 +220,29 @@ class IFDParams(StageParams):
     max_ifd: float | None = Field(None, description="drop rows with IFD above this (Cherry drops IFD > 1)")
 
 
-class IFDStage(BatchStage):
+class IFDStage(MapStage[IFDParams, "IFDScorer"]):
     """Writes `scores.ifd` (and `scores.rifd`) of each row's first (user, assistant) turn.
     Reads `messages`, `chosen`."""
 
     name = "ifd"
     Params = IFDParams
-    params: IFDParams
 
-    def setup(self) -> None:
+    def writes(self) -> set[str]:
         p = self.params
-        self.scorer = IFDScorer(p.model, p.device, p.max_length, p.batch_size, p.template, p.dtype)
+        names = {"ifd"} | ({"rifd"} if p.reverse else set())
+        if p.keep_losses:
+            names |= {f"ifd_{f}" for f in ("loss_cond", "loss_direct") + (("rloss_cond", "rloss_direct") if p.reverse else ())}
+        return {score(n) for n in names}
 
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        self.ensure_setup()
+    def load(self) -> IFDScorer:
+        p = self.params
+        return IFDScorer(p.model, p.device, p.max_length, p.batch_size, p.template, p.dtype)
+
+    def process(self, batch: pl.DataFrame, resource: IFDScorer) -> StageResult:
         p = self.params
         chosen = batch["chosen"].to_list()
         pairs = [(turn_pairs(m, c) or [("", "")])[0] for m, c in zip(batch["messages"].to_list(), chosen, strict=True)]
-        res = self.scorer.score([x for x, _ in pairs], [y for _, y in pairs], reverse=p.reverse)
+        res = resource.score([x for x, _ in pairs], [y for _, y in pairs], reverse=p.reverse)
         clean = lambda v: None if v is None or math.isnan(v) else float(v)  # noqa: E731
         scores: dict[str, list[float | None]] = {"ifd": [clean(r.ifd(p.ifd_form)) for r in res]}
         if p.reverse:

@@ -1,4 +1,4 @@
-"""The Deita-style LLM judge shared by the `quality` and `complexity` stages (methods.md §6.1).
+"""The Deita-style LLM judge shared by the `quality` and `complexity` stages (docs/methods.md §6.1).
 
 The judge reads a 1–6 score from the model's next-token distribution at the answer position: the
 expected value `Σ_k k · softmax(logit_1..logit_6)_k` over the tokens "1".."6" — not the sampled digit.
@@ -35,8 +35,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import SCORE_PREFIX, meta_of, set_scores, update_meta, with_drop
-from datacraft.stages.base import BatchStage, StageParams, StageResult
+from datacraft.core.rows import SCORE_PREFIX, meta_of, set_scores, update_meta, with_drop
+from datacraft.core.stage import MapStage, StageParams, StageResult, score
+from datacraft.llm.types import error_reason
 
 SCORE_VALUES = np.arange(1, 7, dtype=np.float64)
 DIGITS = tuple(str(k) for k in range(1, 7))
@@ -359,7 +360,7 @@ class JudgeParams(StageParams):
     min_score: float | None = Field(None, description="drop rows whose score is below this")
 
 
-class JudgeStage(BatchStage):
+class JudgeStage(MapStage[JudgeParams, "DeitaJudge"]):
     """Scores every (user, assistant) turn; writes `scores.<dim>` (mean over turns), the per-turn list
     `meta.<dim>_scores`, how the value was obtained when not exact (`meta.<dim>_method`) and, once
     both dimensions are present, Deita's combined `scores.deita = Σ_t c_t · q_t`.
@@ -367,15 +368,23 @@ class JudgeStage(BatchStage):
 
     dimension: ClassVar[Dimension] = "quality"
     Params = JudgeParams
-    params: JudgeParams
-    #: an `LLMClient`-like object to use instead of creating one (tests, a client shared by stages)
-    client: Any = None
 
-    def setup(self) -> None:
+    def __init__(self, *args: Any, client: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: an `LLMClient`-like object the judge uses instead of creating one (tests, a shared server)
+        self.client = client
+
+    def reads(self) -> set[str]:
+        return {"messages"}
+
+    def writes(self) -> set[str]:
+        return {score(self.dimension), score("deita")}
+
+    def load(self) -> DeitaJudge:
         from datacraft.llm.client import engine_config_for
 
         p = self.params
-        self.judge = DeitaJudge(
+        judge = DeitaJudge(
             self.dimension,
             engine_config_for(p.llm, self.context),
             template=p.template,
@@ -388,20 +397,15 @@ class JudgeStage(BatchStage):
             cache_dir=self.context.cache_dir,
             client=self.client,
         )
-        self.judge.setup()
+        judge.setup()
+        return judge
 
-    def teardown(self) -> None:
-        judge = getattr(self, "judge", None)
-        if judge is not None:
-            judge.close()
-
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        self.ensure_setup()
+    def process(self, batch: pl.DataFrame, resource: DeitaJudge) -> StageResult:
         dim = self.dimension
         chosen = batch["chosen"].to_list() if "chosen" in batch.columns else [None] * batch.height
         row_pairs = [turn_pairs(m, c) for m, c in zip(batch["messages"].to_list(), chosen, strict=True)]
         flat = [(r, pair) for r, pairs in enumerate(row_pairs) for pair in pairs]
-        scored = self.judge.score([pair for _, pair in flat])
+        scored = resource.score([pair for _, pair in flat])
         per_row: list[list[JudgeScore]] = [[] for _ in range(batch.height)]
         for (r, _), s in zip(flat, scored, strict=True):
             per_row[r].append(s)
@@ -417,7 +421,7 @@ class JudgeStage(BatchStage):
             if not turns:
                 reason, value = "no_user_turn", None
             elif any(t.error for t in turns):
-                reason, value = (next(t.error for t in turns if t.error) or "llm_error").split(":", 1)[0], None
+                reason, value = error_reason(next(t.error for t in turns if t.error)), None
             else:
                 unscorable = [t for t in turns if t.value is None]
                 if unscorable and self.params.on_unscorable == "drop":
@@ -455,7 +459,7 @@ class JudgeStage(BatchStage):
             pl.Series([f"{dim}={v:.3f}" if v is not None else "" for v, r in zip(values, drop_reason, strict=True) if r is not None], dtype=pl.Utf8),
         )
         counters = {f"judge.turns.{k}": v for k, v in methods.items()}
-        counters.update(self.judge.pop_counters())
+        counters.update(resource.pop_counters())
         counters.update(_histogram(dim, [v for v in values if v is not None]))
         return StageResult(kept=out.filter(keep), dropped=dropped, counters=counters, extras={"score_spread": [spread(dim, values)]})
 

@@ -1,7 +1,7 @@
 """`quality` (Deita's EVOL-Quality judge) and `reward` (a sequence-classification reward model).
 
 `quality` writes `scores.quality` (mean over the row's turns), `meta.quality_scores` (per turn) and,
-when `complexity` ran before, Deita's `scores.deita = Σ_t c_t · q_t` (methods.md §6.1–6.2).
+when `complexity` ran before, Deita's `scores.deita = Σ_t c_t · q_t` (docs/methods.md §6.1–6.2).
 
 `reward` runs any `AutoModelForSequenceClassification` checkpoint (Hub name or local path, e.g. a
 Skywork / ArmoRM / OpenAssistant reward model) over the rendered conversation and writes
@@ -20,8 +20,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import set_scores
-from datacraft.stages.base import BatchStage, StageParams, StageResult, split_kept
+from datacraft.core.rows import set_scores
+from datacraft.core.stage import MapStage, StageParams, StageResult, score, split_kept
 from datacraft.stages.score.judge import JudgeStage, spread
 
 
@@ -116,25 +116,26 @@ class RewardParams(StageParams):
     min_score: float | None = Field(None, description="drop rows whose reward is below this")
 
 
-class RewardModelStage(BatchStage):
+class RewardModelStage(MapStage[RewardParams, "RewardScorer"]):
     """Reward-model scorer: writes `scores.reward` (and `scores.reward_margin` on preference rows)."""
 
     name = "reward"
     Params = RewardParams
-    params: RewardParams
 
-    def setup(self) -> None:
+    def writes(self) -> set[str]:
+        return {score("reward"), score("reward_margin")}
+
+    def load(self) -> RewardScorer:
         p = self.params
-        self.scorer = RewardScorer(p.model, p.device, p.dtype, p.batch_size, p.max_length, p.label_index)
+        return RewardScorer(p.model, p.device, p.dtype, p.batch_size, p.max_length, p.label_index)
 
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        self.ensure_setup()
+    def process(self, batch: pl.DataFrame, resource: RewardScorer) -> StageResult:
         msgs = batch["messages"].to_list()
         chosen = batch["chosen"].to_list()
         rejected = batch["rejected"].to_list()
         convs = [list(m or []) + list(c or []) for m, c in zip(msgs, chosen, strict=True)]
         pref = [i for i, (c, r) in enumerate(zip(chosen, rejected, strict=True)) if c and r]
-        values = self.scorer.score(convs + [list(msgs[i] or []) + list(rejected[i]) for i in pref])
+        values = resource.score(convs + [list(msgs[i] or []) + list(rejected[i]) for i in pref])
         reward = values[: batch.height]
         margin = np.full(batch.height, np.nan)
         margin[pref] = reward[pref] - values[batch.height :]

@@ -1,4 +1,4 @@
-"""`deita_select`: Deita's score-first, diversity-aware greedy filter (methods.md §6.2, the Repr Filter).
+"""`deita_select`: Deita's score-first, diversity-aware greedy filter (docs/methods.md §6.2, the Repr Filter).
 
 Rows are sorted by a score (descending; default the product complexity × quality, the Evol score);
 a row is kept when its maximum cosine similarity to the rows already kept is ≤ `threshold` (0.9),
@@ -20,10 +20,11 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.embed import EmbeddingSourceParams, ensure_embeddings
-from datacraft.records import SCORE_PREFIX, concat_batches, set_scores, with_drop
-from datacraft.stages.base import GlobalStage, StageResult
+from datacraft.core.rows import SCORE_PREFIX, concat_batches, set_scores, with_drop
+from datacraft.core.stage import GlobalStage, StageResult, score
 from datacraft.stages.select.submodular import resolve_budget
+from datacraft.stages.vectors.embed import EmbeddingSourceParams
+from datacraft.vectors.embedders import ensure_embeddings
 
 
 def deita_filter(x: np.ndarray, order: np.ndarray, threshold: float = 0.9, budget: int | None = None, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,6 +75,12 @@ class DeitaSelectStage(GlobalStage):
     name = "deita_select"
     Params = DeitaParams
     params: DeitaParams
+
+    def reads(self) -> set[str]:
+        return {score(n) for n in self.params.scores} if self.param_is_set("scores") else set()
+
+    def writes(self) -> set[str]:
+        return {score(f"{self.label}_rank"), score("evol_score")}
 
     def sort_key(self, frame: pl.DataFrame) -> np.ndarray:
         """Product of the configured scores (missing scores count as 1; all missing: input order)."""

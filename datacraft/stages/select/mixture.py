@@ -1,4 +1,4 @@
-"""SMART mixture (methods.md §5) and the baselines it is compared with (examples-proportional, equal).
+"""SMART mixture (docs/methods.md §5) and the baselines it is compared with (examples-proportional, equal).
 
 Stage 1 (tasks): task embedding = mean of its prompt embeddings; dense cosine kernel between tasks;
 graph cut (λ = 0.4; or facility location / log-det) maximised by greedy for M' tasks, recording
@@ -26,9 +26,8 @@ import numpy as np
 import polars as pl
 from pydantic import ConfigDict, Field
 
-from datacraft.embed import EmbeddingSourceParams, ensure_embeddings
-from datacraft.records import concat_batches, set_scores, with_drop
-from datacraft.stages.base import GlobalStage, StageResult
+from datacraft.core.rows import concat_batches, set_scores, with_drop
+from datacraft.core.stage import GlobalStage, Shape, StageResult, score
 from datacraft.stages.select.submodular import (
     greedy,
     log_det_greedy,
@@ -36,6 +35,8 @@ from datacraft.stages.select.submodular import (
     similarity_graph,
     with_embeddings,
 )
+from datacraft.stages.vectors.embed import EmbeddingSourceParams
+from datacraft.vectors.embedders import ensure_embeddings
 
 # ---------------------------------------------------------------------------------------------
 # budget rules (pure)
@@ -264,60 +265,34 @@ class SmartMixtureStage(GlobalStage):
         extras = {"budgets": table, "mixture": {"mixing": self.params.mixing, "tasks": len(table), "tasks_selected": sum(1 for r in table if r["budget"] > 0), "seconds": round(time.perf_counter() - t0, 3)}}
         return StageResult(kept=concat_batches(kept), dropped=concat_batches(dropped), extras=extras)
 
-    def expand_beam(self, rows: Any) -> dict[str, Any]:
-        return smart_beam(self, rows)
+    def reads(self) -> set[str]:
+        return {self.params.task_column}
 
+    def writes(self) -> set[str]:
+        return {score(f"{self.label}_rank"), score(f"{self.label}_gain")}
 
-def smart_beam(stage: SmartMixtureStage, rows: Any) -> dict[str, Any]:
-    """Beam form: task means combined globally → budgets side input → GroupByKey(task) → per-task FL."""
-    import apache_beam as beam
-    from apache_beam.pvalue import AsSingleton, TaggedOutput
+    # -- scale-out: task sums combined globally → budgets (side input) → per-task selection
+    def shape(self) -> Shape:
+        return Shape.PARTITIONED
 
-    from datacraft.stages.base import stats_of
-    from datacraft.stages.beam import DROPPED, KEPT, STATS
+    def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return with_embeddings(batch, self)
 
-    col = stage.params.task_column
+    def summarize(self, batch: pl.DataFrame) -> dict[str, tuple[np.ndarray, int]]:
+        return self.task_sums(batch)
 
-    def _merge(parts: list[dict[str, tuple[np.ndarray, int]]]) -> dict[str, Any]:
+    def facts(self, summaries: list[dict[str, tuple[np.ndarray, int]]]) -> list[dict[str, Any]]:
         sums: dict[str, tuple[np.ndarray, int]] = {}
-        for part in parts:
+        for part in summaries:
             for t, (v, c) in part.items():
-                if t in sums:
-                    sums[t] = (sums[t][0] + v, sums[t][1] + c)
-                else:
-                    sums[t] = (v, c)
-        total = sum(c for _, c in sums.values())
-        return {"table": stage.budgets(sums, total) if sums else []}
+                sums[t] = (sums[t][0] + v, sums[t][1] + c) if t in sums else (v, c)
+        return self.budgets(sums, sum(c for _, c in sums.values())) if sums else []
 
-    def _key(batch: pl.DataFrame) -> Any:
-        keyed = batch.with_columns(pl.col(col).fill_null("(none)").cast(pl.Utf8).alias("_task"))
-        for (task,), part in keyed.group_by("_task", maintain_order=True):
-            yield task, part.drop("_task")
+    def facts_result(self, facts: list[dict[str, Any]]) -> StageResult:
+        return StageResult(kept=pl.DataFrame(), extras={"budgets": facts, "mixture": {"mixing": self.params.mixing, "tasks": len(facts)}})
 
-    class _PerTask(beam.DoFn):
-        def process(self, item: tuple[str, list[pl.DataFrame]], plan: dict[str, Any]) -> Any:
-            t0 = time.perf_counter()
-            task, parts = item
-            frame = concat_batches(list(parts))
-            budget = next((r["budget"] for r in plan["table"] if r["task"] == task), 0)
-            res = stage.select_task(task, frame, budget)
-            if res.kept.height:
-                yield res.kept
-            if res.dropped is not None and res.dropped.height:
-                yield TaggedOutput(DROPPED, res.dropped)
-            yield TaggedOutput(STATS, stats_of(stage.label, frame.height, res, time.perf_counter() - t0))
+    def partition_keys(self, batch: pl.DataFrame, facts: Any) -> pl.Series:
+        return batch[self.params.task_column].fill_null("(none)").cast(pl.Utf8)
 
-    def _summary(plan: dict[str, Any]) -> dict[str, Any]:
-        res = StageResult(kept=pl.DataFrame(), extras={"budgets": plan["table"], "mixture": {"mixing": stage.params.mixing, "tasks": len(plan["table"])}})
-        return stats_of(stage.label, 0, res, 0.0)
-
-    embedded = rows | "Embed" >> beam.Map(with_embeddings, stage)
-    plan = embedded | "TaskSums" >> beam.Map(stage.task_sums) | "AllSums" >> beam.combiners.ToList() | "Budgets" >> beam.Map(_merge)
-    outs = (
-        embedded
-        | "KeyTask" >> beam.FlatMap(_key)
-        | "Group" >> beam.GroupByKey()
-        | "PerTask" >> beam.ParDo(_PerTask(), AsSingleton(plan)).with_outputs(DROPPED, STATS, main=KEPT)
-    )
-    stats = (outs[STATS], plan | "Summary" >> beam.Map(_summary)) | "Stats" >> beam.Flatten()
-    return {KEPT: outs[KEPT], DROPPED: outs[DROPPED], STATS: stats}
+    def process_partition(self, key: Any, frame: pl.DataFrame, facts: list[dict[str, Any]]) -> StageResult:
+        return self.select_task(key, frame, next((r["budget"] for r in facts if r["task"] == key), 0))

@@ -8,7 +8,7 @@ Functions (V = all rows, S = selected, w = graph weights, q = optional per-row w
   feature space (Sylvester: det(X_S X_Sᵀ + λI) = λ^{|S|−d} det(λI + X_Sᵀ X_S)), O(d²) per gain,
   no N×N matrix and no graph needed.
 
-The graph is N×k (k neighbours per row, `datacraft.knn`), so memory is O(N·k) instead of the dense
+The graph is N×k (k neighbours per row, `datacraft.vectors.knn`), so memory is O(N·k) instead of the dense
 N×N of apricot / submodlib: 1M rows at k=20 ≈ 0.5 GB. Optimizers: lazy greedy (exact greedy
 result, priority queue of stale upper bounds) and stochastic greedy (each step evaluates
 (N/B)·log(1/ε) random candidates; 1 − 1/e − ε in expectation). The greedy loops are compiled with
@@ -34,10 +34,11 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import ConfigDict, Field
 
-from datacraft.embed import EMBEDDING_COLUMN, EmbeddingSourceParams, embedding_series, ensure_embeddings
-from datacraft.knn import knn, knn_graph
-from datacraft.records import SCORE_PREFIX, set_scores, text_expr, with_drop
-from datacraft.stages.base import GlobalStage, StageResult
+from datacraft.core.rows import SCORE_PREFIX, set_scores, text_expr, with_drop
+from datacraft.core.stage import GlobalStage, Shape, StageResult, score
+from datacraft.stages.vectors.embed import EmbeddingSourceParams
+from datacraft.vectors.embedders import EMBEDDING_COLUMN, embedding_series, ensure_embeddings
+from datacraft.vectors.knn import knn, knn_graph
 
 try:  # numba makes the greedy loops ~50× faster; everything works without it
     from numba import njit
@@ -378,11 +379,36 @@ class SubmodularSelectStage(GlobalStage):
         extras = {"selection": coverage_report(x, sel, graph, self.params, frame.height, time.perf_counter() - t0)}
         return self.split(frame, sel, extras)
 
-    # -- GreeDi scale-out --------------------------------------------------------------------------
-    def expand_beam(self, rows: Any) -> dict[str, Any] | None:
-        if self.params.partitions <= 1:
-            return None
-        return greedi_beam(self, rows)
+    def reads(self) -> set[str]:
+        return {score(self.params.weight)} if self.params.weight else set()
+
+    def writes(self) -> set[str]:
+        return {score(f"{self.label}_gain"), score(f"{self.label}_rank")}
+
+    # -- GreeDi scale-out: hash partitions select ⌈oversample·B/P⌉ each, then B over their union
+    def shape(self) -> Shape:
+        return Shape.GREEDI if self.params.partitions > 1 else Shape.ONE_PROCESS
+
+    def greedi_partitions(self) -> int:
+        return self.params.partitions
+
+    def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return with_embeddings(batch, self)
+
+    def round1(self, frame: pl.DataFrame, total: int) -> tuple[pl.DataFrame, StageResult]:
+        p = self.params
+        local = min(frame.height, math.ceil(p.oversample * resolve_budget(p.budget, total) / p.partitions))
+        sel, _ = self.select(frame, local)
+        result = self.split(frame, sel, {}, final=False)
+        candidates, result.kept = result.kept, result.kept.head(0)
+        return candidates, result
+
+    def round2(self, frame: pl.DataFrame, total: int) -> StageResult:
+        t0 = time.perf_counter()
+        x = self.vectors(frame)
+        sel, graph = self.select(frame, resolve_budget(self.params.budget, total), x)
+        report = coverage_report(x, sel, graph, self.params, frame.height, time.perf_counter() - t0)
+        return self.split(frame, sel, {"selection": {**report, "greedi_partitions": self.params.partitions, "rows_total": total}})
 
 
 def coverage_report(x: np.ndarray, sel: Selection, graph: sp.csr_matrix | None, params: SelectParams, n: int, seconds: float) -> dict[str, Any]:
@@ -400,62 +426,3 @@ def with_embeddings(batch: pl.DataFrame, stage: Any) -> pl.DataFrame:
     if batch.height and EMBEDDING_COLUMN not in batch.columns:
         batch = batch.with_columns(embedding_series(stage.vectors(batch)))
     return batch
-
-
-def greedi_beam(stage: SubmodularSelectStage, rows: Any) -> dict[str, Any]:
-    """GreeDi: hash rows into P partitions, select ⌈oversample·B/P⌉ per partition, then B over the union.
-    Every row is in exactly one partition, so it is dropped in round 1 or decided in round 2."""
-    import apache_beam as beam
-    from apache_beam.pvalue import AsSingleton
-
-    from datacraft.records import concat_batches
-    from datacraft.stages.beam import DROPPED, KEPT, STATS, emit_result
-
-    p = stage.params
-    parts = p.partitions
-
-    def _key(batch: pl.DataFrame) -> Any:
-        keyed = batch.with_columns((pl.col("id").hash(seed=7) % parts).alias("_p"))
-        for (key,), part in keyed.group_by("_p", maintain_order=True):
-            yield int(key), part.drop("_p")
-
-    class _Round1(beam.DoFn):
-        def process(self, item: tuple[int, list[pl.DataFrame]], total: int) -> Any:
-            t0 = time.perf_counter()
-            frame = concat_batches(list(item[1]))
-            budget = resolve_budget(p.budget, total)
-            local = min(frame.height, math.ceil(p.oversample * budget / parts))
-            sel, _ = stage.select(frame, local)
-            result = stage.split(frame, sel, {}, final=False)
-            candidates, result.kept = result.kept, result.kept.head(0)
-            seconds = time.perf_counter() - t0
-            yield candidates  # to round 2, where they are counted
-            yield from emit_result(stage.label, frame.height - len(sel.indices), result, seconds)
-
-    class _Round2(beam.DoFn):
-        def process(self, batches: list[pl.DataFrame], total: int) -> Any:
-            t0 = time.perf_counter()
-            frame = concat_batches(batches)
-            budget = resolve_budget(p.budget, total)
-            x = stage.vectors(frame)
-            sel, graph = stage.select(frame, budget, x)
-            extras = {"selection": {**coverage_report(x, sel, graph, p, frame.height, time.perf_counter() - t0), "greedi_partitions": parts, "rows_total": total}}
-            result = stage.split(frame, sel, extras)
-            yield from emit_result(stage.label, frame.height, result, time.perf_counter() - t0)
-
-    embedded = rows | "Embed" >> beam.Map(with_embeddings, stage)
-    total = embedded | "Count" >> beam.Map(lambda b: b.height) | "Total" >> beam.CombineGlobally(sum)
-    r1 = (
-        embedded
-        | "KeyPartition" >> beam.FlatMap(_key)
-        | "Group" >> beam.GroupByKey()
-        | "Round1" >> beam.ParDo(_Round1(), AsSingleton(total)).with_outputs(DROPPED, STATS, main=KEPT)
-    )
-    r2 = (
-        r1[KEPT]
-        | "Candidates" >> beam.combiners.ToList()
-        | "Round2" >> beam.ParDo(_Round2(), AsSingleton(total)).with_outputs(DROPPED, STATS, main=KEPT)
-    )
-    dropped = (r1[DROPPED], r2[DROPPED]) | "Dropped" >> beam.Flatten()
-    stats = (r1[STATS], r2[STATS]) | "Stats" >> beam.Flatten()
-    return {KEPT: r2[KEPT], DROPPED: dropped, STATS: stats}

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, Protocol
 
 from pydantic import Field
 
+from datacraft.core.stage import StageParams
 from datacraft.llm.types import Request, Result, SamplingParams
-from datacraft.stages.base import StageParams
 
 
 class Generator(Protocol):
@@ -31,33 +30,35 @@ class LLMParams(StageParams):
 
 
 class UsesLLM:
-    """Mixin for a Stage: `self.client` is created once per worker in `setup()`, or injected."""
+    """Mixin for a Stage whose resource is an LLM client: created once per process per engine config
+    (`load`), so stages on one engine share it, or given with `client=`."""
 
-    client: Generator | None = None
     params: Any
     context: Any
 
     def __init__(self, *args: Any, client: Generator | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self.client = client  # injected (tests, shared engines) or created in setup()
+        super().__init__(*args, resource=client, **kwargs)  # type: ignore[call-arg]
 
-    def setup(self) -> None:
-        if self.client is None:
-            from datacraft.llm.client import LLMClient, engine_config_for
+    def llm_key(self) -> Hashable:
+        from datacraft.llm.client import engine_config_for
 
-            self.client = LLMClient(engine_config_for(self.params.llm, self.context), cache_dir=self.context.cache_dir)
-            self._owns_client = True
+        return ("llm", engine_config_for(self.params.llm, self.context).model_dump_json(), self.context.cache_dir)
 
-    def teardown(self) -> None:
-        if self.client is not None and getattr(self, "_owns_client", False):
-            self.client.close()
-            self.client = None
+    def resource_key(self) -> Hashable:
+        return self.llm_key()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        if state.get("_owns_client", False):
-            state["client"] = None  # created per worker in setup()
-        return state
+    def load_client(self) -> Generator:
+        from datacraft.llm.client import LLMClient, engine_config_for
+
+        return LLMClient(engine_config_for(self.params.llm, self.context), cache_dir=self.context.cache_dir)
+
+    def load(self) -> Any:
+        return self.load_client()
+
+    @property
+    def client(self) -> Generator:
+        resource = self.resource  # type: ignore[attr-defined]
+        return getattr(resource, "client", resource)
 
     def sampling(self, max_tokens: int | None = None, temperature: float | None = None, seed_offset: int = 0) -> SamplingParams:
         p = self.params
@@ -72,18 +73,11 @@ class UsesLLM:
         """One batched engine call for all `messages` (empty list → no call)."""
         if not messages:
             return []
-        if self.client is None:
-            self.setup()
-        assert self.client is not None
         return self.client.generate([Request.chat(m, sampling) for m in messages])
 
     def llm_counters(self) -> dict[str, float]:
-        return self.client.pop_counters() if self.client is not None else {}
-
-
-def failure_of(result: Result) -> str:
-    """Drop reason of a failed result (the error's category, e.g. `llm_error`, `empty_output`)."""
-    return (result.error or "").split(":", 1)[0].strip() or "llm_error"
+        client = self.client
+        return client.pop_counters() if client is not None else {}
 
 
 def add_counts(counters: dict[str, float], counts: Mapping[str, float] | Counter[str], prefix: str = "") -> dict[str, float]:
@@ -99,6 +93,3 @@ def turns(messages: list[dict[str, str]] | None) -> tuple[str | None, str | None
     answer = next((m["content"] for m in reversed(msgs) if m["role"] == "assistant"), None)
     return user, answer
 
-
-def meta_dict(value: str | None) -> dict[str, Any]:
-    return json.loads(value) if value else {}

@@ -1,4 +1,4 @@
-"""`dpo_pairs`: preference pairs from reflection (methods.md §9, our design).
+"""`dpo_pairs`: preference pairs from reflection (docs/methods.md §9, our design).
 
 Runs after `reflection`. For each reflected row: prompt = its instruction x1, chosen = the
 teacher-reflected response, rejected = the response before reflection (`meta.reflection.
@@ -30,10 +30,11 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import batch_from_rows, derived_id, make_row, meta_of, with_drop
-from datacraft.stages.base import BatchStage, StageResult
+from datacraft.core.rows import batch_from_rows, derived_id, make_row, meta_of, with_drop
+from datacraft.core.stage import MapStage, StageResult
 from datacraft.stages.synthesize import prompts
-from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts, failure_of
+from datacraft.llm.types import failure_reason
+from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts
 from datacraft.stages.synthesize.parsing import normalize_ws, parse_score
 
 
@@ -63,18 +64,20 @@ def pair_check(meta: dict[str, Any], chosen: str | None, require_accepted: bool)
     return None
 
 
-class DPOPairsStage(UsesLLM, BatchStage):
+class DPOPairsStage(UsesLLM, MapStage):
     """Preference pairs (chosen = reflected response, rejected = original), see the module docstring."""
 
     name = "dpo_pairs"
     Params = DPOPairsParams
     params: DPOPairsParams
 
-    def setup(self) -> None:
-        if self.params.judge:
-            super().setup()
+    def needs_resource(self) -> bool:
+        return self.params.judge
 
-    def process(self, batch: pl.DataFrame) -> StageResult:
+    def writes(self) -> set[str]:
+        return {"chosen", "rejected"}
+
+    def process(self, batch: pl.DataFrame, resource: Any = None) -> StageResult:
         p = self.params
         counters: Counter[str] = Counter()
         rows = batch.select("id", "messages", "task", "source", "meta").to_dicts()
@@ -148,7 +151,7 @@ class DPOPairsStage(UsesLLM, BatchStage):
             first, second = results[2 * k], results[2 * k + 1]
             bad = next((r for r in (first, second) if not r.ok), None)
             if bad is not None:
-                drops[i] = (failure_of(bad), bad.error or "")
+                drops[i] = (failure_reason(bad), bad.error or "")
                 continue
             s = [parse_score(r.text, tag) for r in (first, second) for tag in ("Score 1", "Score 2")]
             if any(v is None for v in s):

@@ -1,4 +1,4 @@
-"""Mosaic-IT (methods.md §4): model-free multi-instruction augmentation.
+"""Mosaic-IT (docs/methods.md §4): model-free multi-instruction augmentation.
 
 Several single-turn rows are merged into one row whose user turn holds all their instructions
 (numbered, optionally with a meta-instruction) and whose assistant turn holds all their responses —
@@ -30,8 +30,8 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import batch_from_rows, concat_batches, derived_id, empty_batch, make_row, with_drop
-from datacraft.stages.base import GlobalStage, StageParams, StageResult
+from datacraft.core.rows import batch_from_rows, concat_batches, derived_id, empty_batch, make_row, with_drop
+from datacraft.core.stage import GlobalStage, Shape, StageParams, StageResult
 
 FORMAT, PERMUTE, MASKOUT = "format", "permute", "maskout"
 STRATEGIES_FOR_VERSION: dict[str, tuple[str, ...]] = {
@@ -444,7 +444,7 @@ WrapMode = Literal["uniform", "fix_max", "max_length", "exp", "pareto", "lognorm
 
 
 def draw_chunk_size(rng: random.Random, mode: str, max_n: int, remaining: int) -> int:
-    """How many instructions the next mosaic tries to take (methods.md §4.2).
+    """How many instructions the next mosaic tries to take (docs/methods.md §4.2).
 
     `exp` / `pareto` / `lognormal` give k = M − ⌊r⌋ (skewed toward M); `logistic2` gives
     k = ⌈r⌉ with r ~ Logistic(0, 2) truncated to (0, M) (skewed toward small mosaics)."""
@@ -617,16 +617,17 @@ class MosaicStage(GlobalStage):
     Params = MosaicParams
     params: MosaicParams
 
-    def setup(self) -> None:
-        self._ntokens = load_token_counter(self.params.tokenizer)
+    def load(self) -> Callable[[str], int]:
+        return load_token_counter(self.params.tokenizer)
+
+    def resource_key(self) -> Any:
+        return ("token-counter", self.params.tokenizer)
 
     def _counter(self) -> Callable[[str], int]:
-        if getattr(self, "_ntokens", None) is None:
-            self.setup()
-        return self._ntokens
+        return self.resource
 
-    def wants_partitions(self) -> bool:
-        return self.params.partitions > 1
+    def shape(self) -> Shape:
+        return Shape.PARTITIONED if self.params.partitions > 1 else Shape.ONE_PROCESS
 
     def partition_keys(self, batch: pl.DataFrame, facts: Any) -> pl.Series:
         return batch["id"].hash(seed=0) % self.params.partitions

@@ -1,4 +1,4 @@
-"""`multihop`: AIDE attribute-guided multi-hop data expansion (methods.md §1).
+"""`multihop`: AIDE attribute-guided multi-hop data expansion (docs/methods.md §1).
 
 From a few seed rows of a task, every hop expands every frontier node:
 
@@ -44,10 +44,11 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import batch_from_rows, concat_batches, derived_id, make_row, with_drop
-from datacraft.stages.base import GlobalStage, StageResult
+from datacraft.core.rows import batch_from_rows, concat_batches, derived_id, make_row, with_drop
+from datacraft.core.stage import GlobalStage, Shape, StageResult
 from datacraft.stages.synthesize import prompts
-from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts, failure_of, turns
+from datacraft.llm.types import failure_reason
+from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts, turns
 from datacraft.stages.synthesize.parsing import (
     MISSING,
     Parsed,
@@ -184,20 +185,20 @@ class MultiHopStage(UsesLLM, GlobalStage):
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def setup(self) -> None:
-        super().setup()
+    def _load_personas(self) -> None:
+        """The persona pool (data, not a model) and, for `similar`, its embeddings."""
         p = self.params
         if self._personas is None and p.personas > 0:
             self._personas = load_personas(p.personas_path)
             if p.persona_select == "similar":
                 if self._embed is None:
-                    from datacraft.embed import embedder_from
+                    from datacraft.vectors.embedders import embedder_from
 
                     self._embed = embedder_from(self.context).encode
                 self._persona_vecs = np.asarray(self._embed(self._personas), dtype=np.float32)
 
-    def wants_partitions(self) -> bool:
-        return self.params.partition_by_task
+    def shape(self) -> Shape:
+        return Shape.PARTITIONED if self.params.partition_by_task else Shape.ONE_PROCESS
 
     def partition_keys(self, batch: pl.DataFrame, facts: Any) -> pl.Series:
         return batch["task"].fill_null("")
@@ -208,8 +209,7 @@ class MultiHopStage(UsesLLM, GlobalStage):
     # -- the expansion ----------------------------------------------------------------------------
 
     def process_all(self, frame: pl.DataFrame) -> StageResult:
-        if self.client is None or (self.params.personas > 0 and self._personas is None):
-            self.setup()
+        self._load_personas()
         p = self.params
         counters: Counter[str] = Counter()
         seeds: list[Node] = []
@@ -252,8 +252,8 @@ class MultiHopStage(UsesLLM, GlobalStage):
         sampling = self.sampling(temperature=0.0)
         results = self.ask([prompts.analyzer_messages(n.question, p.n_attributes) for n in nodes], sampling)
         for node, res in zip(nodes, results, strict=True):
-            topic = extract_angle(res.text, "Topic") if res.ok else Parsed(None, failure_of(res))
-            attrs = extract_angle(res.text, "Related knowledge") if res.ok else Parsed(None, failure_of(res))
+            topic = extract_angle(res.text, "Topic") if res.ok else Parsed(None, failure_reason(res))
+            attrs = extract_angle(res.text, "Related knowledge") if res.ok else Parsed(None, failure_reason(res))
             node.topic = topic.value if topic.ok else node.use_case
             node.attributes = split_items(attrs.value or "", p.n_attributes) if attrs.ok else []
             if not topic.ok or not node.attributes:
@@ -334,7 +334,7 @@ class MultiHopStage(UsesLLM, GlobalStage):
                 msgs.append(prompts.rewrite_messages(c.op, node.question, node.topic or node.use_case, c.attribute or "", seed))
         for c, res in zip(cands, self.ask(msgs, self.sampling()), strict=True):
             if not res.ok:
-                c.failure = (failure_of(res), res.error or "")
+                c.failure = (failure_reason(res), res.error or "")
                 continue
             c.raw = res.text
             tag = "Created Prompt" if c.branch == "diversity" else "Rewritten Prompt"
@@ -386,7 +386,7 @@ class MultiHopStage(UsesLLM, GlobalStage):
             msgs = [prompts.improve_messages(reference(c), c.question or "", fb) for c, fb in to_improve]
             for (c, _), res in zip(to_improve, self.ask(msgs, self.sampling()), strict=True):
                 state[id(c)]["attempts"] += 1
-                parsed = self._tagged(res.text, "Improved Prompt", counters) if res.ok else Parsed(None, failure_of(res))
+                parsed = self._tagged(res.text, "Improved Prompt", counters) if res.ok else Parsed(None, failure_reason(res))
                 if parsed.ok:
                     c.question = parsed.value
                     counters["multihop.reflection.improved"] += 1
@@ -404,7 +404,7 @@ class MultiHopStage(UsesLLM, GlobalStage):
         sampling = self.sampling(temperature=0.0, max_tokens=p.solver_max_tokens)
         for c, res in zip(cands, self.ask(msgs, sampling), strict=True):
             if not res.ok:
-                c.failure = (f"solver_{failure_of(res)}", res.error or "")
+                c.failure = (f"solver_{failure_reason(res)}", res.error or "")
                 continue
             if p.choice_type == "open":
                 c.answer = res.text.strip()

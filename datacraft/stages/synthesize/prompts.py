@@ -22,7 +22,7 @@ def _user(text: str, system: str | None = None) -> Messages:
 
 
 # ---------------------------------------------------------------------------------------------
-# AIDE (methods.md §1)
+# AIDE (docs/methods.md §1)
 
 ANALYZER = """\
 You analyse instructions. Read the instruction, think in one sentence about what it asks, then name \
@@ -203,7 +203,7 @@ def improve_messages(reference: str, candidate: str, feedback: str) -> Messages:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reflection-Tuning (methods.md §2.1): criteria from the method, wording ours
+# Reflection-Tuning (docs/methods.md §2.1): criteria from the method, wording ours
 
 INSTRUCTION_REFLECTION_SYSTEM = (
     "You are a careful and demanding reviewer of instruction-tuning data. You judge how good an "
@@ -269,7 +269,7 @@ def response_reflection_messages(instruction: str, answer: str, given: str = "")
 
 
 # ---------------------------------------------------------------------------------------------
-# DPO pair judge (methods.md §9, CodecLM-style pairwise scores in both orders)
+# DPO pair judge (docs/methods.md §9, CodecLM-style pairwise scores in both orders)
 
 PAIR_JUDGE = """\
 Compare two answers to the same instruction. Rate each from 1 (poor) to 10 (excellent) for \

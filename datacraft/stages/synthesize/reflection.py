@@ -1,4 +1,4 @@
-"""`reflection`: Reflection-Tuning (V1, recycled) and Selective Reflection-Tuning (V2) (methods.md §2).
+"""`reflection`: Reflection-Tuning (V1, recycled) and Selective Reflection-Tuning (V2) (docs/methods.md §2).
 
 A teacher (any engine) reflects on each row:
 
@@ -38,10 +38,11 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from datacraft.records import batch_from_rows, concat_batches, derived_id, make_row, meta_of, with_drop
-from datacraft.stages.base import BatchStage, StageResult
+from datacraft.core.rows import batch_from_rows, concat_batches, derived_id, make_row, meta_of, with_drop
+from datacraft.core.stage import MapStage, StageResult
 from datacraft.stages.synthesize import prompts
-from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts, failure_of
+from datacraft.llm.types import failure_reason
+from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts
 from datacraft.stages.synthesize.parsing import OK, Parsed, extract_bracket
 
 Mode = Literal["instruction", "response", "recycled", "selective"]
@@ -110,31 +111,43 @@ def choose_variant(s: dict[str, tuple[float, float]], *, require_below_one: bool
     return cand, ""
 
 
-class ReflectionStage(UsesLLM, BatchStage):
+@dataclass
+class TeacherAndStudent:
+    """The teacher's LLM client and, in selective mode, the student's IFD scorer."""
+
+    client: Any
+    student: Any = None
+
+    def close(self) -> None:
+        close = getattr(self.client, "close", None)
+        if callable(close):
+            close()
+
+
+class ReflectionStage(UsesLLM, MapStage):
     """Reflection-Tuning with a teacher engine (see the module docstring)."""
 
     name = "reflection"
     Params = ReflectionParams
     params: ReflectionParams
 
-    def __init__(self, *args: Any, scorer: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, client: Any = None, scorer: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.scorer = scorer
+        if client is not None:
+            self._given = self._resource = TeacherAndStudent(client, scorer)
 
-    def setup(self) -> None:
-        super().setup()
-        if self.params.mode == "selective" and self.scorer is None:
+    def load(self) -> TeacherAndStudent:
+        scorer = None
+        if self.params.mode == "selective":
             from datacraft.stages.score.ifd import IFDScorer
 
             p = self.params
-            self.scorer = IFDScorer(model=p.student, device=p.student_device, max_length=p.student_max_length, batch_size=p.student_batch_size)
-            self._owns_scorer = True
+            scorer = IFDScorer(model=p.student, device=p.student_device, max_length=p.student_max_length, batch_size=p.student_batch_size)
+        return TeacherAndStudent(self.load_client(), scorer)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        if state.get("_owns_scorer", False):
-            state["scorer"] = None  # loaded per worker in setup()
-        return state
+    def resource_key(self) -> Any:
+        p = self.params
+        return (self.llm_key(), p.mode == "selective" and (p.student, p.student_device, p.student_max_length, p.student_batch_size))
 
     # -- teacher calls ---------------------------------------------------------------------------
 
@@ -151,7 +164,7 @@ class ReflectionStage(UsesLLM, BatchStage):
             again = []
             for i, res in zip(todo, results, strict=True):
                 if not res.ok:
-                    out[i] = failure_of(res)
+                    out[i] = failure_reason(res)
                     continue
                 parsed = [extract_bracket(res.text, *names) for names in sections]
                 out[i] = parsed
@@ -205,9 +218,7 @@ class ReflectionStage(UsesLLM, BatchStage):
 
     # -- the stage -------------------------------------------------------------------------------
 
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        if self.client is None or (self.params.mode == "selective" and self.scorer is None):
-            self.setup()
+    def process(self, batch: pl.DataFrame, resource: TeacherAndStudent) -> StageResult:
         p = self.params
         counters: Counter[str] = Counter()
         rows = batch.select("id", "messages", "chosen", "task", "source", "meta").to_dicts()
@@ -256,8 +267,10 @@ class ReflectionStage(UsesLLM, BatchStage):
             if w.y_res_ori is not None:
                 variants.append((w, "A", w.x0, w.y_res_ori))
         unique = list(dict.fromkeys((x, y) for _, _, x, y in variants))
-        assert self.scorer is not None
-        scored = self.scorer.score([x for x, _ in unique], [y for _, y in unique], reverse=True) if unique else []
+        scorer = self.resource.student
+        if scorer is None:
+            raise ValueError("reflection: selective mode needs a student scorer")
+        scored = scorer.score([x for x, _ in unique], [y for _, y in unique], reverse=True) if unique else []
         values = {pair: (float(s.ifd(p.ifd_form)), float(s.rifd(p.ifd_form))) for pair, s in zip(unique, scored, strict=True)}
         counters["reflection.student_pairs"] += len(unique)
         nan = (float("nan"), float("nan"))

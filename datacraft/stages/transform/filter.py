@@ -19,8 +19,8 @@ from typing import Any
 import polars as pl
 from pydantic import Field, field_validator
 
-from datacraft.records import SCORE_PREFIX, with_drop
-from datacraft.stages.base import RowStage, StageParams, StageResult
+from datacraft.core.rows import SCORE_PREFIX, with_drop
+from datacraft.core.stage import MapStage, StageParams, StageResult
 
 ROW_FIELDS = ("task", "source", "id")
 
@@ -142,14 +142,17 @@ class FilterParams(StageParams):
         return v
 
 
-class FilterStage(RowStage):
+class FilterStage(MapStage[FilterParams, None]):
     """Keeps rows for which every `where` condition holds; drops the others with the failed condition."""
 
     name = "filter"
     Params = FilterParams
 
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        p: FilterParams = self.params  # type: ignore[assignment]
+    def reads(self) -> set[str]:
+        return {name if name in ROW_FIELDS else SCORE_PREFIX + name for cond in self.params.where for name in names_in(cond)}
+
+    def process(self, batch: pl.DataFrame, resource: None = None) -> StageResult:
+        p = self.params
         remaining = batch
         dropped = []
         for cond in p.where:

@@ -13,10 +13,10 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from datacraft.llm.client import LLMClient, engine_config_for, failure_reason
-from datacraft.llm.types import Request, Result, SamplingParams
-from datacraft.records import MESSAGES_DTYPE, update_meta, with_drop
-from datacraft.stages.base import BatchStage, StageParams, StageResult
+from datacraft.core.rows import MESSAGES_DTYPE, update_meta, with_drop
+from datacraft.core.stage import MapStage, StageParams, StageResult
+from datacraft.stages.synthesize.common import UsesLLM
+from datacraft.llm.types import Request, Result, SamplingParams, failure_reason
 
 
 class GenerateParams(StageParams):
@@ -45,31 +45,12 @@ def has_response(messages: list[dict[str, str]] | None) -> bool:
     return any(m["role"] == "assistant" and m["content"].strip() for m in msgs[last + 1 :])
 
 
-class GenerateStage(BatchStage):
+class GenerateStage(UsesLLM, MapStage):
     """Generate (or fill in) the assistant response of every row; one batched engine call per batch."""
 
     name = "generate"
     Params = GenerateParams
     params: GenerateParams
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client: LLMClient | None = None
-
-    def setup(self) -> None:
-        if self.client is None:
-            config = engine_config_for(self.params.llm, self.context)
-            self.client = LLMClient(config, cache_dir=self.context.cache_dir)
-
-    def teardown(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["client"] = None  # created per worker in setup()
-        return state
 
     def sampling(self) -> SamplingParams:
         p = self.params
@@ -82,9 +63,8 @@ class GenerateStage(BatchStage):
             prompt.insert(0, {"role": "system", "content": self.params.system_prompt})
         return prompt
 
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        self.setup()
-        assert self.client is not None
+    def process(self, batch: pl.DataFrame, resource: Any) -> StageResult:
+        client = getattr(resource, "client", resource)
         rows = batch["messages"].to_list()
         prompts = [self.build_prompt(m) for m in rows]
         skip = [self.params.mode == "fill_empty" and has_response(m) for m in rows]
@@ -93,14 +73,13 @@ class GenerateStage(BatchStage):
         results: dict[int, Result] = {}
         if todo:
             requests = [Request.chat(prompts[i], sampling, tag=str(i)) for i in todo]  # type: ignore[arg-type]
-            out = self.client.generate(requests, fail_on_length=self.params.drop_on_length)
+            out = client.generate(requests, fail_on_length=self.params.drop_on_length)
             results = dict(zip(todo, out, strict=True))
         return self._assemble(batch, prompts, skip, results)
 
     def _assemble(
         self, batch: pl.DataFrame, prompts: list[list[dict[str, str]] | None], skip: list[bool], results: dict[int, Result]
     ) -> StageResult:
-        assert self.client is not None
         n = batch.height
         reasons: list[str | None] = [None] * n
         details: list[str] = [""] * n

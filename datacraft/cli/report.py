@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     )
     def report_cmd(out: Annotated[str, typer.Argument(help="a finished run folder (holds report.json)")]) -> None:
         """Re-render OUT/report.html from OUT/report.json, the output rows and the dropped rows; print its path."""
-        from datacraft.report_html import render_html
+        from datacraft.report.html import render_html
 
         try:
             path = render_html(out)
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
     ) -> None:
         """Why was this row dropped (stage, reason, detail)? Where did it come from (its lineage down to the seed rows)?"""
-        from datacraft.inspect import explain_row, render_explanation
+        from datacraft.report.explain import explain_row, render_explanation
 
         try:
             expl = explain_row(out, row_id)

@@ -30,8 +30,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datacraft.inspect import KEPT, RunFolder, iter_jsonl, iter_row_chunks, row_scores, row_texts, truncate
-from datacraft.records import SCORE_PREFIX
+from datacraft.core.rows import SCORE_PREFIX
+from datacraft.core.run_folder import (
+    KEPT,
+    RunFolder,
+    iter_jsonl,
+    iter_row_chunks,
+    row_scores,
+    row_texts,
+    truncate,
+)
 
 EXAMPLES_PER_REASON = 3
 MAX_POINTS = 3000

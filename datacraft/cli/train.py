@@ -1,4 +1,4 @@
-"""CLI: `datacraft train sft|dpo` and `datacraft publish` (wired by `datacraft.cli` through `register`)."""
+"""CLI: `datacraft train sft|dpo` and `datacraft publish` (wired by `datacraft.cli.main` through `register`)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
             datacraft dedup-calibrate --corpus examples/data/alpaca_mix_600.jsonl --threshold 0.9 --embedder static
         """
-        from datacraft.stages.dedup.calibrate import calibrate_pairs, near_threshold_pairs
+        from datacraft.vectors.calibration import calibrate_pairs, near_threshold_pairs
 
         if not pairs and not corpus:
             raise typer.BadParameter("give --pairs (labelled) or --corpus (unlabelled)")

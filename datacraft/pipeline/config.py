@@ -17,16 +17,19 @@ YAML gives it, the line — before any work starts.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from datacraft.core.rows import SCORE_PREFIX
+from datacraft.core.stage import BASE_COLUMNS, RunContext, Stage
 from datacraft.llm.config import EngineConfig
-from datacraft.stages.base import RunContext, Stage
 from datacraft.stages.registry import UnknownStageError, stage_class
 
 
@@ -47,6 +50,13 @@ class InputConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="read at most this many records per file (a dry look)")
     split: str = "train"
     task_field: str = Field("task", description="record field that holds the task label (mixtures)")
+
+    def read_options(self) -> Any:
+        from datacraft.io.readers import ReadOptions
+
+        return ReadOptions(format=self.format, batch_size=self.batch_size, max_row_chars=self.max_row_chars,
+                           allow_empty_response=self.allow_empty_response, limit=self.limit, split=self.split,
+                           task_field=self.task_field)
 
 
 class OutputConfig(_Strict):
@@ -190,6 +200,55 @@ def validate_stages(config: PipelineConfig, source: str = "<config>", lines: dic
             _raise_validation(err, source, lines, ("stages", i))
 
 
+def input_columns(config: PipelineConfig) -> set[str] | None:
+    """Columns the input provides: the canonical row's, plus any scores it already carries (peeked
+    from the first rows of each path). None when an input cannot be peeked."""
+    from datacraft.io.readers import peek_columns
+
+    paths = config.input.path if isinstance(config.input.path, list) else [config.input.path]
+    found: set[str] = set(BASE_COLUMNS)
+    for path in paths:
+        cols = peek_columns(path, config.input.read_options())
+        if cols is None:
+            return None
+        found |= cols
+    return found
+
+
+def _param_of(spec: Mapping[str, Any], column: str) -> str | None:
+    """The stage parameter whose value names `column` (for the error's line)."""
+    name = column[len(SCORE_PREFIX):] if column.startswith(SCORE_PREFIX) else column
+    for key, value in spec.items():
+        if key not in ("name", "id") and name in json.dumps(value, default=str):
+            return key
+    return None
+
+
+def check_columns(config: PipelineConfig, available: set[str] | None, source: str = "<config>",
+                  lines: dict[tuple[Any, ...], int] | None = None) -> None:
+    """Walk the stages in order: every column a stage reads must come from the input or an earlier
+    stage's writes. `available=None` (input not peekable): scores are not checked."""
+    lines = lines or {}
+    have = set(BASE_COLUMNS) if available is None else set(available)
+    for i, (spec, stage) in enumerate(zip(config.stages, config.build_stages(), strict=True)):
+        missing = sorted(c for c in stage.reads() - have if not (available is None and c.startswith(SCORE_PREFIX)))
+        if missing:
+            col = missing[0]
+            key = _param_of(spec, col)
+            path = ("stages", i, key) if key else ("stages", i)
+            name = col[len(SCORE_PREFIX):] if col.startswith(SCORE_PREFIX) else col
+            pool = [c[len(SCORE_PREFIX):] for c in have if c.startswith(SCORE_PREFIX)] if col.startswith(SCORE_PREFIX) else sorted(have)
+            close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+            what = f"score {name!r}" if col.startswith(SCORE_PREFIX) else f"column {name!r}"
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            known = ", ".join(sorted(pool)) or "none"
+            raise ConfigError(
+                f"{_where(source, lines, path)}: {_fmt_path(path)}: stage {stage.label!r} reads {what}, which neither the input "
+                f"nor an earlier stage writes{hint} (available: {known})"
+            )
+        have |= stage.writes()
+
+
 def parse_value(text: str) -> Any:
     """`--set` values are YAML scalars / flow collections: 3, 0.5, true, [a, b], {k: v}, text."""
     try:
@@ -224,8 +283,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load and validate a config file (or a dict), applying `--set` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict[str, Any] | None = None,
+                check_inputs: bool = True) -> PipelineConfig:
+    """Load and validate a config file (or a dict), applying `--set` overrides; with `check_inputs`,
+    also check every stage's declared columns against the input and the stages before it."""
     source = str(path) if path else "<config>"
     text = ""
     if data is None:
@@ -250,6 +311,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as err:
         _raise_validation(err, source, lines)
     validate_stages(config, source, lines)
+    if check_inputs:
+        check_columns(config, input_columns(config), source, lines)
     return config
 
 

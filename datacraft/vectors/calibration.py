@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from datacraft.embed import encode_sorted, load_embedder
-from datacraft.knn import knn
-from datacraft.records import text_expr
+from datacraft.core.rows import text_expr
+from datacraft.vectors.embedders import encode_sorted, load_embedder
+from datacraft.vectors.knn import knn
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.5, 1.0, 0.05))
 

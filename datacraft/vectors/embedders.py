@@ -1,4 +1,5 @@
-"""Sentence embeddings: the embedders, a content-hash vector cache and the `embed` stage.
+"""Sentence embeddings: the embedders and a content-hash vector cache (the `embed` stage is in
+`datacraft.stages.vectors.embed`).
 
 Two embedders share one interface (`Embedder.encode(texts) -> float32 (n, d)`, L2-normalised):
 
@@ -8,7 +9,7 @@ Two embedders share one interface (`Embedder.encode(texts) -> float32 (n, d)`, L
   (token embeddings through the model, PCA to 256 d, Zipf/SIF weights) and cached under
   `cache_root()/models/static-<name>`. ≈ 2,000+ texts/s; worse on paraphrases (see `dedup-calibrate`).
 
-The `embed` stage writes the `embedding` column (Array(Float32|Float16, d)); stages that need vectors
+Rows carry vectors in the `embedding` column (Array(Float32|Float16, d)); stages that need vectors
 call `ensure_embeddings`, which reads that column when present and embeds otherwise.
 """
 
@@ -20,13 +21,12 @@ import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from datacraft.records import text_expr
-from datacraft.stages.base import BatchStage, RunContext, StageParams, StageResult
+from datacraft.core.rows import text_expr
+from datacraft.core.stage import RunContext
 
 EMBEDDING_COLUMN = "embedding"
 EMBEDDED_MODEL = "embedded"
@@ -131,7 +131,7 @@ def distill_static(model: str, target: Path, pca_dims: int = 256, sif: float = 1
 
 
 def static_model_dir(model: str) -> Path:
-    from datacraft.llm.models import cache_root
+    from datacraft.core.paths import cache_root
 
     slug = "minilm-l6-v2" if model == EMBEDDED_MODEL else hashlib.sha1(model.encode()).hexdigest()[:12]
     return cache_root() / "models" / f"static-{slug}"
@@ -241,71 +241,3 @@ def ensure_embeddings(frame: pl.DataFrame, context: RunContext | None, text: str
         return embeddings_of(frame)
     texts = frame.select(text_expr(text).alias("t"))["t"].to_list()
     return encode_sorted(embedder_from(context, kind, model), texts)
-
-
-TextView = Literal["instruction", "instruction_response", "response", "conversation"]
-
-
-class EmbeddingSourceParams(StageParams):
-    """Parameters of every stage that reads embeddings: which text is embedded when a row has no
-    `embedding` column yet, and with which embedder (default: the run's `embedder:` section)."""
-
-    text: TextView = "instruction"
-    kind: Literal["sentence-transformers", "static"] | None = None
-    model: str | None = None
-
-
-class EmbedParams(EmbeddingSourceParams):
-    batch_size: int | None = None
-    float16: bool = False
-    cache: bool = True
-    overwrite: bool = True
-
-
-class EmbedStage(BatchStage):
-    """Adds the `embedding` column (reads the text view `text`). Model loaded once per worker in setup;
-    vectors cached by content hash (model + text) under the run's cache dir."""
-
-    name = "embed"
-    Params = EmbedParams
-    params: EmbedParams
-
-    def setup(self) -> None:
-        self.embedder = embedder_from(self.context, self.params.kind, self.params.model, self.params.batch_size)
-        self.cache: VectorCache | None = None
-        if self.params.cache:
-            from datacraft.llm.models import cache_root
-
-            folder = Path(self.context.cache_dir) if self.context.cache_dir else cache_root()
-            self.cache = VectorCache(folder / "embeddings", f"{self.embedder.name}|{self.embedder.dim}")
-
-    def teardown(self) -> None:
-        if getattr(self, "cache", None) is not None:
-            self.cache.close()  # type: ignore[union-attr]
-            self.cache = None
-
-    def process(self, batch: pl.DataFrame) -> StageResult:
-        self.ensure_setup()
-        if batch.height == 0 or (EMBEDDING_COLUMN in batch.columns and not self.params.overwrite):
-            return StageResult(kept=batch)
-        texts = batch.select(text_expr(self.params.text).alias("t"))["t"].to_list()
-        vectors = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
-        todo = list(range(len(texts)))
-        hits = 0
-        keys: list[str] = []
-        if self.cache is not None:
-            keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=12).hexdigest() for t in texts]
-            found = self.cache.get(sorted(set(keys)))
-            todo = [i for i, k in enumerate(keys) if k not in found]
-            for i, k in enumerate(keys):
-                if k in found:
-                    vectors[i] = found[k]
-            hits = len(texts) - len(todo)
-        if todo:
-            fresh = encode_sorted(self.embedder, [texts[i] for i in todo])
-            vectors[todo] = fresh
-            if self.cache is not None:
-                self.cache.put([keys[i] for i in todo], fresh)
-        kept = batch.with_columns(embedding_series(vectors, self.params.float16))
-        counters: dict[str, Any] = {"embed.rows": len(texts), "embed.encoded": len(todo), "embed.cache_hits": hits}
-        return StageResult(kept=kept, counters=counters)

@@ -6,7 +6,7 @@ own binary serialization), and its output counters *estimate element sizes by en
 With a few dozen large batches per collection nearly every batch is sampled, so each batch was
 serialized once per fused step just to be measured (≈4 s of a 1M-row filter run). Here a
 frame's size estimate is `DataFrame.estimated_size()` (no encoding), and a real encode is one
-uncompressed Arrow IPC write (a buffer copy). Frames inside tuples, lists and dicts (keyed
+LZ4-compressed Arrow IPC write on all cores. Frames inside tuples, lists and dicts (keyed
 sub-batches, `ToList` accumulators) get the same treatment.
 
 `register()` installs it as the registry's fallback coder, i.e. for every collection whose

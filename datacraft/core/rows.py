@@ -1,6 +1,6 @@
 """The row schema, ids, lineage and the `Drop` ledger record.
 
-Inside a pipeline a *batch* is a polars DataFrame with these columns (DESIGN.md "The row"):
+Inside a pipeline a *batch* is a polars DataFrame with these columns (docs/DESIGN.md "The row"):
 
     id         Utf8                      stable id (source id, content hash, or hash of parents + method)
     messages   List[Struct{role,content}] canonical conversation; for preference rows, the prompt

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -34,14 +33,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-# Modules that add their own commands with `register(app)`.
-COMMAND_MODULES = (
-    "datacraft.llm.cli",
-    "datacraft.stages.dedup.cli",
-    "datacraft.train.cli",
-    "datacraft.report_cli",
-)
-
 
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}")
@@ -50,9 +41,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
     """Run a config with live per-stage row counts, then print the funnel table."""
-    from datacraft import progress
-    from datacraft.report import report_table
-    from pipelines.curate import run_config
+    from datacraft.core import progress
+    from datacraft.pipeline.run import run_config
+    from datacraft.report.summary import report_table
 
     labels = ["read", *config.stage_labels()]
     with Progress(
@@ -81,7 +72,7 @@ def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
 
 
 def _load(config_path: str | None, overrides: list[str], data: dict[str, Any] | None = None) -> Any:
-    from datacraft.config import ConfigError, load_config
+    from datacraft.pipeline.config import ConfigError, load_config
 
     try:
         return load_config(config_path, overrides, data=data)
@@ -270,27 +261,17 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print the explanation as JSON")] = False,
 ) -> None:
     """Show a file's format, schema, counts and a few rows — or, with --id, why a row was dropped and its lineage."""
-    try:
-        from datacraft import inspect as inspect_mod
-    except ImportError:
-        inspect_mod = None  # type: ignore[assignment]
+    from datacraft.report.describe import describe_file
+    from datacraft.report.explain import explain_row, render_explanation
+
     if id is not None:
-        if inspect_mod is None:
-            _fail("explaining rows needs datacraft.inspect")
-        explanation = inspect_mod.explain_row(path, id)
+        explanation = explain_row(path, id)
         if as_json:
             Console().print_json(data=explanation)
         else:
-            Console().print(inspect_mod.render_explanation(explanation))
+            Console().print(render_explanation(explanation))
         return
-    if inspect_mod is not None and hasattr(inspect_mod, "describe_file"):
-        Console().print(inspect_mod.describe_file(path, rows))
-        return
-    from datacraft.io.readers import read_all, sniff_format
-
-    kept, dropped = read_all(path)
-    Console().print(f"{path}: format {sniff_format(path)}, {kept.height} rows readable, {dropped.height} unreadable")
-    Console().print(kept.head(rows))
+    Console().print(describe_file(path, rows))
 
 
 @app.command(epilog="Example: datacraft stages")
@@ -317,18 +298,15 @@ def stages() -> None:
     Console().print(table)
 
 
-def _register_plugins() -> None:
-    for module in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as err:
-            if err.name and module.startswith(err.name):
-                continue  # module not present in this installation
-            raise
-        mod.register(app)
+def _register_commands() -> None:
+    """The commands defined in the other modules of this package (each has `register(app)`)."""
+    from datacraft.cli import dedup, report, serve, train
+
+    for module in (serve, dedup, train, report):
+        module.register(app)
 
 
-_register_plugins()
+_register_commands()
 
 
 class _QuietBeamImports(logging.Filter):

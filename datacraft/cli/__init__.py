@@ -1,0 +1,1 @@
+"""The `datacraft` command line (`datacraft.cli.main:app`)."""

@@ -1,0 +1,85 @@
+"""The run report: per-stage funnel (in / kept / created / dropped by reason), counters, timings.
+
+`build_report` orders the merged ledger entries (`datacraft.core.ledger`) them as the pipeline runs and checks the ledger (`in + created == kept +
+sum(dropped)` for every stage, and each stage's `in` equals the previous stage's `kept`);
+`write_report` writes `report.json` (and `report.html` when the renderer is available);
+`report_table` renders the funnel for the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from datacraft.core.ledger import LedgerEntry, ledger_problems
+from datacraft.core.run_folder import REPORT_JSON
+
+log = logging.getLogger(__name__)
+
+
+def build_report(
+    *,
+    name: str,
+    config_hash: str,
+    stage_order: list[str],
+    stats: Mapping[str, Mapping[str, Any]],
+    input_path: Any,
+    output: Mapping[str, Any],
+    started: str,
+    seconds: float,
+) -> dict[str, Any]:
+    stages = []
+    for label in stage_order:
+        entry = dict(stats.get(label) or LedgerEntry(label).to_dict())
+        entry["rows_per_s"] = round(entry["in"] / entry["seconds"], 1) if entry.get("seconds") else None
+        stages.append(entry)
+    problems = ledger_problems(stages)
+    return {
+        "name": name,
+        "config_hash": config_hash,
+        "input": input_path,
+        "output": dict(output),
+        "started": started,
+        "seconds": round(seconds, 3),
+        "rows_in": stages[0]["in"] if stages else 0,
+        "rows_out": stages[-1]["kept"] if stages else 0,
+        "ledger_ok": not problems,
+        "ledger_problems": problems,
+        "stages": stages,
+    }
+
+
+def write_report(run_dir: str | Path, report: Mapping[str, Any], html: bool = True) -> Path:
+    path = Path(run_dir) / REPORT_JSON
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    if html:
+        from datacraft.report.html import render_html
+
+        try:
+            render_html(str(run_dir))
+        except Exception as err:  # the data is written; a broken plot must not fail the run
+            log.warning("report.html could not be rendered: %s", err)
+    return path
+
+
+def report_table(report: Mapping[str, Any]) -> Table:
+    table = Table(title=f"{report['name']} — {report['rows_in']} in → {report['rows_out']} out ({report['seconds']:.1f} s)")
+    for col in ("stage", "in", "created", "kept", "dropped", "why dropped", "s"):
+        table.add_column(col, justify="left" if col in ("stage", "why dropped") else "right")
+    for s in report["stages"]:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(s["dropped"].items(), key=lambda kv: -kv[1]))
+        table.add_row(
+            s["name"],
+            str(s["in"]),
+            str(s["created"] or ""),
+            str(s["kept"]),
+            str(sum(s["dropped"].values())),
+            reasons[:90],
+            f"{s['seconds']:.2f}",
+        )
+    return table
