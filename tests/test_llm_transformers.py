@@ -149,7 +149,7 @@ def test_fill_empty_mode_only_generates_missing_responses(tmp_path, engine):
     rows.append(make_row([{"role": "system", "content": "only a system turn"}], id="no-user"))
     stage = GenerateStage({"max_tokens": 6, "mode": "fill_empty"}, context=RunContext(cache_dir=str(tmp_path)))
     kept, dropped, stats = stage.run_local([batch_from_rows(rows)])
-    assert stats[0]["counters"]["llm.requests"] == 1
+    assert stats[0].counters["llm.requests"] == 1
     assert dropped["drop_reason"].to_list() == ["no_prompt"]
     by_id = {r["id"]: r["messages"] for r in kept.to_dicts()}
     assert by_id[rows[0]["id"]] == rows[0]["messages"]  # untouched

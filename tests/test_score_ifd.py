@@ -92,7 +92,7 @@ def test_ifd_stage_writes_scores_and_filters(alpaca: pl.DataFrame) -> None:
     empty = batch_from_rows([make_row([{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": ""}], id="empty")])
     frame = pl.concat([batch, empty], how="diagonal_relaxed")
     params = {"max_length": 256, "ifd_form": "loss_ratio", "keep_losses": True}
-    scored = build_stage("ifd", params).process(frame).kept
+    scored = build_stage("ifd", params).run(frame).kept
     cut = float(scored["scores.ifd"].median())  # a threshold that drops about half the rows
     kept, dropped, stats = build_stage("ifd", {**params, "max_ifd": cut}).run_local([frame])
     assert kept.height + dropped.height == frame.height

@@ -161,17 +161,23 @@ def dedup_result(stage_label: str, frame: pl.DataFrame, edges: pl.DataFrame, nod
 
 class EdgeDedup:
     """Mixin for a GlobalStage whose evidence is candidate edges per partition (`keyed_pieces`,
-    `edges_of`); the decision is the drop table, applied per batch. Set `metric`, `tau()`, `grouping()`."""
+    `edges_of`); the decision is the drop table, applied per batch. The stage sets `metric`; its
+    params have `threshold`, `grouping` and `score` (the priority score, read when the user sets it)."""
 
     label: str
     metric: str
+    params: Any
     keyed_evidence = True
 
     def tau(self) -> float:
-        raise NotImplementedError
+        return self.params.threshold
 
     def grouping(self) -> str:
-        raise NotImplementedError
+        return self.params.grouping
+
+    def reads(self) -> set[str]:
+        explicit = "score" in self.params.model_fields_set
+        return {SCORE_PREFIX + self.params.score} if self.params.score and explicit else set()
 
     def shape(self) -> Shape:
         return Shape.DECIDE_APPLY

@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import Field
 
 from datacraft.core.rows import text_expr
-from datacraft.core.stage import GlobalStage, StageParams, StageResult, score
+from datacraft.core.stage import GlobalStage, StageParams, StageResult
 from datacraft.stages.dedup.groups import EDGE_SCHEMA, EdgeDedup, dedup_result, node_frame
 
 _PRIME = np.uint64((1 << 61) - 1)
@@ -131,15 +131,6 @@ class MinHashDedupStage(EdgeDedup, GlobalStage):
     Params = MinHashParams
     params: MinHashParams
     metric = "jaccard"
-
-    def tau(self) -> float:
-        return self.params.threshold
-
-    def grouping(self) -> str:
-        return self.params.grouping
-
-    def reads(self) -> set[str]:
-        return {score(self.params.score)} if self.params.score and self.param_is_set("score") else set()
 
     def bands_rows(self) -> tuple[int, int]:
         p = self.params

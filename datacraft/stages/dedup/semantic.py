@@ -28,7 +28,7 @@ import polars as pl
 from pydantic import Field
 
 from datacraft.core.rows import concat_batches
-from datacraft.core.stage import GlobalStage, StageResult, score
+from datacraft.core.stage import GlobalStage, StageResult
 from datacraft.stages.dedup.groups import EDGE_SCHEMA, EdgeDedup, apply_drops, node_frame, resolve
 from datacraft.stages.vectors.embed import EmbeddingSourceParams
 from datacraft.vectors.embedders import EMBEDDING_COLUMN, embedding_series, embeddings_of, ensure_embeddings
@@ -73,15 +73,6 @@ class SemanticDedupStage(EdgeDedup, GlobalStage):
     Params = SemanticDedupParams
     params: SemanticDedupParams
     metric = "cos"
-
-    def tau(self) -> float:
-        return self.params.threshold
-
-    def grouping(self) -> str:
-        return self.params.grouping
-
-    def reads(self) -> set[str]:
-        return {score(self.params.score)} if self.params.score and self.param_is_set("score") else set()
 
     # -- pure core -------------------------------------------------------------------------------
     def vectors(self, frame: pl.DataFrame) -> np.ndarray:
