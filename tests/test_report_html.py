@@ -7,12 +7,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from datacraft.report.html import collect_facts, render_html, stage_balance
+from datacraft.report.facts import collect_facts, stage_balance
+from datacraft.report.html import render_html
 from tests.report_fixtures import STAGES, build_run
 
 
@@ -69,6 +71,22 @@ def test_page_is_self_contained(page: str) -> None:
     assert _external_refs(page) == []
     assert "<link" not in page and "<script src" not in page
     assert _external_refs('<img src="https://x/y.png"><a href=//cdn.z/a.css>') == ["https://x/y.png", "//cdn.z/a.css"]
+
+
+def test_css_and_js_resources_are_inlined(page: str) -> None:
+    """The stylesheet and the script are package resources, found through importlib.resources and inlined."""
+    res = resources.files("datacraft").joinpath("resources/report")
+    css, js = (res.joinpath(name).read_text(encoding="utf-8") for name in ("report.css", "report.js"))
+    assert "svg.funnel .fk{fill:@KEPT@;font-weight:700}" in css  # the colour is filled in from the charts' palette
+    assert "svg.funnel .fk{fill:#4f46e5;font-weight:700}" in page and "@KEPT@" not in page and "@DROP@" not in page
+    assert "--accent:#4f46e5;--drop:#f97360" in page
+    style = re.search(r"<style>(.*?)</style>", page, flags=re.S)
+    script = re.search(r"<script>(.*?)</script>", page, flags=re.S)
+    assert style and script
+    assert style.group(1).strip() == css.replace("@KEPT@", "#4f46e5").replace("@DROP@", "#f97360").strip()
+    assert script.group(1).strip() == js.strip()
+    assert "document.querySelectorAll('table.sortable')" in script.group(1)
+    assert page.count('<table class="sortable') >= 3  # the script has tables to sort
 
 
 def test_balance_flags(run: tuple[Path, dict[str, Any]], tmp_path: Path, page: str) -> None:
