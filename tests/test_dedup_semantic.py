@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from datacraft.core.rows import set_scores
+from datacraft.io.readers import read_all
 from datacraft.stages.dedup.semantic import SemanticDedupStage
-from datacraft.vectors.embedders import embedding_series
+from datacraft.vectors.embedders import EMBEDDING_COLUMN, embedding_series, ensure_embeddings
 
-from ._embed_helpers import assert_ledger, embedded, rows, run_beam
+from ._embed_helpers import DATA, assert_ledger, embedded, rows, run_beam
 
 TOOL = "gpteacher_toolformer_dedupe_only_1500.jsonl"
 
@@ -74,10 +77,33 @@ def test_beam_form_matches_local_and_balances() -> None:
     assert summary and summary[0].extras["group_sizes"]
 
 
-def test_empty_and_embeds_when_column_missing() -> None:
-    frame = rows("selfinstruct_60.jsonl")
-    kept, dropped, _ = SemanticDedupStage({"kind": "static", "threshold": 0.99}).run_local([frame])
+def _with_near_copies(tmp_path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
+    """The 60 Self-Instruct rows plus a near copy of every 6th (lower-cased, end punctuation cut)."""
+    source = [json.loads(line) for line in (DATA / "selfinstruct_60.jsonl").open()]
+    copies = [{**r, "id": r["id"] + ":copy", "instruction": r["instruction"].lower().rstrip("."), "output": r["output"].rstrip(".!")} for r in source[::6]]
+    path = tmp_path / "near_copies.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in source + copies))
+    frame, bad = read_all(str(path))
+    assert bad.height == 0
+    return frame, [(r["id"].removesuffix(":copy"), r["id"]) for r in copies]
+
+
+def _pairs(dropped: pl.DataFrame) -> set[frozenset[str]]:
+    kept_of = dropped["drop_detail"].str.extract(r"^near-duplicate of (.+) \(cos=").to_list()
+    return {frozenset(pair) for pair in zip(dropped["id"].to_list(), kept_of, strict=True)}
+
+
+def test_empty_and_embeds_when_column_missing(tmp_path: Path) -> None:
+    """No `embedding` column: the stage embeds the text itself and finds exactly the planted copies,
+    the same rows as when the same embedder's vectors are given."""
+    frame, pairs = _with_near_copies(tmp_path)
+    assert EMBEDDING_COLUMN not in frame.columns and len(pairs) == 10
+    stage = SemanticDedupStage({"kind": "static", "threshold": 0.99, "score": None})
+    kept, dropped, _ = stage.run_local([frame])
     assert_ledger(frame.height, kept, dropped)
+    assert dropped.height == 10 and _pairs(dropped) == {frozenset(p) for p in pairs}
+    given = frame.with_columns(embedding_series(ensure_embeddings(frame, None, "instruction_response", kind="static")))
+    kept_given, dropped_given, _ = stage.run_local([given])
+    assert sorted(dropped_given["id"]) == sorted(dropped["id"]) and kept_given.height == kept.height == 60
     empty, _, _ = SemanticDedupStage().run_local([frame.head(0)])
     assert empty.height == 0
-    assert isinstance(kept, pl.DataFrame)

@@ -4,11 +4,15 @@ model (real generation, logprobs, micro-batching)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 
 from datacraft.core.rows import batch_from_rows, make_row
 from datacraft.core.stage import RunContext
@@ -16,7 +20,7 @@ from datacraft.llm.client import LLMClient
 from datacraft.llm.config import EngineConfig
 from datacraft.llm.engines import OpenAIEngine, retry_after_seconds
 from datacraft.llm.server import create_app
-from datacraft.llm.testing import ServerThread, fault_app
+from datacraft.llm.testing import ServerThread, completion, fault_app
 from datacraft.llm.types import Request, SamplingParams
 from datacraft.stages.synthesize.generate import GenerateStage
 
@@ -97,6 +101,36 @@ def test_bounded_concurrency_and_order(faults):
     texts = [f"q{i}" for i in range(20)]
     out = engine.generate([Request.chat([{"role": "user", "content": t}]) for t in texts])
     assert [r.text for r in out] == [f"echo: {t}" for t in texts]
+
+
+def in_flight_app() -> Any:
+    """A server that holds each request a while and records the most requests it held at once."""
+    app = FastAPI()
+    app.state.now, app.state.peak = 0, 0
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HTTPRequest) -> dict[str, Any]:
+        body = await request.json()
+        app.state.now += 1  # one event loop: no lock needed
+        app.state.peak = max(app.state.peak, app.state.now)
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            app.state.now -= 1
+        return completion(f"echo: {body['messages'][-1]['content']}")
+
+    return app
+
+
+@pytest.mark.parametrize("bound", [1, 3])
+def test_in_flight_requests_reach_and_never_exceed_max_concurrency(bound):
+    app = in_flight_app()
+    with ServerThread(app) as server:
+        engine = OpenAIEngine(EngineConfig(engine="openai", base_url=f"{server.url}/v1", model="m", timeout_s=30, max_concurrency=bound))
+        texts = [f"q{i}" for i in range(4 * bound + 2)]
+        out = engine.generate([Request.chat([{"role": "user", "content": t}]) for t in texts])
+    assert [r.text for r in out] == [f"echo: {t}" for t in texts]
+    assert app.state.peak == bound and app.state.now == 0
 
 
 def test_api_key_from_env_is_sent_and_never_in_errors(faults, monkeypatch):

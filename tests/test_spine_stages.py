@@ -46,7 +46,21 @@ def test_filter_drops_with_the_failed_condition() -> None:
     assert (result.kept["scores.length.response"] >= 8).all() and (result.kept["scores.refusal"] == 0).all()
     reasons = set(result.dropped["drop_reason"])
     assert reasons <= {"refusal == 0", "length.response >= 8"} and reasons
-    assert result.dropped["drop_detail"].str.contains("length.response=").all() or "refusal == 0" in reasons
+    # the detail names the failed condition's values, row by row
+    for row in result.dropped.iter_rows(named=True):
+        name = "refusal" if row["drop_reason"] == "refusal == 0" else "length.response"
+        assert row["drop_detail"] == f"{name}={float(row[f'scores.{name}'])}"
+    assert result.dropped.filter(pl.col("drop_reason") == "refusal == 0")["drop_detail"].unique().to_list() == ["refusal=1.0"]
+
+
+def test_filter_detail_lists_every_value_and_missing_scores() -> None:
+    frame = pl.DataFrame({"id": ["a", "b", "c", "d"], "task": ["x", "y", "x", "x"], "scores.q": [1.0, 4.0, None, 3.0], "scores.r": [2.5, 0.5, 9.0, 2.0]})
+    result = build_stage("filter", {"where": ["q + r > 4", "task in ['x']"]}).process(frame)
+    assert result.kept["id"].to_list() == ["d"]
+    details = dict(zip(result.dropped["id"], zip(result.dropped["drop_reason"], result.dropped["drop_detail"], strict=True), strict=True))
+    assert details.pop("b")[0] == "task in ['x']"
+    assert details == {"a": ("q + r > 4", "q=1.0, r=2.5"), "c": ("q + r > 4", "q=missing, r=9.0")}
+    assert set(result.dropped["drop_stage"]) == {"filter"}
 
 
 def test_filter_language() -> None:
