@@ -180,7 +180,7 @@ class RunFolder:
 
     @cached_property
     def report(self) -> dict[str, Any]:
-        p = os.path.join(self.path, "report.json")
+        p = os.path.join(self.path, REPORT_JSON)
         if not os.path.exists(p):
             return {}
         with open(p, encoding="utf-8") as fh:
@@ -188,7 +188,7 @@ class RunFolder:
 
     @cached_property
     def config_text(self) -> str | None:
-        p = os.path.join(self.path, "config.yaml")
+        p = os.path.join(self.path, CONFIG_YAML)
         if not os.path.exists(p):
             return None
         with open(p, encoding="utf-8") as fh:
@@ -196,11 +196,11 @@ class RunFolder:
 
     @cached_property
     def output_files(self) -> list[str]:
-        return _files_under(os.path.join(self.path, "data"))
+        return _files_under(os.path.join(self.path, DATA_DIR))
 
     @cached_property
     def dropped_files(self) -> list[str]:
-        return _files_under(os.path.join(self.path, "dropped"))
+        return _files_under(os.path.join(self.path, DROPPED_DIR))
 
     def files(self) -> Iterator[tuple[str, str]]:
         """(status, file) for every row file: kept rows first, then dropped ones."""

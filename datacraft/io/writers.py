@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from datacraft.core.rows import content_hash, meta_of, to_output_frame
+from datacraft.core.run_folder import CACHE_DIR
 from datacraft.io.formats import from_row
 
 
@@ -256,7 +257,7 @@ def prepare_output_dir(path: str, overwrite: bool) -> None:
     if p.exists() and any(p.iterdir()):
         if not overwrite:
             raise FileExistsError(f"output folder {path} exists and is not empty; pass --overwrite to replace it")
-        cache = p / "cache"
+        cache = p / CACHE_DIR
         for child in p.iterdir():
             if child == cache:
                 continue  # the LLM / embedding cache survives an overwrite: that is what makes reruns cheap

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datacraft.core.rows import SCORE_PREFIX
+from datacraft.core.run_folder import CACHE_DIR
 from datacraft.core.stage import BASE_COLUMNS, RunContext, Stage
 from datacraft.llm.config import EngineConfig
 from datacraft.stages.registry import UnknownStageError, stage_class
@@ -97,7 +98,7 @@ class PipelineConfig(_Strict):
     def context(self) -> RunContext:
         return RunContext(
             output_dir=self.output.path,
-            cache_dir=self.cache_dir or (str(Path(self.output.path) / "cache") if self.output.path else None),
+            cache_dir=self.cache_dir or (str(Path(self.output.path) / CACHE_DIR) if self.output.path else None),
             llm=self.llm.model_dump(),
             embedder=self.embedder.model_dump(),
             seed=self.seed,

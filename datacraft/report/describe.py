@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from datacraft.core.run_folder import RunFolder, iter_jsonl, iter_row_chunks, truncate
+from datacraft.core.run_folder import REPORT_JSON, RunFolder, iter_jsonl, iter_row_chunks, truncate
 
 
 def _type_name(v: Any) -> str:
@@ -23,7 +23,7 @@ def summarize_file(path: str, n: int = 3) -> dict[str, Any]:
     fields with their types, the first `n` records (raw) and as canonical rows."""
     from datacraft.io.readers import ReadOptions, plan_reads, read_task, sniff_format
 
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "report.json")):
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, REPORT_JSON)):
         run = RunFolder(path)
         return {"path": path, "kind": "run", "report": run.report,
                 "files": {"data": run.output_files, "dropped": run.dropped_files}}

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from numba import njit  # the greedy loops ~50× faster
 from pydantic import ConfigDict, Field
 
 from datacraft.core.rows import SCORE_PREFIX, set_scores, text_expr, with_drop
@@ -39,15 +40,6 @@ from datacraft.core.stage import GlobalStage, Shape, StageResult, score
 from datacraft.stages.vectors.embed import EmbeddingSourceParams
 from datacraft.vectors.embedders import EMBEDDING_COLUMN, embedding_series, ensure_embeddings
 from datacraft.vectors.knn import knn, knn_graph
-
-try:  # numba makes the greedy loops ~50× faster; everything works without it
-    from numba import njit
-except ImportError:  # pragma: no cover
-    def njit(*args: Any, **kwargs: Any) -> Any:
-        if args and callable(args[0]):
-            return args[0]
-        return lambda f: f
-
 
 # ---------------------------------------------------------------------------------------------
 # greedy kernels over a CSR "cover" graph: row j lists (i, w_ij) for the rows i that j covers

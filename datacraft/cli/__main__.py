@@ -1,0 +1,5 @@
+"""`python -m datacraft.cli …` is the `datacraft` command."""
+
+from datacraft.cli.main import main
+
+main()
