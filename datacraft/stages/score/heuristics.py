@@ -23,7 +23,7 @@ import polars as pl
 from pydantic import Field
 
 from datacraft.core.rows import SCORE_PREFIX, instruction_expr, response_expr
-from datacraft.core.stage import MapStage, score, StageParams, StageResult
+from datacraft.core.stage import MapStage, StageParams, StageResult, score
 
 REFUSAL_PATTERNS = (
     r"as an ai(?: language)? model",

@@ -32,8 +32,8 @@ from pydantic import Field
 
 from datacraft.core.rows import batch_from_rows, derived_id, make_row, meta_of, with_drop
 from datacraft.core.stage import MapStage, StageResult
-from datacraft.stages.synthesize import prompts
 from datacraft.llm.types import failure_reason
+from datacraft.stages.synthesize import prompts
 from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts
 from datacraft.stages.synthesize.parsing import normalize_ws, parse_score
 

@@ -15,8 +15,8 @@ from pydantic import Field
 
 from datacraft.core.rows import MESSAGES_DTYPE, update_meta, with_drop
 from datacraft.core.stage import MapStage, StageParams, StageResult
-from datacraft.stages.synthesize.common import UsesLLM
 from datacraft.llm.types import Request, Result, SamplingParams, failure_reason
+from datacraft.stages.synthesize.common import UsesLLM
 
 
 class GenerateParams(StageParams):

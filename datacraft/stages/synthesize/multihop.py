@@ -46,8 +46,8 @@ from pydantic import Field
 
 from datacraft.core.rows import batch_from_rows, concat_batches, derived_id, make_row, with_drop
 from datacraft.core.stage import GlobalStage, Shape, StageResult
-from datacraft.stages.synthesize import prompts
 from datacraft.llm.types import failure_reason
+from datacraft.stages.synthesize import prompts
 from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts, turns
 from datacraft.stages.synthesize.parsing import (
     MISSING,

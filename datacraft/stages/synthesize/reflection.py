@@ -40,8 +40,8 @@ from pydantic import Field
 
 from datacraft.core.rows import batch_from_rows, concat_batches, derived_id, make_row, meta_of, with_drop
 from datacraft.core.stage import MapStage, StageResult
-from datacraft.stages.synthesize import prompts
 from datacraft.llm.types import failure_reason
+from datacraft.stages.synthesize import prompts
 from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts
 from datacraft.stages.synthesize.parsing import OK, Parsed, extract_bracket
 
