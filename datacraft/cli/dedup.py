@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("embedded", "--model", help="sentence-transformers name / path (default: the embedded MiniLM)"),
         text: str = typer.Option("instruction_response", "--text", help="text view embedded for --corpus"),
         samples: int = typer.Option(20, "--samples", help="pairs to show for --corpus"),
+        fit_source: list[str] = typer.Option(["qqp", "mrpc"], "--fit-source", help="sources of --pairs whose F1 picks tau (repeatable; 'all' = every pair); every source is reported"),
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
     ) -> None:
         """Precision / recall / F1 per threshold for each embedder on labelled pairs, and the best τ;
@@ -35,17 +36,24 @@ def register(app: typer.Typer) -> None:
         if not pairs and not corpus:
             raise typer.BadParameter("give --pairs (labelled) or --corpus (unlabelled)")
         if pairs:
-            result = calibrate_pairs(pairs, tuple(embedder), model)
+            result = calibrate_pairs(pairs, tuple(embedder), model, fit_sources=None if "all" in fit_source else tuple(fit_source))
             if as_json:
                 typer.echo(json.dumps(result, indent=2))
             else:
+                fitted_on = "+".join(result["fit_sources"])
                 for name, r in result["embedders"].items():
-                    typer.echo(f"\n{name}  ({r['texts_per_s']} texts/s; {result['pairs']} pairs, {result['positives']} duplicates)")
+                    typer.echo(f"\n{name}  ({r['texts_per_s']} texts/s; fit on {fitted_on}: {result['fit_pairs']} of {result['pairs']} pairs)")
                     typer.echo(f"  {'tau':>5} {'precision':>9} {'recall':>7} {'f1':>6}")
                     for row in r["table"]:
                         typer.echo(f"  {row['threshold']:>5.2f} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f}")
                     b = r["best"]
-                    typer.echo(f"  best tau = {b['threshold']:.2f} (F1 {b['f1']:.3f}, precision {b['precision']:.3f}, recall {b['recall']:.3f})")
+                    typer.echo(f"  best tau = {b['threshold']:.2f} on {fitted_on} (F1 {b['f1']:.3f}, precision {b['precision']:.3f}, recall {b['recall']:.3f})")
+                    typer.echo(f"  {'source':<6} {'pairs':>5} {'dup':>4} {'F1@fit':>7} {'P@fit':>6} {'R@fit':>6} {'own tau':>7} {'own F1':>6} {'F1 all-dup':>10}")
+                    for src, ps in r["per_source"].items():
+                        at, own = ps["at_fit"], ps["best"]
+                        typer.echo(f"  {src:<6} {ps['pairs']:>5} {ps['positives']:>4} {at['f1']:>7.3f} {at['precision']:>6.3f} {at['recall']:>6.3f} {own['threshold']:>7.2f} {own['f1']:>6.3f} {ps['f1_all_duplicate']:>10.3f}")
+                if "note" in result:
+                    typer.echo(f"\nnote: {result['note']}")
         if corpus:
             found = near_threshold_pairs(corpus, threshold, kind=embedder[0], model=model, text=text, samples=samples)
             if as_json:

@@ -64,9 +64,23 @@ def _greedy_keep(n: int, order: np.ndarray, ia: np.ndarray, ib: np.ndarray, sim:
     return kept_as
 
 
-def resolve(edges: pl.DataFrame, nodes: pl.DataFrame, tau: float, metric: str = "cos", examples: int = 5, grouping: str = "union_find") -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Union-find over the edges; each group keeps its best node (`grouping="greedy"`: a row is dropped
-    only when it is directly linked to a better kept row — no chaining). Returns (drops, extras):
+def ranked_members(members: pl.DataFrame, keep: str = "best") -> pl.DataFrame:
+    """Members sorted by group, then priority: `best` = score desc, length desc, id asc; `first` = id in
+    natural order (a trailing number compared as a number: `x:9` before `x:10`), i.e. file order for
+    ids such as `name:row`, the keep-first rule of order-dependent dedup scripts."""
+    if keep == "best":
+        return members.sort(["group", "score", "length", "id"], descending=[False, True, True, False], nulls_last=True)
+    if keep == "first":
+        stem = pl.col("id").str.replace(r"\d+$", "").alias("_stem")
+        num = pl.col("id").str.extract(r"(\d+)$").cast(pl.Int64, strict=False).alias("_num")
+        return members.with_columns(stem, num).sort(["group", "_stem", "_num", "id"], nulls_last=True).drop("_stem", "_num")
+    raise ValueError(f"unknown keep {keep!r}; expected best or first")
+
+
+def resolve(edges: pl.DataFrame, nodes: pl.DataFrame, tau: float, metric: str = "cos", examples: int = 5, grouping: str = "union_find", keep: str = "best") -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Union-find over the edges; each group keeps its first node by `keep` (see `ranked_members`;
+    `grouping="greedy"`: a row is dropped only when it is directly linked to a kept row ranked before
+    it — no chaining). Returns (drops, extras):
     drops = (id, kept_id, sim, via) with `via` the group member the row was linked through when it has
     no direct edge to the kept row; extras = group-size histogram and example groups near the threshold."""
     empty = pl.DataFrame(schema={"id": pl.Utf8, "kept_id": pl.Utf8, "sim": pl.Float64, "via": pl.Utf8})
@@ -79,7 +93,7 @@ def resolve(edges: pl.DataFrame, nodes: pl.DataFrame, tau: float, metric: str = 
     e = edges.join(index.rename({"id": "a", "ix": "ia"}), on="a").join(index.rename({"id": "b", "ix": "ib"}), on="b")
     labels = union_find_groups(len(ids), e["ia"].to_numpy(), e["ib"].to_numpy())
     members = index.with_columns(pl.Series("group", labels)).join(nodes, on="id", how="left")
-    ranked = members.sort(["group", "score", "length", "id"], descending=[False, True, True, False], nulls_last=True)
+    ranked = ranked_members(members, keep)
     kept = ranked.group_by("group", maintain_order=True).first().select("group", pl.col("id").alias("kept_id"))
     if grouping == "greedy":
         order = ranked["ix"].to_numpy()
@@ -198,7 +212,7 @@ class EdgeDedup:
         edges = pl.concat([e for e, _ in evidence], how="vertical_relaxed") if evidence else pl.DataFrame(schema=EDGE_SCHEMA)
         nodes = pl.concat([n for _, n in evidence], how="vertical_relaxed") if evidence else pl.DataFrame(schema=NODE_SCHEMA)
         edges = edges.unique(["a", "b"])
-        drops, extras = resolve(edges, nodes, self.tau(), self.metric, grouping=self.grouping())
+        drops, extras = resolve(edges, nodes, self.tau(), self.metric, grouping=self.grouping(), keep=getattr(self.params, "keep", "best"))
         return {"drops": drops, "extras": extras, "edges": edges.height}
 
     def apply(self, batch: pl.DataFrame, decision: dict[str, Any]) -> StageResult:

@@ -45,6 +45,7 @@ class SemanticDedupParams(EmbeddingSourceParams):
     exact_max: int = Field(50_000, ge=1)
     nprobe: int = Field(3, ge=1)
     grouping: Literal["union_find", "greedy"] = Field("union_find", description="union_find: transitive groups; greedy: drop a row only if directly similar to a better kept row (no chaining)")
+    keep: Literal["best", "first"] = Field("best", description="which row a group keeps: best (by `score`, else the longest text) or first (id in natural order: file order for ids like name:row)")
     partition_rows: int = Field(4000, ge=100, description="Beam form: target rows per k-means partition")
     float16: bool = False
 
@@ -86,7 +87,7 @@ class SemanticDedupStage(EdgeDedup, GlobalStage):
         ids = frame["id"].to_list()
         edges = threshold_edges(ids, x, p.k, p.threshold, max_k=p.max_k, exact_max=p.exact_max, nprobe=p.nprobe, method=p.method, seed=self.context.seed)
         nodes = node_frame(frame, p.score, p.text)
-        drops, extras = resolve(edges, nodes, p.threshold, "cos", grouping=p.grouping)
+        drops, extras = resolve(edges, nodes, p.threshold, "cos", grouping=p.grouping, keep=p.keep)
         if drops.height:  # exact cosine to the kept row (the group may be linked transitively)
             pos = {r: i for i, r in enumerate(ids)}
             a = np.array([pos[r] for r in drops["id"].to_list()])
