@@ -512,13 +512,10 @@ class Student:
         from transformers import AutoTokenizer
 
         from datacraft.llm.models import resolve_model
-        from datacraft.train.trainer import cpu_threads_for_load
 
         _quiet()
         self.spec = spec
         self.gpu = torch.cuda.is_available()
-        if not self.gpu:
-            torch.set_num_threads(spec.torch_threads or cpu_threads_for_load())
         self.model_path = resolve_model(spec.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.bf16 = use_bf16(spec)
@@ -660,6 +657,7 @@ def run_lift(cfg: LiftConfig, out_dir: str | Path | None = None, *, data_root: P
              config_path: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Split, choose, train, evaluate and summarize; writes OUT/lift.json and OUT/lift.html."""
     t_start = time.perf_counter()
+    set_threads(cfg.student.torch_threads)  # before the recipes: their in-process judge / embedder share the setting
     out = Path(out_dir or cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     for name in {cfg.baseline, cfg.ceiling} - {a.name for a in cfg.arms}:
@@ -770,6 +768,17 @@ def run_lift(cfg: LiftConfig, out_dir: str | Path | None = None, *, data_root: P
 
     (out / "lift.html").write_text(lift_page_html(result), encoding="utf-8")
     return result
+
+
+def set_threads(threads: int | None) -> None:
+    """CPU: the given torch thread count, else 1 when the machine is oversubscribed (spin-waiting threads
+    then cost several times their work), else every core."""
+    import torch
+
+    from datacraft.train.trainer import cpu_threads_for_load
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(threads or cpu_threads_for_load())
 
 
 def _threads() -> int:

@@ -23,6 +23,11 @@ def arm_order(result: Mapping[str, Any]) -> list[str]:
 
 
 def loss_plot_svg(result: Mapping[str, Any]) -> str:
+    """The loss plot as inline SVG."""
+    return fig_svg(loss_plot_figure(result))
+
+
+def loss_plot_figure(result: Mapping[str, Any]) -> Any:
     """Held-out loss per arm (x) and seed (colour), the mean as a bar; dashed lines at the baseline's
     and the ceiling's means."""
     order = arm_order(result)
@@ -49,7 +54,7 @@ def loss_plot_svg(result: Mapping[str, Any]) -> str:
     ax.margins(y=0.15)
     if seeds:
         ax.legend(fontsize=8, frameon=False, loc="upper right", ncols=min(len(seeds), 4))
-    return fig_svg(fig)
+    return fig
 
 
 def _num(x: Any, digits: int = 4, signed: bool = False) -> str:
