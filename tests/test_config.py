@@ -35,6 +35,11 @@ def test_shipped_configs_validate() -> None:
         if path.name.startswith("train_"):  # trainer configs (datacraft train sft|dpo)
             assert load_train_config(path, path.stem.removeprefix("train_")).model
             continue
+        if path.name.startswith("lift_"):  # lift experiments (datacraft lift): each arm's recipe is a pipeline
+            from datacraft.train.lift import load_lift_config
+
+            assert load_lift_config(path).arms
+            continue
         config = load_config(path)
         assert config.stages, path
         assert len(config.build_stages()) == len(config.stages)
