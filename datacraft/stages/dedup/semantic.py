@@ -2,7 +2,8 @@
 
 Reads `embedding` (or embeds `text` with the run's embedder) and the score `score` (default `quality`;
 rows without it are ranked by text length). Rows whose cosine similarity ≥ `threshold` are linked;
-every linked component keeps one row and drops the others as "near-duplicate" with detail
+every linked component keeps one row (`keep: best`, or `keep: first`: the earliest id, GPTeacher-style
+keep-first in file order) and drops the others as "near-duplicate" with detail
 "near-duplicate of <id> (cos=0.93)".
 
 One process: each row's `k` nearest neighbours (widened while the k-th is still a duplicate, see
