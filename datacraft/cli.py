@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "datacraft.stages.dedup.cli",
     "datacraft.train.cli",
     "datacraft.report_cli",
+    "datacraft.prefhead_cli",
 )
 
 
