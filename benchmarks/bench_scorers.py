@@ -1,7 +1,7 @@
 """Every datacraft scorer against external preference labels: pairwise accuracy with 95% bootstrap CIs.
 
-    python benchmarks/bench_scorers.py --quick      # LLM scorers on 60 pairs per dataset; < 10 min
-    python benchmarks/bench_scorers.py              # LLM scorers on 150 pairs per dataset (--llm-pairs)
+    python benchmarks/bench_scorers.py --quick      # ≤ 400 pairs per dataset, LLM scorers on 30 (trimmed prompts)
+    python benchmarks/bench_scorers.py              # every eval pair; LLM scorers on 60 per dataset (--llm-pairs)
 
 Data (`--data`, default ../shared/data): AlpacaEval GPT-4 judge annotations (both parts), Cherry
 GPT-4 pairwise reviews, hh-rlhf harmless (human labels). Each pair becomes two ordinary SFT rows
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -139,7 +140,18 @@ def cheap_scores(rows: pl.DataFrame, n: int) -> dict[str, tuple[str, np.ndarray,
 
 
 def llm_scores(rows: pl.DataFrame, n: int, args: argparse.Namespace) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
-    """quality / complexity / deita (complexity then quality: the quality stage writes deita) and ifd / rifd."""
+    """quality / complexity / deita (complexity then quality: the quality stage writes deita) and ifd / rifd.
+
+    The in-process judge and IFD do not go through the LLM cache (no generation), so the scores of a
+    (rows, parameters) set are kept under the datacraft cache dir: a rerun with a new head reuses them."""
+    from datacraft.llm.models import cache_root
+
+    key = hashlib.blake2b(json.dumps([rows["id"].to_list(), args.max_field_chars, args.ifd_max_length, args.reward_model]).encode(), digest_size=8).hexdigest()
+    saved = cache_root() / "bench_scorers" / f"llm-{key}.json"
+    if saved.exists():
+        data = json.loads(saved.read_text())
+        print(f"  LLM scores of these {rows.height} rows reused from {saved}", flush=True)
+        return {k: (m, np.array(c, dtype=np.float64), np.array(r, dtype=np.float64)) for k, (m, c, r) in data.items()}
     out: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
     judge = {"max_field_chars": args.max_field_chars, "batch_size": 8}
     t0 = time.perf_counter()
@@ -156,6 +168,8 @@ def llm_scores(rows: pl.DataFrame, n: int, args: argparse.Namespace) -> dict[str
     if args.reward_model:
         rew = run("reward", {"model": args.reward_model, "batch_size": 8}, rows, batch=64)
         out["reward"] = (args.reward_model, *split_scores(rew, "scores.reward", n))
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({k: (m, c.tolist(), r.tolist()) for k, (m, c, r) in out.items()}))  # NaN round-trips
     return out
 
 
@@ -196,17 +210,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data", default=str(default_data()))
-    ap.add_argument("--llm-pairs", type=int, default=None, help="pairs per dataset for the LLM scorers (quick 60, full 150)")
-    ap.add_argument("--max-field-chars", type=int, default=None, help="judge: characters kept per field (quick 1500, full 6000 = the stage default)")
-    ap.add_argument("--ifd-max-length", type=int, default=None, help="ifd: tokens kept (quick 512, full 1024 = the stage default)")
+    ap.add_argument("--llm-pairs", type=int, default=None, help="pairs per dataset for the LLM scorers (quick 30, full 60)")
+    ap.add_argument("--max-field-chars", type=int, default=None, help="judge: characters kept per field (quick 1000, full 6000 = the stage default)")
+    ap.add_argument("--ifd-max-length", type=int, default=None, help="ifd: tokens kept (quick 384, full 1024 = the stage default)")
     ap.add_argument("--reward-model", default=None, help="a local AutoModelForSequenceClassification checkpoint (none ships offline)")
     ap.add_argument("--no-llm", action="store_true", help="skip the LLM scorers")
+    ap.add_argument("--llm-only", action="store_true", help="only the LLM scorers and the baselines (fills their score cache)")
     ap.add_argument("--write-agreement", default=None, help="where to write the agreement figures (full run default: the packaged resource)")
+    ap.add_argument("--max-pairs", type=int, default=None, help="pairs per dataset for the other scorers (quick 400, full: all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    args.llm_pairs = args.llm_pairs or (60 if args.quick else 150)
-    args.max_field_chars = args.max_field_chars or (1500 if args.quick else 6000)
-    args.ifd_max_length = args.ifd_max_length or (512 if args.quick else 1024)
+    args.max_pairs = args.max_pairs or (400 if args.quick else None)
+    args.llm_pairs = args.llm_pairs or (30 if args.quick else 60)
+    args.max_field_chars = args.max_field_chars or (1000 if args.quick else 6000)
+    args.ifd_max_length = args.ifd_max_length or (384 if args.quick else 1024)
     t_start = time.perf_counter()
 
     holdout = prefhead.PrefHead.load("embedded").metadata["split"]["holdout"]
@@ -221,6 +238,8 @@ def main() -> None:
         pairs = prefhead.with_split(prefhead.load_pairs(files), holdout)
         if dataset in FITTED:
             pairs = pairs.filter(pl.col("held_out"))
+        if args.max_pairs and pairs.height > args.max_pairs:
+            pairs = pairs[np.sort(np.random.default_rng(args.seed).permutation(pairs.height)[: args.max_pairs])]
         n = pairs.height
         print(f"{dataset}: {n} pairs ({'held-out instructions' if dataset in FITTED else 'all; never fitted on'})", flush=True)
         rows = prefhead.pair_rows(pairs)
@@ -233,14 +252,14 @@ def main() -> None:
             "length (baseline)": ("-", cl, rl, np.arange(n)),
             "random (baseline)": ("-", rng.random(n), rng.random(n), np.arange(n)),
         }
-        for name, (model, c, r) in cheap_scores(rows, n).items():
+        for name, (model, c, r) in ({} if args.llm_only else cheap_scores(rows, n)).items():
             scores[name] = (model, c, r, np.arange(n))
-        if dataset == "alpaca_eval_judge_annotations":
+        if dataset == "alpaca_eval_judge_annotations" and not args.llm_only:
             throughput = head_throughput(pairs, 120 if args.quick else 400)
             print(f"  pref_head throughput (embedding included, cache off): {throughput}", flush=True)
         results: dict[str, dict[str, Any]] = {}
         if not args.no_llm:
-            sub = np.sort(np.random.default_rng(args.seed).choice(n, size=min(args.llm_pairs, n), replace=False))
+            sub = np.sort(np.random.default_rng(args.seed).permutation(n)[: args.llm_pairs])
             sub_pairs = pairs[sub]
             for name, (model, c, r) in llm_scores(prefhead.pair_rows(sub_pairs), len(sub), args).items():
                 scores[name] = (model, c, r, sub)
