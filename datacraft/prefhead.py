@@ -12,6 +12,8 @@ regression without intercept on feature differences). Features, by name:
     cos         cos(p, r)
     loglen      log(1 + characters of the response): length as an explicit input, so the
                 embedding weights learn what length does not explain
+    lenprompt   p · loglen: a length weight that depends on the instruction (long answers help on
+                AlpacaEval, hurt on harmful hh-rlhf requests)
     heuristics  the `heuristics` stage's content sub-scores (lexical diversity, repetition, …)
 
 The L2 strength is chosen by grouped cross-validation on the training split only. Pairs are split
@@ -43,8 +45,9 @@ SPLIT_SALT = "datacraft-pref-split-v1"
 DEFAULT_FEATURES = ("response", "product", "cos", "loglen")
 #: heuristics sub-scores used by the `heuristics` feature (length ones excluded: `loglen` covers them)
 HEURISTIC_FEATURES = ("lexical_diversity", "repetition", "alpha_ratio", "stopword_ratio", "refusal")
-ALL_FEATURES = ("response", "product", "cos", "loglen", "heuristics")
-L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics")
+L2_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+SCALAR_L2 = 1e-2
 
 
 def embedded_head_dir() -> Path:
@@ -146,6 +149,8 @@ def feature_matrix(views: RowViews, features: Sequence[str]) -> np.ndarray:
             blocks.append(np.sum(views.instruction * views.response, axis=1, keepdims=True))
         elif name == "loglen":
             blocks.append(np.log1p(np.asarray(views.chars, dtype=np.float64))[:, None])
+        elif name == "lenprompt":
+            blocks.append(views.instruction * np.log1p(np.asarray(views.chars, dtype=np.float64))[:, None])
         elif name == "heuristics":
             if views.heuristics is None:
                 raise ValueError("the 'heuristics' feature needs the heuristics sub-scores")
@@ -167,17 +172,19 @@ def heuristic_matrix(frame: pl.DataFrame) -> np.ndarray:
 # Bradley–Terry fit
 
 
-def fit_bt(diffs: np.ndarray, l2: float, iters: int = 30, tol: float = 1e-8) -> np.ndarray:
-    """w minimising Σ log(1 + e^(−dᵢ·w)) + l2/2 ‖w‖² (every row of `diffs` is preferred − rejected).
+def fit_bt(diffs: np.ndarray, l2: float | np.ndarray, iters: int = 30, tol: float = 1e-8) -> np.ndarray:
+    """w minimising Σ log(1 + e^(−dᵢ·w)) + ½ Σ_j l2_j w_j² (every row of `diffs` is preferred − rejected;
+    `l2` a number or one strength per feature).
 
     Newton's method: the loss is strictly convex for l2 > 0, so a few steps converge."""
     n, k = diffs.shape
+    pen = np.broadcast_to(np.asarray(l2, dtype=np.float64), (k,))
     w = np.zeros(k)
     for _ in range(iters):
         z = diffs @ w
         p = 1.0 / (1.0 + np.exp(-z))  # P(preferred ≻ rejected)
-        grad = -diffs.T @ (1.0 - p) + l2 * w
-        hess = (diffs * (p * (1.0 - p))[:, None]).T @ diffs + l2 * np.eye(k)
+        grad = -diffs.T @ (1.0 - p) + pen * w
+        hess = (diffs * (p * (1.0 - p))[:, None]).T @ diffs + np.diag(pen)
         step = np.linalg.solve(hess, grad)
         w -= step
         if float(np.abs(step).max()) < tol:
@@ -200,8 +207,14 @@ def group_folds(groups: Sequence[str], k: int = 5) -> np.ndarray:
     return np.array([int(hashlib.blake2b(("fold" + g).encode(), digest_size=4).hexdigest(), 16) % k for g in groups])
 
 
-def choose_l2(diffs: np.ndarray, groups: Sequence[str], grid: Sequence[float] = L2_GRID, k: int = 5) -> tuple[float, dict[str, float]]:
-    """The L2 strength with the lowest cross-validated log loss (folds grouped by instruction)."""
+def penalty(l2: float, is_vector: np.ndarray) -> np.ndarray:
+    """Per-feature strengths: `l2` on the embedding blocks, a light SCALAR_L2 on the few scalar
+    features (length, cos, heuristics), so the length control is not shrunk with the embeddings."""
+    return np.where(is_vector, l2, SCALAR_L2)
+
+
+def choose_l2(diffs: np.ndarray, groups: Sequence[str], is_vector: np.ndarray, grid: Sequence[float] = L2_GRID, k: int = 5) -> tuple[float, dict[str, float]]:
+    """The embedding-block L2 strength with the lowest cross-validated log loss (folds grouped by instruction)."""
     folds = group_folds(groups, k)
     losses: dict[str, float] = {}
     for l2 in grid:
@@ -210,7 +223,7 @@ def choose_l2(diffs: np.ndarray, groups: Sequence[str], grid: Sequence[float] = 
             test = folds == f
             if not test.any() or test.all():
                 continue
-            w = fit_bt(diffs[~test], l2)
+            w = fit_bt(diffs[~test], penalty(l2, is_vector))
             total += float(np.sum(np.logaddexp(0.0, -(diffs[test] @ w))))
         losses[str(l2)] = total / len(diffs)
     best = min(grid, key=lambda v: (losses[str(v)], -v))
@@ -261,6 +274,11 @@ class PrefHead:
     def needs_heuristics(self) -> bool:
         return "heuristics" in self.features
 
+    @property
+    def needs_instruction(self) -> bool:
+        """Whether a feature reads the instruction's embedding (else it is not computed)."""
+        return bool({"product", "cos", "lenprompt"} & set(self.features))
+
 
 def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], features: Sequence[str] = DEFAULT_FEATURES, l2: float | None = None) -> PrefHead:
     """Fit a head on aligned chosen / rejected views (row i of both is one pair)."""
@@ -269,11 +287,13 @@ def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], featur
     mean, scale = both.mean(axis=0), both.std(axis=0)
     scale[scale < 1e-8] = 1.0
     diffs = (phi_c - phi_r) / scale
+    width = {"response": chosen.response.shape[1], "product": chosen.response.shape[1], "lenprompt": chosen.response.shape[1]}
+    is_vector = np.concatenate([np.full(width.get(f, 1 if f != "heuristics" else len(HEURISTIC_FEATURES)), f in width) for f in features])
     cv: dict[str, float] = {}
     if l2 is None:
-        l2, cv = choose_l2(diffs, groups)
-    w = fit_bt(diffs, l2)
-    meta = {"l2": l2, "cv_log_loss": cv, "train_pairs": int(len(diffs)), "train_accuracy": round(pair_accuracy(diffs @ w), 4)}
+        l2, cv = choose_l2(diffs, groups, is_vector)
+    w = fit_bt(diffs, penalty(l2, is_vector))
+    meta = {"l2": l2, "scalar_l2": SCALAR_L2, "cv_log_loss": cv, "train_pairs": int(len(diffs)), "train_accuracy": round(pair_accuracy(diffs @ w), 4)}
     return PrefHead(w, mean, scale, list(features), metadata=meta)
 
 

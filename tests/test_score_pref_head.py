@@ -72,7 +72,7 @@ def test_shipped_head_prefers_the_preferred_answer(tmp_path: Path) -> None:
     """The embedded head on the slice's 60 held-out pairs (instructions its fit never saw)."""
     meta = json.loads((prefhead.embedded_head_dir() / "metadata.json").read_text())
     assert not meta["restricted_training_data"]
-    assert {f["file"].split(".")[0] for f in meta["training_files"]} == {"alpaca_eval_judge_annotations", "hh_rlhf_harmless_base_test"}
+    assert {f["file"].split(".")[0] for f in meta["training_files"]} == {"alpaca_eval_judge_annotations"}
     pairs = prefhead.with_split(prefhead.load_pairs([AE_SLICE]), meta["split"]["holdout"]).filter(pl.col("held_out"))
     rows = prefhead.pair_rows(pairs)
     kept, dropped, _ = build_stage("pref_head", {}, context=RunContext(cache_dir=str(tmp_path))).run_local([rows])

@@ -4,8 +4,8 @@ Writes `scores.pref_head` (the head's Bradley–Terry score in logit units: a di
 two answers to one instruction means the head gives the higher one e/(1+e) ≈ 0.73 odds) and, on
 preference rows, `scores.pref_head_margin` = score(chosen) − score(rejected).
 
-`model`: `embedded` (the head shipped in datacraft/resources/pref_head, fitted on AlpacaEval GPT-4
-judgements and hh-rlhf harmless labels) or a folder written by `datacraft fit-scorer`. The head
+`model`: `embedded` (the head shipped in datacraft/resources/pref_head, fitted on the AlpacaEval GPT-4
+judgements of 75% of its instructions; features: response embedding, log length, heuristics) or a folder written by `datacraft fit-scorer`. The head
 names its embedder; both views (instruction, response) go through the `embed` stage core and its
 vector cache. `embedding: column` reads the response vectors from an `embedding` column written by
 an `embed` stage with `text: response` instead of embedding the responses again.
@@ -72,10 +72,11 @@ class PrefHeadStage(BatchStage):
     def _score(self, frame: pl.DataFrame, counters: dict[str, float], response_vectors: np.ndarray | None = None) -> np.ndarray:
         from datacraft.prefhead import RowViews, heuristic_matrix
 
-        ins = self._vectors(frame, "instruction", counters)
         res = response_vectors if response_vectors is not None else self._vectors(frame, "response", counters)
-        if res.shape[1] != ins.shape[1]:
-            raise ValueError(f"the `embedding` column has {res.shape[1]} dims, the head's embedder {ins.shape[1]}")
+        ins = self._vectors(frame, "instruction", counters) if self.head.needs_instruction else np.zeros_like(res)
+        dim = self.embedders["response"].embedder.dim
+        if res.shape[1] != dim:
+            raise ValueError(f"the `embedding` column has {res.shape[1]} dims, the head's embedder {dim}")
         chars = frame.select(response_expr().str.len_chars())[:, 0].to_numpy().astype(np.float64)
         heur = heuristic_matrix(frame) if self.head.needs_heuristics else None
         return self.head.score(RowViews(ins, res, chars, heur))
