@@ -300,9 +300,9 @@ def stages() -> None:
 
 def _register_commands() -> None:
     """The commands defined in the other modules of this package (each has `register(app)`)."""
-    from datacraft.cli import dedup, lift, report, serve, train
+    from datacraft.cli import dedup, fit_scorer, lift, report, serve, train
 
-    for module in (serve, dedup, train, report, lift):
+    for module in (serve, dedup, train, report, lift, fit_scorer):
         module.register(app)
 
 

