@@ -18,7 +18,7 @@ fixed-seed sample of those pairs (`--llm-pairs`); every figure says how many pai
 length baseline is given on the same pairs. Length-balanced pairs: the two answers within 30% in
 characters (shorter ≥ 0.7 × longer).
 
-`best_cpu_scorer` = the non-baseline scorer with the highest mean accuracy on length-balanced pairs
+`best_cpu_scorer` = the scorer (not a baseline nor length under another name) with the highest mean accuracy on length-balanced pairs
 over the three datasets; `acc`, `length_acc`, `ci` are its AlpacaEval figures (all pairs).
 The full run writes datacraft/resources/scorer_agreement.json (`--write-agreement` elsewhere).
 Last line: one JSON object.
@@ -57,8 +57,10 @@ FILES = {
 #: datasets the shipped head was fitted on (their held-out split is scored); the others are scored whole
 FITTED = ("alpaca_eval_judge_annotations", "hh_rlhf_harmless_base_test")
 LOWER_IS_BETTER = {"repetition", "refusal", "rifd"}
-#: heuristics sub-scores that are equal on both sides of a pair (same instruction) or are length itself
+#: heuristics sub-scores that are equal on both sides of a pair (same instruction)
 SAME_INSTRUCTION = {"length.instruction"}
+#: heuristics sub-scores that are the length baseline under another name (not candidates for best_cpu_scorer)
+LENGTH_ALIASES = {"length.response", "chars.response", "response_ratio"}
 BALANCE = 0.7
 BOOT = 1000
 
@@ -285,7 +287,8 @@ def main() -> None:
                                 **{k: r[k] for k in ("n", "acc", "ci", "length_acc", "balanced_n", "balanced_acc", "balanced_ci", "balanced_length_acc")},
                                 "date": time.strftime("%Y-%m-%d"), "command": command})
 
-    scorers = [s for s in all_results[next(iter(FILES))] if "baseline" not in s and "na" not in all_results[next(iter(FILES))][s]]
+    first = all_results[next(iter(FILES))]
+    scorers = [s for s in first if "baseline" not in s and s not in LENGTH_ALIASES and "na" not in first[s]]
     mean_bal = {s: float(np.mean([all_results[d][s]["balanced_acc"] for d in FILES if all_results[d][s]["balanced_acc"] is not None])) for s in scorers}
     best = max(mean_bal, key=mean_bal.get)
     primary = all_results["alpaca_eval_judge_annotations"][best]
