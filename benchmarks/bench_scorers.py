@@ -76,10 +76,11 @@ def default_data() -> Path:
 # statistics
 
 
-def outcomes(chosen: np.ndarray, rejected: np.ndarray, sign: float = 1.0) -> np.ndarray:
-    """1 / 0.5 / 0 per pair (preferred higher / tie or missing / lower)."""
+def outcomes(chosen: np.ndarray, rejected: np.ndarray, sign: float = 1.0, tie: float = 1e-6) -> np.ndarray:
+    """1 / 0.5 / 0 per pair (preferred higher / tie or missing / lower). Differences below `tie` are
+    ties: batched forward passes pad differently, so equal prompts differ in the 7th decimal."""
     m = sign * (np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64))
-    out = np.where(m > 0, 1.0, np.where(m < 0, 0.0, 0.5))
+    out = np.where(m > tie, 1.0, np.where(m < -tie, 0.0, 0.5))
     return np.where(np.isnan(m), 0.5, out)
 
 
@@ -221,6 +222,7 @@ def main() -> None:
     ap.add_argument("--ifd-max-length", type=int, default=None, help="ifd: tokens kept (quick 384, full 1024 = the stage default)")
     ap.add_argument("--reward-model", default=None, help="a local AutoModelForSequenceClassification checkpoint (none ships offline)")
     ap.add_argument("--no-llm", action="store_true", help="skip the LLM scorers")
+    ap.add_argument("--llm-datasets", default=None, help="comma-separated datasets for the LLM scorers (default: all)")
     ap.add_argument("--llm-only", action="store_true", help="only the LLM scorers and the baselines (fills their score cache)")
     ap.add_argument("--write-agreement", default=None, help="where to write the agreement figures (full run default: the packaged resource)")
     ap.add_argument("--max-pairs", type=int, default=None, help="pairs per dataset for the other scorers (quick 400, full: all)")
@@ -268,7 +270,7 @@ def main() -> None:
             throughput = head_throughput(pairs, 120 if args.quick else 400)
             print(f"  pref_head throughput (embedding included, cache off): {throughput}", flush=True)
         results: dict[str, dict[str, Any]] = {}
-        if not args.no_llm:
+        if not args.no_llm and (args.llm_datasets is None or dataset in args.llm_datasets.split(",")):
             sub = np.flatnonzero(pairs["pair_id"].is_in(list(llm_ids)).to_numpy())
             sub_pairs = pairs[sub]
             for name, (model, c, r) in llm_scores(prefhead.pair_rows(sub_pairs), len(sub), args).items():
