@@ -18,8 +18,9 @@ fixed-seed sample of those pairs (`--llm-pairs`); every figure says how many pai
 length baseline is given on the same pairs. Length-balanced pairs: the two answers within 30% in
 characters (shorter ≥ 0.7 × longer).
 
-`best_cpu_scorer` = the non-baseline scorer with the highest mean accuracy on length-balanced pairs
-over the three datasets; `acc`, `length_acc`, `ci` are its AlpacaEval figures (all pairs).
+`best_cpu_scorer` = the scorer (not a baseline nor length under another name) with the highest mean
+accuracy on length-balanced pairs over the three datasets, among those measured on ≥ 20 balanced
+pairs of each; `acc`, `length_acc`, `ci` are its AlpacaEval figures (all pairs).
 The full run writes datacraft/resources/scorer_agreement.json (`--write-agreement` elsewhere).
 Last line: one JSON object.
 """
@@ -57,9 +58,12 @@ FILES = {
 #: datasets the shipped head was fitted on (their held-out split is scored); the others are scored whole
 FITTED = ("alpaca_eval_judge_annotations", "hh_rlhf_harmless_base_test")
 LOWER_IS_BETTER = {"repetition", "refusal", "rifd"}
-#: heuristics sub-scores that are equal on both sides of a pair (same instruction) or are length itself
+#: heuristics sub-scores that are equal on both sides of a pair (same instruction)
 SAME_INSTRUCTION = {"length.instruction"}
+#: heuristics sub-scores that are the length baseline under another name (not candidates for best_cpu_scorer)
+LENGTH_ALIASES = {"length.response", "chars.response", "response_ratio"}
 BALANCE = 0.7
+MIN_BALANCED = 20
 BOOT = 1000
 
 
@@ -74,10 +78,11 @@ def default_data() -> Path:
 # statistics
 
 
-def outcomes(chosen: np.ndarray, rejected: np.ndarray, sign: float = 1.0) -> np.ndarray:
-    """1 / 0.5 / 0 per pair (preferred higher / tie or missing / lower)."""
+def outcomes(chosen: np.ndarray, rejected: np.ndarray, sign: float = 1.0, tie: float = 1e-5) -> np.ndarray:
+    """1 / 0.5 / 0 per pair (preferred higher / tie or missing / lower). Differences below `tie` are
+    ties: batched forward passes pad differently, so equal prompts differ by up to ~4e-6."""
     m = sign * (np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64))
-    out = np.where(m > 0, 1.0, np.where(m < 0, 0.0, 0.5))
+    out = np.where(m > tie, 1.0, np.where(m < -tie, 0.0, 0.5))
     return np.where(np.isnan(m), 0.5, out)
 
 
@@ -219,6 +224,7 @@ def main() -> None:
     ap.add_argument("--ifd-max-length", type=int, default=None, help="ifd: tokens kept (quick 384, full 1024 = the stage default)")
     ap.add_argument("--reward-model", default=None, help="a local AutoModelForSequenceClassification checkpoint (none ships offline)")
     ap.add_argument("--no-llm", action="store_true", help="skip the LLM scorers")
+    ap.add_argument("--llm-datasets", default=None, help="comma-separated datasets for the LLM scorers (default: all)")
     ap.add_argument("--llm-only", action="store_true", help="only the LLM scorers and the baselines (fills their score cache)")
     ap.add_argument("--write-agreement", default=None, help="where to write the agreement figures (full run default: the packaged resource)")
     ap.add_argument("--max-pairs", type=int, default=None, help="pairs per dataset for the other scorers (quick 400, full: all)")
@@ -233,7 +239,7 @@ def main() -> None:
     holdout = prefhead.PrefHead.load("embedded").metadata["split"]["holdout"]
     all_results: dict[str, dict[str, dict[str, Any]]] = {}
     records: list[dict[str, Any]] = []
-    command = "python benchmarks/bench_scorers.py" + (" --quick" if args.quick else "")
+    command = " ".join(["python", "benchmarks/bench_scorers.py", *sys.argv[1:]])
     throughput = None
     for dataset, pattern in FILES.items():
         files = sorted(glob.glob(str(Path(args.data) / pattern)))
@@ -266,7 +272,7 @@ def main() -> None:
             throughput = head_throughput(pairs, 120 if args.quick else 400)
             print(f"  pref_head throughput (embedding included, cache off): {throughput}", flush=True)
         results: dict[str, dict[str, Any]] = {}
-        if not args.no_llm:
+        if not args.no_llm and (args.llm_datasets is None or dataset in args.llm_datasets.split(",")):
             sub = np.flatnonzero(pairs["pair_id"].is_in(list(llm_ids)).to_numpy())
             sub_pairs = pairs[sub]
             for name, (model, c, r) in llm_scores(prefhead.pair_rows(sub_pairs), len(sub), args).items():
@@ -285,8 +291,11 @@ def main() -> None:
                                 **{k: r[k] for k in ("n", "acc", "ci", "length_acc", "balanced_n", "balanced_acc", "balanced_ci", "balanced_length_acc")},
                                 "date": time.strftime("%Y-%m-%d"), "command": command})
 
-    scorers = [s for s in all_results[next(iter(FILES))] if "baseline" not in s and "na" not in all_results[next(iter(FILES))][s]]
-    mean_bal = {s: float(np.mean([all_results[d][s]["balanced_acc"] for d in FILES if all_results[d][s]["balanced_acc"] is not None])) for s in scorers}
+    # candidates: measured on every dataset with ≥ MIN_BALANCED balanced pairs in each (not on a handful)
+    first = all_results[next(iter(FILES))]
+    scorers = [s for s in first if "baseline" not in s and s not in LENGTH_ALIASES and "na" not in first[s]
+               and all("na" not in all_results[d].get(s, {"na": 1}) and all_results[d][s]["balanced_n"] >= MIN_BALANCED for d in FILES)]
+    mean_bal = {s: float(np.mean([all_results[d][s]["balanced_acc"] for d in FILES])) for s in scorers}
     best = max(mean_bal, key=mean_bal.get)
     primary = all_results["alpaca_eval_judge_annotations"][best]
     out_path = args.write_agreement or (None if args.quick else str(agreement_path()))

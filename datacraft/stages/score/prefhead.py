@@ -42,7 +42,7 @@ from datacraft.core.rows import MESSAGE_DTYPE, instruction_expr, two_turn_messag
 EMBEDDED_HEAD = "embedded"
 HEAD_FORMAT = 1
 SPLIT_SALT = "datacraft-pref-split-v1"
-DEFAULT_FEATURES = ("response", "product", "cos", "loglen")
+DEFAULT_FEATURES = ("response", "loglen", "heuristics")  # the shipped head's (best on held-out AlpacaEval)
 #: heuristics sub-scores used by the `heuristics` feature (length ones excluded: `loglen` covers them)
 HEURISTIC_FEATURES = ("lexical_diversity", "repetition", "alpha_ratio", "stopword_ratio", "refusal")
 ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics")
