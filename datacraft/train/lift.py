@@ -36,7 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from datacraft.core.rows import SCORE_PREFIX, batch_from_rows, content_hash, meta_of, response_expr
 
-BUILTIN_ARMS = ("random", "length", "oracle")
+BUILTIN_ARMS = {
+    "random": "N pool rows drawn at random (the baseline)",
+    "length": "the N longest answers (characters)",
+    "oracle": "N answers of the reference generator (the ceiling)",
+}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -731,7 +735,8 @@ def run_lift(cfg: LiftConfig, out_dir: str | Path | None = None, *, data_root: P
             res = cached(key, f"{arm.name}__s{seed}",
                          lambda r=rows, s=seed, a=arm, i=ids: {**student.train(r, s, out / "ckpt" / f"{a.name}-{s}"), "ids": i})
             losses.setdefault(arm.name, {})[seed] = res["loss"]
-            d = details.setdefault(arm.name, {"kind": arm.kind, "description": arm.description, "score": arm.score,
+            d = details.setdefault(arm.name, {"kind": arm.kind, "description": arm.description or BUILTIN_ARMS.get(arm.builtin or "", ""),
+                                              "score": arm.score,
                                               "recipe": arm.recipe or ("inline" if arm.stages else None), "per_seed": {}})
             d["per_seed"][str(seed)] = {
                 "rows": rows.height, "filled": filled, **_composition(rows),
