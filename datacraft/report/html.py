@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from datacraft.core.run_folder import CONFIG_YAML, DATA_DIR, DROPPED_DIR, REPORT_HTML, truncate
+from datacraft.report.agreement import summary_for
 from datacraft.report.charts import (
     CREATED_COLOR,
     DROP_COLOR,
@@ -205,7 +206,8 @@ def scores_section(facts: RunFacts) -> str:
             if len(after)
             else f"median {np.median(before):.3g} · none kept"
         )
-        cards.append(_card(name, f'<div class="chart">{histogram_svg(name, before, after)}</div>', "", sub))
+        trust = f'<div class="note">How much to trust it: {esc(summary_for(name))}</div>'
+        cards.append(_card(name, f'<div class="chart">{histogram_svg(name, before, after)}</div>{trust}', "", sub))
     return _section("scores", "Score distributions", f'<div class="grid">{"".join(cards)}</div>',
                     "Grey: every row that had the score (kept and dropped). Indigo: the rows kept.")
 

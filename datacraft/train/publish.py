@@ -33,6 +33,7 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from datacraft.core.rows import SCORE_PREFIX, score_columns
+from datacraft.report.agreement import summary_for
 from datacraft.train.export import DecontaminateParams, ExportResult, export_frame
 
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -262,7 +263,7 @@ def render_card(
         for config, splits in export.rows.items()
         for split, n in splits.items()
     )
-    hist_md = "\n".join(f"![{score}]({path})" for score, path in images.items()) or "_No scores were computed in this run._"
+    hist_md = "\n\n".join(f"![{score}]({path})\n\n*{score}*: {summary_for(score)}" for score, path in images.items()) or "_No scores were computed in this run._"
     decon = export.decontamination
     decon_md = (
         f"Rows overlapping the eval set by ≥ {decon.get('threshold')} of their {decon.get('n')}-grams were removed: "
