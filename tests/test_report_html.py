@@ -189,3 +189,18 @@ def test_real_run_report_in_headless_chromium(tmp_path: Path) -> None:
     # the page really rendered: the dark header at the top, many colours (charts) further down
     assert sum(img.getpixel((700, 40))) < 200
     assert len(img.resize((350, 750)).getcolors(1 << 20) or []) > 200
+
+
+def test_each_score_says_what_it_agreed_with(run: tuple[Path, dict[str, Any]]) -> None:
+    """The scores section carries the bench_scorers figure of a measured score, and says so when unmeasured."""
+    from datacraft.report.agreement import agreement_for
+    from datacraft.report.html import scores_section
+
+    out, _ = run
+    facts = collect_facts(str(out))
+    html_text = scores_section(facts)
+    measured = agreement_for("quality")
+    assert measured is not None and "quality" in facts.scores_all
+    first = measured["datasets"][0]
+    assert f"of {first['n']} " in html_text and f"{first['acc']:.2f}" in html_text
+    assert "not measured against preference labels" in html_text  # the fixture's `length` score has no recorded figure
