@@ -109,6 +109,8 @@ class _Finder(ast.NodeVisitor):
         first = node.lineno if isinstance(node, ast.stmt) else min(self.stmts[-1].lineno, node.lineno)
         mid = f"{self.path}:{node.lineno}:{node.col_offset}:{operator}:{what}"
         inside = bool(self.functions) if in_function is None else in_function
+        if any(_compiled(fn) for fn in self.functions):
+            inside = False  # numba-compiled: the tracer cannot see its lines, so map it statically
         self.out.append(Mutant(mid, self.path, node.lineno, operator, what, start, end, replacement, (first, node.end_lineno), inside))
 
     def _skip_tree(self, node: ast.AST | None) -> None:
@@ -137,8 +139,8 @@ class _Finder(ast.NodeVisitor):
                 self._skip_tree(a.annotation)
         for n in node.decorator_list:
             self._skip_tree(n)
-        self._statements(node)
         self.functions.append(node)
+        self._statements(node)
         self.generic_visit(node)
         self.functions.pop()
 
@@ -215,6 +217,12 @@ class _Finder(ast.NodeVisitor):
             if line[: stmt.col_offset].strip() or tail.split("#")[0].strip():  # shares a line: `a; b`, `if x: y`
                 continue
             self.add(stmt, "delete", type(stmt).__name__, "pass", in_function=True)
+
+
+def _compiled(fn: ast.AST) -> bool:
+    """Decorated with numba's `jit` / `njit` (its body runs as machine code)."""
+    names = [ast.unparse(d.func if isinstance(d, ast.Call) else d) for d in getattr(fn, "decorator_list", [])]
+    return any(n.split(".")[-1] in ("jit", "njit", "vectorize", "guvectorize") for n in names)
 
 
 def _own_statements(body: list[ast.stmt]) -> list[ast.stmt]:

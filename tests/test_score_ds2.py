@@ -147,3 +147,16 @@ def test_ds2_stage_curates_any_rating_column_and_selects(alpaca_with_embeddings:
     facts = stats[0].extras["ds2"]
     assert np.allclose(np.array(facts["transition_matrix"]).sum(axis=1), 1.0, atol=1e-3)
     assert sum(facts["curated_counts"]) == frame.height and facts["classes"] == [4, 5, 6, 7, 8, 9]
+
+
+def test_ds2_drops_rows_without_a_rating(alpaca_with_embeddings: pl.DataFrame) -> None:
+    frame = alpaca_with_embeddings
+    ratings = [None if i % 10 == 0 else float(4 + i % 6) for i in range(frame.height)]
+    frame = set_scores(frame, {"rater": ratings})
+    params = {"rating": "rater", "lo": 4, "hi": 9, "hoc_rounds": 2, "hoc_steps": 100, "curation_epochs": 3, "missing": "drop"}
+    kept, dropped, _ = build_stage("ds2_curate", params).run_local([frame])
+    unrated = {frame["id"][i] for i in range(0, frame.height, 10)}
+    missing = dropped.filter(pl.col("drop_reason") == "missing_rating")
+    assert set(missing["id"]) == unrated and set(missing["drop_detail"]) == {"no rater"}
+    assert kept.height + dropped.height == frame.height and not unrated & set(kept["id"])
+    assert kept["scores.rater_curated"].is_not_null().all()

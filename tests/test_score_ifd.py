@@ -11,7 +11,14 @@ import pytest
 from datacraft.core.rows import batch_from_rows, make_row
 from datacraft.io.readers import read_all
 from datacraft.stages.registry import build_stage
-from datacraft.stages.score.ifd import IFDScorer, ratios, scores_from_losses
+from datacraft.stages.score.ifd import (
+    ALPACA_HEADER,
+    VICUNA_SYSTEM,
+    IFDScorer,
+    ratios,
+    scores_from_losses,
+    target_losses,
+)
 
 from .conftest import DATA
 
@@ -103,3 +110,32 @@ def test_ifd_stage_writes_scores_and_filters(alpaca: pl.DataFrame) -> None:
     ok = kept.filter(pl.col("scores.ifd").is_not_null())
     assert np.allclose(ok["scores.ifd"], ok["scores.ifd_loss_cond"] / ok["scores.ifd_loss_direct"])
     assert stats[0].counters["ifd.rows"] == frame.height
+
+
+def test_prompt_templates_and_start_token(scorer: IFDScorer) -> None:
+    """`chat` uses the tokenizer's chat template; the others prepend BOS to their own wording."""
+    import copy
+
+    tok = scorer.tokenizer
+    assert scorer.start_ids == [tok.bos_token_id] and tok.bos_token_id != tok.eos_token_id
+    chat = tok.decode(scorer.prompt_ids("Name a colour."))
+    assert chat == tok.apply_chat_template([{"role": "user", "content": "Name a colour."}], tokenize=False, add_generation_prompt=True)
+    texts = {}
+    for template in ("alpaca", "vicuna", "none"):
+        other = copy.copy(scorer)
+        other.template = template
+        ids = other.prompt_ids("Name a colour.")
+        assert ids[0] == tok.bos_token_id
+        texts[template] = tok.decode(ids[1:])
+    assert texts["alpaca"] == ALPACA_HEADER + "### Instruction:\nName a colour.\n\n### Response:\n"
+    assert texts["alpaca"].startswith("Below is an instruction that describes a task. Write a response that appropriately")
+    assert texts["vicuna"] == f"{VICUNA_SYSTEM} USER: Name a colour. ASSISTANT:"
+    assert texts["none"] == "Name a colour.\n"
+
+
+def test_losses_need_a_context_and_a_target(scorer: IFDScorer) -> None:
+    bos = scorer.start_ids
+    target = list(scorer.tokenizer.encode("Blue.", add_special_tokens=False))
+    no_context, no_target, both = target_losses(scorer.model, [([], target), (bos, []), (bos, target)])
+    assert math.isnan(no_context) and math.isnan(no_target)
+    assert both == pytest.approx(_direct_loss(scorer.model, bos, target), abs=1e-4)

@@ -156,6 +156,39 @@ def test_min_score_drops_with_reason() -> None:
     assert kept["id"].to_list() == ["good"] and dropped["drop_reason"].to_list() == ["below_min_score"]
 
 
+class PartialClient(FakeClient):
+    """FakeClient that also answers "PARTIAL" prompts with only some digits in the top logprobs, and
+    records the role of every request's last message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.roles: list[str] = []
+
+    def generate(self, requests):
+        self.roles += [r.messages[-1][0] for r in requests]
+        partial = [i for i, r in enumerate(requests) if "PARTIAL" in r.messages[-1][1]]
+        out = super().generate(requests)
+        for i in partial:
+            out[i] = Result(text="3", logprobs=[TokenLogprob("3", -0.1, {"3": -0.1, "4": -2.5})])
+        return out
+
+
+def test_turn_methods_counted_and_the_worst_one_reported() -> None:
+    rows = [
+        make_row(_conv("PARTIAL q", "a", "NOLOGPROBS q2", "a2"), id="partial_then_parsed"),
+        make_row(_conv("NOLOGPROBS q", "a", "PARTIAL q2", "a2"), id="parsed_then_partial"),
+        make_row(_conv("q excellent", "a excellent"), id="exact"),
+    ]
+    stage = _stage("quality")
+    stage.client = PartialClient()
+    kept, _, stats = stage.run_local([batch_from_rows(rows)])
+    assert set(stage.client.roles) == {"user"}  # the judge prompt goes as a user turn
+    methods = {r["id"]: meta_of(r["meta"]).get("quality_method") for r in kept.iter_rows(named=True)}
+    assert methods == {"partial_then_parsed": "parsed", "parsed_then_partial": "parsed", "exact": None}
+    counters = stats[0].counters
+    assert (counters["judge.turns.logprobs_partial"], counters["judge.turns.parsed"], counters["judge.turns.logprobs"]) == (2, 2, 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # the embedded judge on real rows (logits backend)
 

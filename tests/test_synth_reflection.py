@@ -99,6 +99,7 @@ def test_parse_failure_keeps_the_original_and_is_counted(rows: pl.DataFrame) -> 
     assert crepes["lineage"]["method"] == "seed" and crepes["messages"] == rows.row(0, named=True)["messages"]
     c = stats[0].counters
     assert c["reflection.parse_failed.response.placeholder"] == 1 and c["reflection.unchanged"] == 1 and c["reflection.reflected"] == 7
+    assert c["reflection.parse_retries"] == 1  # only the one placeholder answer is asked again
 
 
 def test_llm_failures_keep_or_drop(rows: pl.DataFrame) -> None:
