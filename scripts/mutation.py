@@ -582,6 +582,9 @@ def junit_times(xml_path: Path) -> tuple[dict[str, float], list[str]]:
     failed = []
     for case in ET.parse(xml_path).getroot().iter("testcase"):
         cls, name = case.get("classname", ""), case.get("name", "")
+        if not cls:  # a module that cannot even be collected: name = its dotted path
+            failed.append(name.replace(".", "/") + ".py")
+            continue
         parts = cls.split(".")
         at = next((i for i, p in enumerate(parts) if p.startswith("test_")), len(parts) - 1)
         file = "/".join(parts[: at + 1]) + ".py"
@@ -657,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         trace.mkdir(exist_ok=True)
         t0 = time.monotonic()
         log = args.results.with_suffix(".baseline.log")
-        outcome, _ = runner.run([*PYTEST_ARGS[1:], f"--junitxml={xml}", *stale], timeout=4 * 3600, log=log, trace=trace)
+        outcome, _ = runner.run([*PYTEST_ARGS[1:], "--continue-on-collection-errors", f"--junitxml={xml}", *stale],
+                                timeout=4 * 3600, log=log, trace=trace)
         times, failed = junit_times(xml) if xml.exists() else ({}, [])
         if outcome != "passed" and not failed:
             raise SystemExit(f"baseline {outcome} without a failing test: see {log}")
@@ -665,10 +669,14 @@ def main(argv: list[str] | None = None) -> int:
         for t in stale:
             lines = {path: sorted(n for n, tests in by_line.items() if t in tests) for path, by_line in cover.items()}
             base[t] = {"key": keys[t], "seconds": round(times.get(t, 0.0), 1), "failed": [f for f in failed if f.startswith(t + "::")],
-                       "lines": {path: ls for path, ls in lines.items() if ls}}
+                       "broken": t in failed, "lines": {path: ls for path, ls in lines.items() if ls}}
         state["baseline"] = base
         save(args.results, state)
         print(f"baseline: {outcome} in {time.monotonic() - t0:.0f} s (traced); failing on the unmutated code: {failed or 'none'}", flush=True)
+    broken = {t for t in needed if base[t].get("broken")}  # cannot be collected on this code: never run
+    if broken:
+        print(f"test files that cannot be collected on this code (left out): {sorted(broken)}", flush=True)
+    needed = [t for t in needed if t not in broken]
     failing = [f for t in needed for f in base[t]["failed"]]
     deselect = [a for f in failing for a in ("--deselect", f)]
     seconds = {t: base[t]["seconds"] for t in needed}
@@ -684,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         if m.in_function:
             hit = {t for n in range(m.span[0], m.span[1] + 1) for t in covered.get((m.path, n), ())}
             return sorted(hit, key=seconds.__getitem__)
-        return [t for i, lv in enumerate(levels_of[m.path]) for t in sorted(lv, key=seconds.__getitem__)
+        return [t for i, lv in enumerate(levels_of[m.path]) for t in sorted((t for t in lv if t in seconds), key=seconds.__getitem__)
                 if seconds[t] <= args.heavy or (i == 0 and tmap.about(m.path, t))]
 
     if args.survivors:
