@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.text import Text
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
@@ -316,16 +317,32 @@ class _QuietBeamImports(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point. An error ends with one line naming file, line and field (exit 2
+    for bad input or config, 1 for a failure of the machinery); `--debug` shows the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    cut = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:cut]
+    if debug:
+        args.remove("--debug")
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietBeamImports())
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     try:
-        app()
+        app(args=args, prog_name="datacraft")
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume (finished LLM / embedding calls are cached)")
         sys.exit(130)
+    except Exception as err:  # noqa: BLE001  (the one place that turns any error into one line)
+        if debug:
+            raise
+        user_error = isinstance(err, (ValueError, OSError, LookupError))
+        text = " ".join(str(err).split()) or type(err).__name__
+        if not user_error:
+            text = f"internal failure ({type(err).__name__}: {text}); rerun with --debug for the traceback"
+        console.print(Text.assemble(("error: ", "bold red"), text))
+        sys.exit(2 if user_error else 1)
 
 
 if __name__ == "__main__":

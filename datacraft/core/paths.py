@@ -10,7 +10,7 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjso
 
 def is_jsonl(path: str) -> bool:
     """Whether the name says JSON lines (plain or gzip)."""
-    return path.endswith(JSONL_SUFFIXES)
+    return path.lower().endswith(JSONL_SUFFIXES)
 
 
 def cache_root() -> Path:
@@ -21,3 +21,7 @@ def cache_root() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("datacraft"))
+
+
+def is_parquet(path: str) -> bool:
+    return path.lower().endswith(".parquet")

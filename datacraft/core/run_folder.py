@@ -4,8 +4,12 @@
     OUT/dropped/    dropped rows plus `drop_stage`, `drop_reason`, `drop_detail`
     OUT/report.json the ledger and the stage facts; OUT/report.html the page
     OUT/config.yaml the resolved config;  OUT/cache/ the LLM / embedding cache (survives --overwrite)
+    OUT/_RUNNING    while a run writes (its run id, pid, config hash); OUT/_SUCCESS written last
 
 `RunFolder` reads those lazily and streams them: nothing here loads a whole large run into a list.
+Every reader of a run folder calls `require_finished`, so partial output is never taken for whole.
+`writing` is the writer's side: a lock beside OUT, resume of a killed run with the same config,
+and `--overwrite` built in a sibling folder that replaces OUT atomically.
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ import gzip
 import json
 import os
 import re
+import shutil
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -32,6 +40,8 @@ REPORT_HTML = "report.html"
 CONFIG_YAML = "config.yaml"
 STATS_FILE = "_stats.json"
 PARTS_PREFIX = "_parts-"
+RUNNING = "_RUNNING"
+SUCCESS = "_SUCCESS"
 
 KEPT = "kept"
 DROPPED = "dropped"
@@ -170,12 +180,61 @@ def _files_under(folder: str) -> list[str]:
     )
 
 
+class UnfinishedRunError(FileNotFoundError):
+    """A run folder whose run has not finished (still running, or killed): its rows are partial."""
+
+
+def is_run_folder(path: str) -> bool:
+    """Whether `path` is (or was meant to be) a run folder: datacraft's markers or config with data."""
+    p = Path(path)
+    if (p / RUNNING).exists() or (p / SUCCESS).exists() or (p / REPORT_JSON).exists():
+        return True
+    return (p / CONFIG_YAML).exists() and ((p / DATA_DIR).is_dir() or (p / DROPPED_DIR).is_dir())
+
+
+def require_finished(path: str) -> None:
+    """Raise `UnfinishedRunError` unless the run folder at `path` holds a finished run."""
+    p = Path(path)
+    running = p / RUNNING
+    if running.exists() and not (p / SUCCESS).exists():
+        info = _read_json(running)
+        alive = _pid_alive(info.get("pid"))
+        state = f"still running (pid {info.get('pid')})" if alive else "killed before it finished"
+        raise UnfinishedRunError(
+            f"{path}: unfinished run ({state}; run id {info.get('run_id', '?')}): its rows are partial. "
+            + ("Wait for it to finish." if alive else "Rerun the same command to resume it.")
+        )
+    if not (p / REPORT_JSON).exists():
+        raise UnfinishedRunError(f"{path}: no {REPORT_JSON}: not a finished run folder (the run did not finish)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunFolder:
     """A finished run folder (`datacraft run ... -o OUT`), read lazily."""
 
     def __init__(self, path: str) -> None:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: not a run folder (no such directory)")
+        require_finished(path)
         self.path = path
 
     @cached_property
@@ -258,3 +317,145 @@ class RunFolder:
 
 # ---------------------------------------------------------------------------------------------
 # explain_row
+
+
+# ---------------------------------------------------------------------------------------------
+# writing a run folder: lock, resume, atomic overwrite
+
+
+class RunFolderBusy(FileExistsError):
+    """Another run holds the lock of this output folder."""
+
+
+class ConfigMismatch(FileExistsError):
+    """An unfinished run folder was started with another config: resuming it would mix two runs."""
+
+
+def _lock(path: Path) -> Any:
+    """An exclusive lock on `.<name>.lock` beside the output folder (released when the process
+    ends, even on kill -9); raises `RunFolderBusy` at once when another run holds it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    fh = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  (held for the whole run)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise RunFolderBusy(f"{path}: another run is writing this folder (pid {holder}); wait for it or pass another -o") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def config_difference(old_text: str, new_text: str, limit: int = 5) -> str:
+    """The keys two config YAML texts differ in, as `key: old → new` (at most `limit` of them)."""
+    import yaml
+
+    try:
+        old = _flatten(yaml.safe_load(old_text) or {})
+    except yaml.YAMLError:
+        return "the old config.yaml is not readable"
+    new = _flatten(yaml.safe_load(new_text) or {})
+    skip = {"output.path", "output.overwrite"}
+    keys = [k for k in dict.fromkeys([*old, *new]) if k not in skip and old.get(k, "<unset>") != new.get(k, "<unset>")]
+    parts = [f"{k}: {old.get(k, '<unset>')!r} → {new.get(k, '<unset>')!r}" for k in keys[:limit]]
+    return "; ".join(parts) + (f"; … {len(keys) - limit} more" if len(keys) > limit else "") if parts else "no key differs"
+
+
+def _clear(path: Path, keep: set[str]) -> None:
+    for child in path.iterdir():
+        if child.name not in keep:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@contextmanager
+def writing(path: str, config_text: str, config_hash: str, overwrite: bool) -> Iterator[str]:
+    """Open the run folder `path` for one run; yields the folder to write into.
+
+    - a lock beside OUT makes a second run on the same folder fail at once;
+    - a new or empty OUT is written in place, marked `_RUNNING` until `_SUCCESS` is written last;
+    - an unfinished OUT (a killed run) is resumed when the config hash is the same (its cache
+      kept, the partial rows cleared) and refused, naming the keys that differ, when it is not;
+    - a finished OUT is refused unless `overwrite`; then the new run is built in a sibling folder
+      (`.<name>.incomplete-<run id>`) that replaces OUT only when it has finished, so readers see
+      the old run or the new one, never an empty or half-written folder. The cache moves along."""
+    out = Path(path)
+    lock = _lock(out)
+    run_id = uuid.uuid4().hex[:12]
+    work = out
+    try:
+        for stale in out.parent.glob(f".{out.name}.incomplete-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed --overwrite run; we hold the lock
+        if out.exists() and any(out.iterdir()):
+            finished = (out / SUCCESS).exists() or ((out / REPORT_JSON).exists() and not (out / RUNNING).exists())
+            if not is_run_folder(str(out)) or finished:
+                if not overwrite:
+                    raise FileExistsError(f"output folder {path} exists and is not empty; pass --overwrite to replace it")
+                work = out.parent / f".{out.name}.incomplete-{run_id}"
+                work.mkdir()
+            else:
+                old_hash = _read_json(out / RUNNING).get("config_hash")
+                old_text = (out / CONFIG_YAML).read_text(encoding="utf-8") if (out / CONFIG_YAML).exists() else ""
+                if not overwrite and old_hash != config_hash and (old_hash or config_difference(old_text, config_text) != "no key differs"):
+                    raise ConfigMismatch(
+                        f"{path}: holds an unfinished run of another config ({config_difference(old_text, config_text)}); "
+                        "rerun it with its own config to resume it, or pass --overwrite to start over"
+                    )
+                _clear(out, {CACHE_DIR})  # resume: finished LLM / embedding calls stay cached
+        out.mkdir(parents=True, exist_ok=True)
+        started = {"run_id": run_id, "pid": os.getpid(), "config_hash": config_hash}
+        (work / RUNNING).write_text(json.dumps(started), encoding="utf-8")
+        (work / CONFIG_YAML).write_text(config_text, encoding="utf-8")
+        try:
+            yield str(work)
+        except BaseException:
+            if work != out:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        (work / SUCCESS).write_text(json.dumps({**started, "pid": None}), encoding="utf-8")
+        (work / RUNNING).unlink()
+        if work != out:
+            if (out / CACHE_DIR).exists() and not (work / CACHE_DIR).exists():
+                os.replace(out / CACHE_DIR, work / CACHE_DIR)
+            if _exchange(work, out):
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                old = out.parent / f".{out.name}.old-{run_id}"
+                os.replace(out, old)
+                os.replace(work, out)
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        lock.close()

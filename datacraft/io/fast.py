@@ -11,11 +11,14 @@ per-record path's for the rows it converts.
 from __future__ import annotations
 
 import io
+import json
+import re
 
+import numpy as np
 import polars as pl
 
 from datacraft.core.rows import LINEAGE_DTYPE, MESSAGES_DTYPE, conform, text_id, two_turn_messages
-from datacraft.io.formats import _ID_KEYS, detect_format
+from datacraft.io.formats import _ID_KEYS, RESERVED_META, detect_format
 
 # format → (field that becomes the user turn, field that becomes the answer, optional second user field)
 _TEXT_FIELDS = {
@@ -24,9 +27,43 @@ _TEXT_FIELDS = {
 }
 
 
-def convert_chunk(data: bytes, n_lines: int, fmt: str, source: str, task_field: str) -> tuple[pl.DataFrame, list[int]] | None:
+# Python's str.strip() also strips \x1c-\x1f, which the regex class \s does not hold
+_BLANK = r"^[\s\x1c-\x1f]*$"
+_ALT_KEYS = {"alpaca": "response", "completion": "response"}
+
+
+def _blank(expr: pl.Expr) -> pl.Expr:
+    return expr.str.contains(_BLANK)
+
+
+def _key_pattern(keys: list[str], value: bytes) -> re.Pattern[bytes] | None:
+    if not keys:
+        return None
+    names = b"|".join(re.escape(json.dumps(k).encode()[1:-1]) for k in keys)
+    return re.compile(b'"(?:' + names + rb')"\s*:\s*' + value)
+
+
+# an escaped high surrogate not followed by a low one, or a low one not after a high one
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]")
+_NOT_TEXT = rb'[^"\sn]'  # a value that is neither a string nor null
+_NOT_SCALAR_ID = rb'(?:[^"\s\-0-9n]|-?[0-9]+[.eE]|-?[0-9]{16,})'  # not a string, null or plain int
+
+
+def _lines_of(data: bytes, line_ends: np.ndarray, patterns: list[re.Pattern[bytes] | None]) -> set[int]:
+    """Indices of the lines where any pattern matches (the rest of the chunk stays vectorized)."""
+    starts = [m.start() for p in patterns if p is not None for m in p.finditer(data)]
+    return set(np.searchsorted(line_ends, np.asarray(starts, dtype=np.int64)).tolist()) if starts else set()
+
+
+def convert_chunk(
+    data: bytes, n_lines: int, fmt: str, source: str, task_field: str, line_ends: np.ndarray | None = None
+) -> tuple[pl.DataFrame, list[int]] | None:
     """(kept rows, indices of lines for the per-record path) of `n_lines` JSONL lines, or None when
-    the chunk does not fit (then every line takes the per-record path)."""
+    the chunk does not fit (then every line takes the per-record path).
+
+    Lines whose values polars would read differently from `json` (a lone escaped surrogate, a
+    number in a text field that polars turns into a string, a missing or null field that polars
+    fills with null, a non-scalar id) go to the per-record path, so both paths give the same rows."""
     try:
         frame = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
     except Exception:  # any malformed line: the per-record path finds which
@@ -43,44 +80,58 @@ def convert_chunk(data: bytes, n_lines: int, fmt: str, source: str, task_field: 
     if extra_key and extra_key not in cols:
         extra_key = None
     text_keys = [k for k in (user_key, answer_key, extra_key) if k]
+    id_keys = [k for k in _ID_KEYS if k in cols]
+    if answer_key not in cols or _ALT_KEYS[fmt] in cols or len(id_keys) > 1:
+        return None
     if any(frame.schema[k] not in (pl.Utf8, pl.Null) for k in text_keys):
         return None
+    uses_system = fmt == "alpaca"
+    labels = {task_field, "task", "source", *id_keys}
+    extras = sorted(c for c in cols if c not in {*text_keys, *labels} and not (uses_system and c == "system"))
+    if any(c.startswith("_") or c in RESERVED_META or frame.schema[c] not in (pl.Utf8, pl.Int64, pl.Boolean) for c in extras):
+        return None
+    if any(frame.schema[c] not in (pl.Utf8, pl.Int64, pl.Boolean, pl.Null) for c in labels & cols):
+        return None
+    if line_ends is None:
+        newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+        line_ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
+    strings = [*text_keys, *(c for c in extras if frame.schema[c] == pl.Utf8)]
+    odd = _lines_of(data, line_ends, [_LONE_SURROGATE, _key_pattern(strings, _NOT_TEXT), _key_pattern(sorted(labels & cols), _NOT_SCALAR_ID)])
+
     user = pl.col(user_key).fill_null("")
     answer = pl.col(answer_key).fill_null("")
     given = pl.col(extra_key).fill_null("") if extra_key else pl.lit("")
-    has_given = given.str.strip_chars() != ""
-    slow = (
-        pl.col(user_key).is_null()
-        | pl.col(answer_key).is_null()
-        | (user.str.strip_chars() == "")
-        | (answer.str.strip_chars() == "")
-    )
-    if "system" in cols:
+    has_given = ~_blank(given)
+    slow = pl.col(user_key).is_null() | pl.col(answer_key).is_null() | _blank(user) | _blank(answer)
+    if uses_system and "system" in cols:
         slow = slow | pl.col("system").is_not_null()
-    frame = frame.with_row_index("_line").with_columns(slow.alias("_slow"))
+    for c in extras:
+        slow = slow | pl.col(c).is_null()
+    frame = frame.with_row_index("_line").with_columns((slow | pl.col("_line").is_in(sorted(odd))).alias("_slow"))
     slow_idx = frame.filter(pl.col("_slow"))["_line"].to_list()
     frame = frame.filter(~pl.col("_slow"))
 
     user_text = pl.when(has_given).then(pl.concat_str(user, pl.lit("\n\n"), given)).otherwise(user)
-    id_key = next((k for k in _ID_KEYS if k in cols), None)
-    extras = [c for c in frame.columns if c not in {*text_keys, "system", task_field, "source", *_ID_KEYS, "_line", "_slow"}]
-    meta_fields = [pl.lit(fmt).alias("format")]
+    id_key = id_keys[0] if id_keys else None
+    head = [pl.lit(fmt).alias("format")]
+    tail = [pl.lit(True).alias("prompt_is_text")] if fmt == "completion" else []
+    tail += [pl.col(c) for c in extras]
+    meta = pl.struct([*head, *tail]).struct.json_encode()
     if fmt == "alpaca" and extra_key:
-        meta_fields.append(pl.when(has_given).then(given).otherwise(None).alias("input"))
-    if fmt == "completion":
-        meta_fields.append(pl.lit(True).alias("prompt_is_text"))
-    meta_fields += [pl.col(c) for c in extras]
+        with_input = pl.struct([*head, given.alias("input"), *tail]).struct.json_encode()
+        meta = pl.when(has_given).then(with_input).otherwise(meta)
     frame = frame.with_columns(user_text.alias("_user"), answer.alias("_answer"))
-    ids = (
-        pl.col(id_key).cast(pl.Utf8)
-        if id_key
-        else pl.concat_str(pl.lit("user\x1f"), pl.col("_user"), pl.lit("\x1eassistant\x1f"), pl.col("_answer")).map_elements(text_id, return_dtype=pl.Utf8)
-    )
+    content_id = pl.concat_str(pl.lit("user\x1f"), pl.col("_user"), pl.lit("\x1eassistant\x1f"), pl.col("_answer")).map_elements(text_id, return_dtype=pl.Utf8)
     if id_key:
-        ids = pl.when(pl.col(id_key).is_not_null()).then(ids).otherwise(
-            pl.concat_str(pl.lit("user\x1f"), pl.col("_user"), pl.lit("\x1eassistant\x1f"), pl.col("_answer")).map_elements(text_id, return_dtype=pl.Utf8)
-        )
-    source_expr = pl.col("source").cast(pl.Utf8).fill_null(source) if "source" in cols else pl.lit(source)
+        given_id = pl.col(id_key).cast(pl.Utf8)
+        ids = pl.when(given_id.is_not_null() & (given_id != "")).then(given_id).otherwise(content_id)
+    else:
+        ids = content_id
+    if "source" in cols:
+        given_source = pl.col("source").cast(pl.Utf8)
+        source_expr = pl.when(given_source.is_null() | (given_source == "")).then(pl.lit(source)).otherwise(given_source)
+    else:
+        source_expr = pl.lit(source)
     out = frame.select(
         ids.alias("id"),
         pl.lit(None, dtype=MESSAGES_DTYPE).alias("chosen"),
@@ -88,7 +139,7 @@ def convert_chunk(data: bytes, n_lines: int, fmt: str, source: str, task_field: 
         (pl.col(task_field).cast(pl.Utf8) if task_field in cols else pl.lit(None, dtype=pl.Utf8)).alias("task"),
         source_expr.alias("source"),
         pl.struct(pl.lit([], dtype=pl.List(pl.Utf8)).alias("parent_ids"), pl.lit("seed").alias("method")).cast(LINEAGE_DTYPE).alias("lineage"),
-        pl.struct(meta_fields).struct.json_encode().alias("meta"),
+        meta.alias("meta"),
     )
     out = out.insert_column(1, two_turn_messages(frame["_user"], frame["_answer"]))
     return conform(out), slow_idx

@@ -16,6 +16,7 @@ Recognised formats (`detect_format` looks at the keys of one record):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,9 @@ _SHAREGPT_ROLES = {
 _CANONICAL_ROLES = {"system", "user", "assistant", "tool"}
 # Keys that carry no content and are kept as metadata.
 _ID_KEYS = ("id", "idx", "uid", "sample_id")
+# meta keys the reader sets itself; a record field of the same name is kept as `record.<name>`
+RESERVED_META = frozenset({"format", "input", "prompt_is_text", "answers_are_text", "where", "raw"})
+RECORD_PREFIX = "record."
 
 
 class RecordError(ValueError):
@@ -108,20 +112,56 @@ def _messages(value: Any, field: str, default_role: str) -> list[dict[str, str]]
         role = _SHAREGPT_ROLES.get(str(role).lower(), str(role).lower())
         if role not in _CANONICAL_ROLES:
             raise RecordError(f"{field}[{i}].role", f"unknown role {role!r}")
-        if not isinstance(content, str):
-            content = json.dumps(content, ensure_ascii=False)
+        content = _content_text(content, f"{field}[{i}].content")
         out.append({"role": role, "content": content})
     return out
 
 
+def _content_text(content: Any, field: str) -> str:
+    """A message's content as text: a string, or OpenAI content parts (`[{"type": "text", "text": …}]`)
+    joined by newlines; other JSON values are kept as JSON text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(isinstance(p, Mapping) and "type" in p for p in content):
+        texts = []
+        for j, part in enumerate(content):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise RecordError(f"{field}[{j}]", f"content part of type {part.get('type')!r}: only text parts are read")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    return json.dumps(content, ensure_ascii=False)
+
+
+def canonical_text(value: Any) -> str:
+    """A scalar or JSON value as one string: strings as they are, anything else as canonical JSON
+    (sorted keys, no spaces), so `{"k": 0}` and `{"j": 0}` stay distinct ids on every path."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def _extras(record: Mapping[str, Any], used: set[str]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in used and k not in _ID_KEYS and k not in ("task", "source")}
+    """The record's other fields, sorted by name (one order on every read path); a field named like
+    a reserved meta key is kept as `record.<name>`."""
+    keys = sorted(k for k in record if k not in used and k not in _ID_KEYS and k not in ("task", "source"))
+    return {(RECORD_PREFIX + k if k in RESERVED_META else k): _finite(record[k]) for k in keys}
+
+
+def _finite(value: Any) -> Any:
+    """NaN / ±inf (a Parquet float column) become null: `meta` must stay valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 def _source_id(record: Mapping[str, Any]) -> str | None:
     for key in _ID_KEYS:
         if record.get(key) is not None:
-            return str(record[key])
+            return canonical_text(record[key])
     return None
 
 
@@ -172,11 +212,12 @@ def to_row(record: Mapping[str, Any], fmt: str, source: str | None = None, task_
         raise RecordError("messages", "empty conversation")
     meta.update(_extras(record, used | {task_field}))
     task = record.get(task_field)
+    given_source = record.get("source")
     return make_row(
         messages,
         id=_source_id(record),
-        task=str(task) if task is not None else None,
-        source=str(record.get("source") or source or "") or None,
+        task=canonical_text(task) if task is not None else None,
+        source=(canonical_text(given_source) if given_source not in (None, "") else source) or None,
         meta=meta,
         chosen=chosen,
         rejected=rejected,
@@ -185,16 +226,34 @@ def to_row(record: Mapping[str, Any], fmt: str, source: str | None = None, task_
 
 def _from_datacraft(record: Mapping[str, Any]) -> dict[str, Any]:
     lineage = record.get("lineage") or {}
+    if not isinstance(lineage, Mapping):
+        raise RecordError("lineage", f"expected an object with parent_ids and method, got {type(lineage).__name__}")
+    parents = lineage.get("parent_ids") or []
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise RecordError("lineage.parent_ids", "expected a list of strings")
     meta = record.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as err:
+            raise RecordError("meta", f"not valid JSON: {err.msg}") from None
+    if meta is not None and not isinstance(meta, Mapping):
+        raise RecordError("meta", f"expected an object, got {type(meta).__name__}")
+    scores = record.get("scores") or {}
+    if not isinstance(scores, Mapping) or not all(v is None or isinstance(v, int | float) for v in scores.values()):
+        raise RecordError("scores", "expected an object of numbers")
+    for key in ("id", "task", "source"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise RecordError(key, f"expected a string, got {type(record[key]).__name__}")
     row = make_row(
         _messages(record.get("messages"), "messages", "user"),
         id=record.get("id"),
         task=record.get("task"),
         source=record.get("source"),
-        parent_ids=lineage.get("parent_ids") or [],
-        method=lineage.get("method") or "seed",
-        meta=json.loads(meta) if isinstance(meta, str) else meta,
-        scores=record.get("scores") or {},
+        parent_ids=parents,
+        method=str(lineage.get("method") or "seed"),
+        meta=meta,
+        scores=scores,
         chosen=_messages(record["chosen"], "chosen", "assistant") if record.get("chosen") else None,
         rejected=_messages(record["rejected"], "rejected", "assistant") if record.get("rejected") else None,
     )
@@ -213,7 +272,7 @@ def from_row(row: Mapping[str, Any], fmt: str) -> dict[str, Any]:
     meta = meta_of(row.get("meta")) if isinstance(row.get("meta"), str) else dict(row.get("meta") or {})
     messages = list(row.get("messages") or [])
     scores = {k[len(SCORE_PREFIX) :]: v for k, v in row.items() if k.startswith(SCORE_PREFIX) and v is not None}
-    extras = {k: v for k, v in meta.items() if k not in {"format", "input", "prompt_is_text", "answers_are_text"}}
+    extras = {k.removeprefix(RECORD_PREFIX): v for k, v in meta.items() if k not in RESERVED_META}
     out: dict[str, Any] = {"id": row["id"]}
     if fmt == "alpaca":
         system = _last(messages, "system")

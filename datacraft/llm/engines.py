@@ -474,12 +474,21 @@ def parse_chat_completion(data: Any) -> Result:
     return _response_result(data, choice, text, logprobs)
 
 
+def _count(usage: Any, key: str) -> int:
+    """A token count from `usage`; a missing or non-numeric one is 0 (the content is still good)."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def _response_result(data: dict[str, Any], choice: dict[str, Any], text: str, logprobs: list[TokenLogprob] | None) -> Result:
     usage = data.get("usage") or {}
     return Result(
         text=text,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
+        prompt_tokens=_count(usage, "prompt_tokens"),
+        completion_tokens=_count(usage, "completion_tokens"),
         finish_reason=choice.get("finish_reason") or "stop",
         logprobs=logprobs,
     )

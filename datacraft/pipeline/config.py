@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datacraft.core.rows import SCORE_PREFIX
+from datacraft.core import yaml_limits
 from datacraft.core.run_folder import CACHE_DIR
 from datacraft.core.stage import BASE_COLUMNS, RunContext, Stage
 from datacraft.llm.config import EngineConfig
@@ -298,7 +299,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OSError as err:
             raise ConfigError(f"{source}: cannot read: {err.strerror}") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml_limits.safe_load(text) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"{source}:{mark.line + 1}" if mark else source

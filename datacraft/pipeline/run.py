@@ -20,20 +20,53 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from datacraft.core.run_folder import CONFIG_YAML, DATA_DIR, STATS_FILE
+from datacraft.core.run_folder import DATA_DIR, STATS_FILE, writing
 from datacraft.io.readers import READ_STAGE
-from datacraft.io.writers import prepare_output_dir, to_datasets_folder
+from datacraft.io.writers import to_datasets_folder
 from datacraft.pipeline.config import PipelineConfig, dump_config, load_config
 from datacraft.report.summary import build_report, write_report
 
 
+def check_output_names(config: PipelineConfig) -> None:
+    """Names that become file or folder names under OUT (the split, stage ids) hold no path
+    separator and are not `.` / `..`, so a config value cannot write outside OUT."""
+    from datacraft.pipeline.config import ConfigError
+
+    named = [("output.split", config.output.split)] + [(f"stages[{i}].id", label) for i, label in enumerate(config.stage_labels())]
+    for key, value in named:
+        if not value or value in (".", "..") or any(ch in value for ch in ("/", "\\", "\0")) or value.startswith("."):
+            raise ConfigError(f"{key}: {value!r} is not a valid name (it names files under the output folder: no '/', '\\' or leading '.')")
+
+
+def check_api_keys(config: PipelineConfig) -> None:
+    """An API key that cannot go in an HTTP header (non-ASCII: a paste error) fails before any
+    work, naming the variable, never the key."""
+    from datacraft.pipeline.config import ConfigError
+
+    engines = [config.llm.model_dump(), *(s["llm"] for s in config.stages if isinstance(s.get("llm"), dict))]
+    for engine in engines:
+        if engine.get("engine", config.llm.engine) != "openai":
+            continue
+        var = engine.get("api_key_env") or config.llm.api_key_env
+        key = os.environ.get(var)
+        if key and (not key.isascii() or any(c.isspace() or ord(c) < 32 for c in key.strip())):
+            raise ConfigError(f"llm.api_key_env: the API key in ${var} holds non-ASCII, space or control characters (a paste error?)")
+
+
 def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipeline: Any = None) -> dict[str, Any]:
-    """Run a config end to end; returns the report (also written to OUT/report.json)."""
+    """Run a config end to end; returns the report (also written to OUT/report.json).
+
+    The folder is opened by `run_folder.writing`: locked, resumed when a killed run of the same
+    config left it, replaced atomically with `--overwrite`, and marked finished only at the end."""
     if not config.output.path:
         raise ValueError("output.path is not set (use -o OUT)")
-    out_dir = config.output.path
-    prepare_output_dir(out_dir, config.output.overwrite)
-    Path(out_dir, CONFIG_YAML).write_text(dump_config(config), encoding="utf-8")
+    check_output_names(config)
+    check_api_keys(config)
+    with writing(config.output.path, dump_config(config), config.hash(), config.output.overwrite) as out_dir:
+        return _run_into(config, out_dir, beam_args, test_pipeline)
+
+
+def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], test_pipeline: Any) -> dict[str, Any]:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     from datacraft.beam.pipeline import execute
@@ -58,7 +91,7 @@ def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipel
         stage_order=[READ_STAGE, *config.stage_labels()],
         stats=stats,
         input_path=config.input.path,
-        output={"path": out_dir, "format": config.output.format, "row_format": config.output.row_format,
+        output={"path": config.output.path, "format": config.output.format, "row_format": config.output.row_format,
                 "files": sorted(str(f.relative_to(out_dir)) for f in Path(data_dir).rglob("*") if f.is_file())},
         started=started,
         seconds=time.perf_counter() - t0,

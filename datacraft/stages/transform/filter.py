@@ -63,11 +63,29 @@ def names_in(expression: str) -> list[str]:
     return list(dict.fromkeys(n for n in names if n not in ("True", "False")))
 
 
+MAX_EXPRESSION_DEPTH = 60
+
+
 def _parse(expression: str) -> ast.Expression:
     try:
-        return ast.parse(expression.strip(), mode="eval")
+        tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as err:
         raise FilterExpressionError(f"cannot parse filter {expression!r}: {err.msg}") from None
+    except (RecursionError, MemoryError):
+        tree = None
+    if tree is None or _depth(tree) > MAX_EXPRESSION_DEPTH:
+        raise FilterExpressionError(f"filter {expression[:60]!r}…: nested deeper than {MAX_EXPRESSION_DEPTH} levels")
+    return tree
+
+
+def _depth(tree: ast.AST) -> int:
+    """Nesting depth of a parsed expression (iterative: the check must not recurse itself)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((child, d + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _compile(node: ast.AST) -> Any:
