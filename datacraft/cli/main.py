@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.text import Text
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 app = typer.Typer(
     name="datacraft",
@@ -36,8 +36,13 @@ console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    _error_line(message)
     raise typer.Exit(code)
+
+
+def _error_line(message: str) -> None:
+    """`error: …` on one line (not wrapped, no markup read from the message)."""
+    console.print(Text.assemble(("error: ", "bold red"), " ".join(message.split())), soft_wrap=True)
 
 
 def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
@@ -265,14 +270,17 @@ def inspect(
     from datacraft.report.describe import describe_file
     from datacraft.report.explain import explain_row, render_explanation
 
-    if id is not None:
-        explanation = explain_row(path, id)
-        if as_json:
-            Console().print_json(data=explanation)
-        else:
-            Console().print(render_explanation(explanation))
-        return
-    Console().print(describe_file(path, rows))
+    try:
+        if id is not None:
+            explanation = explain_row(path, id)
+            if as_json:
+                Console().print_json(data=explanation)
+            else:
+                Console().print(render_explanation(explanation))
+            return
+        Console().print(describe_file(path, rows))
+    except FileNotFoundError as err:  # also an unfinished run folder: its rows are partial
+        _fail(str(err))
 
 
 @app.command(epilog="Example: datacraft stages")
@@ -338,10 +346,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         user_error = isinstance(err, (ValueError, OSError, LookupError))
-        text = " ".join(str(err).split()) or type(err).__name__
-        if not user_error:
-            text = f"internal failure ({type(err).__name__}: {text}); rerun with --debug for the traceback"
-        console.print(Text.assemble(("error: ", "bold red"), text))
+        text = str(err) or type(err).__name__
+        _error_line(text if user_error else f"internal failure ({type(err).__name__}: {text}); rerun with --debug for the traceback")
         sys.exit(2 if user_error else 1)
 
 

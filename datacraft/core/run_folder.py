@@ -180,6 +180,9 @@ def _files_under(folder: str) -> list[str]:
     )
 
 
+_WRITING: set[Path] = set()  # folders this process is writing now (see `writing`)
+
+
 class UnfinishedRunError(FileNotFoundError):
     """A run folder whose run has not finished (still running, or killed): its rows are partial."""
 
@@ -187,7 +190,7 @@ class UnfinishedRunError(FileNotFoundError):
 def is_run_folder(path: str) -> bool:
     """Whether `path` is (or was meant to be) a run folder: datacraft's markers or config with data."""
     p = Path(path)
-    if (p / RUNNING).exists() or (p / SUCCESS).exists() or (p / REPORT_JSON).exists():
+    if (p / RUNNING).exists() or (p / REPORT_JSON).exists():
         return True
     return (p / CONFIG_YAML).exists() and ((p / DATA_DIR).is_dir() or (p / DROPPED_DIR).is_dir())
 
@@ -195,10 +198,12 @@ def is_run_folder(path: str) -> bool:
 def require_finished(path: str) -> None:
     """Raise `UnfinishedRunError` unless the run folder at `path` holds a finished run."""
     p = Path(path)
+    if p.resolve() in _WRITING:
+        return  # the run itself (its report pages read the folder before `_SUCCESS` is written)
     running = p / RUNNING
     if running.exists() and not (p / SUCCESS).exists():
         info = _read_json(running)
-        alive = _pid_alive(info.get("pid"))
+        alive = _lock_held(p)
         state = f"still running (pid {info.get('pid')})" if alive else "killed before it finished"
         raise UnfinishedRunError(
             f"{path}: unfinished run ({state}; run id {info.get('run_id', '?')}): its rows are partial. "
@@ -216,16 +221,23 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def _lock_held(out: Path) -> bool:
+    """Whether a run holds the lock of `out` now (a killed run's lock is released by the OS)."""
+    import fcntl
+
+    if not _lock_path(out).exists():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    with open(_lock_path(out), "a", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
 
 
 class RunFolder:
@@ -337,7 +349,7 @@ def _lock(path: Path) -> Any:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.parent / f".{path.name}.lock"
+    lock_path = _lock_path(path)
     fh = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  (held for the whole run)
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -439,6 +451,7 @@ def writing(path: str, config_text: str, config_hash: str, overwrite: bool) -> I
         started = {"run_id": run_id, "pid": os.getpid(), "config_hash": config_hash}
         (work / RUNNING).write_text(json.dumps(started), encoding="utf-8")
         (work / CONFIG_YAML).write_text(config_text, encoding="utf-8")
+        _WRITING.add(work.resolve())
         try:
             yield str(work)
         except BaseException:
@@ -458,4 +471,5 @@ def writing(path: str, config_text: str, config_hash: str, overwrite: bool) -> I
                 os.replace(work, out)
                 shutil.rmtree(old, ignore_errors=True)
     finally:
+        _WRITING.discard(work.resolve())
         lock.close()

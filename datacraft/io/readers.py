@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from datacraft.core.paths import is_jsonl, is_parquet
 from datacraft.core.rows import batch_from_rows, concat_batches, from_output_frame, make_row, with_drop
-from datacraft.core.run_folder import DATA_DIR, REPORT_JSON, require_finished
+from datacraft.core.run_folder import DATA_DIR, REPORT_JSON, is_run_folder, require_finished
 from datacraft.io.formats import FORMATS, RecordError, describe_unknown, detect_format, to_row
 
 READ_STAGE = "read"
@@ -133,7 +133,7 @@ def plan_reads(path: str, split_bytes: int = SPLIT_BYTES) -> list[ReadTask]:
             os.path.join(path, "dataset_info.json")
         ):
             return [ReadTask("datasets", path)]
-        if os.path.exists(os.path.join(path, REPORT_JSON)) and os.path.isdir(os.path.join(path, DATA_DIR)):
+        if is_run_folder(path):
             require_finished(path)  # a run folder as input: its kept rows
             return plan_reads(os.path.join(path, DATA_DIR), split_bytes)
         files = sorted(
