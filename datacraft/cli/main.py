@@ -35,7 +35,13 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+_DEBUG = False  # `--debug`: errors show their traceback
+
+
 def _fail(message: str, code: int = 2) -> None:
+    handling = sys.exc_info()[1]
+    if _DEBUG and handling is not None:
+        raise handling
     _error_line(message)
     raise typer.Exit(code)
 
@@ -330,10 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     for bad input or config, 1 for a failure of the machinery); `--debug` shows the traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     cut = args.index("--") if "--" in args else len(args)
-    debug = "--debug" in args[:cut]
+    global _DEBUG
+    debug = _DEBUG = "--debug" in args[:cut]
     if debug:
         args.remove("--debug")
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietBeamImports())
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
@@ -349,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
         text = str(err) or type(err).__name__
         _error_line(text if user_error else f"internal failure ({type(err).__name__}: {text}); rerun with --debug for the traceback")
         sys.exit(2 if user_error else 1)
+    finally:
+        _DEBUG = False
 
 
 if __name__ == "__main__":

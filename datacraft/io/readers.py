@@ -457,6 +457,9 @@ def _read_jsonl_chunks(task: ReadTask, options: ReadOptions, builder: _BatchBuil
                 if out:
                     yield out
         else:
+            pending = builder.flush()  # rows of earlier per-record chunks go first, in line order
+            if pending:
+                yield pending
             kept, slow = converted
             kept_slow = []  # the slow lines that gave a kept row, to put the rows back in line order
             lines = data.split(b"\n") if slow else []

@@ -267,7 +267,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, _, raw = item.partition("=")
         parts = key.strip().split(".")
         value = raw if parts[-1] == "path" else parse_value(raw)  # paths stay strings, even with ':' in them
-        stages = data.get("stages") or []
+        stages = data.get("stages") if isinstance(data.get("stages"), list) else []  # validation names a bad one
         target: Any
         matches = [s for s in stages if isinstance(s, dict) and (s.get("id") or s.get("name")) == parts[0]]
         if matches and parts[0] not in PipelineConfig.model_fields:
