@@ -209,7 +209,7 @@ def require_finished(path: str) -> None:
             f"{path}: unfinished run ({state}; run id {info.get('run_id', '?')}): its rows are partial. "
             + ("Wait for it to finish." if alive else "Rerun the same command to resume it.")
         )
-    if not (p / REPORT_JSON).exists():
+    if not (p / REPORT_JSON).exists() and is_run_folder(path):
         raise UnfinishedRunError(f"{path}: no {REPORT_JSON}: not a finished run folder (the run did not finish)")
 
 
