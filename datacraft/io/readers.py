@@ -425,10 +425,16 @@ def read_jsonl(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFr
 
     per_record.seen = 0  # type: ignore[attr-defined]
 
+    yield from _flushing(builder, _read_jsonl_chunks(task, options, builder, per_record))
+
+
+def _flushing(builder: _BatchBuilder, batches: Iterator[tuple[pl.DataFrame, pl.DataFrame]]) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """`batches`, then the rows the builder still holds, also when the file turns out damaged
+    (the rows read before the damage are kept; the error goes on to `read_task`)."""
     try:
-        yield from _read_jsonl_chunks(task, options, builder, per_record)
+        yield from batches
     except UnreadableFile:
-        out = builder.flush()  # the rows read before the damage are kept
+        out = builder.flush()
         if out:
             yield out
         raise
@@ -490,43 +496,39 @@ def _read_json_array(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise UnreadableFile(task.path, err.start, "not UTF-8") from None
+    yield from _flushing(builder, _json_items(task, options, builder, text))
+
+
+def _json_items(task: ReadTask, options: ReadOptions, builder: _BatchBuilder, text: str) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """The items of the array in `text`, added to `builder` one by one (full batches yielded)."""
     idx, line, counted, seen = text.index("[") + 1, 1, 0, 0
-    try:
-        while True:
-            while idx < len(text) and text[idx] in " \t\r\n,":
-                idx += 1
-            if idx >= len(text):
-                raise UnreadableFile(task.path, len(text[:idx].encode("utf-8")), "the array is not closed (truncated?)")
-            if text[idx] == "]":
-                break
-            line += text.count("\n", counted, idx)
-            counted = idx
-            try:
-                record, end = DECODER.raw_decode(text, idx)
-            except (ValueError, RecursionError) as err:
-                raise UnreadableFile(task.path, len(text[:idx].encode("utf-8")), f"line {line}: {err}") from None
-            where = f"{task.path}:{line}"
-            field = lone_surrogate_field(record) if _ESCAPED_SURROGATE.search(text, idx, end) else None
-            if field:
-                builder.drop_raw(where, "malformed", f"field '{field}': lone UTF-16 surrogate (not valid Unicode text)", text[idx:end][:2000])
-            else:
-                builder.add(record, where, end - idx)
-            idx = end
-            seen += 1
-            if options.limit is not None and seen >= options.limit:
-                break
-            if builder.full():
-                out = builder.flush()
-                if out:
-                    yield out
-    except UnreadableFile:
-        out = builder.flush()
-        if out:
-            yield out
-        raise
-    out = builder.flush()
-    if out:
-        yield out
+    while True:
+        while idx < len(text) and text[idx] in " \t\r\n,":
+            idx += 1
+        if idx >= len(text):
+            raise UnreadableFile(task.path, len(text[:idx].encode("utf-8")), "the array is not closed (truncated?)")
+        if text[idx] == "]":
+            return
+        line += text.count("\n", counted, idx)
+        counted = idx
+        try:
+            record, end = DECODER.raw_decode(text, idx)
+        except (ValueError, RecursionError) as err:
+            raise UnreadableFile(task.path, len(text[:idx].encode("utf-8")), f"line {line}: {err}") from None
+        where = f"{task.path}:{line}"
+        field = lone_surrogate_field(record) if _ESCAPED_SURROGATE.search(text, idx, end) else None
+        if field:
+            builder.drop_raw(where, "malformed", f"field '{field}': lone UTF-16 surrogate (not valid Unicode text)", text[idx:end][:2000])
+        else:
+            builder.add(record, where, end - idx)
+        idx = end
+        seen += 1
+        if options.limit is not None and seen >= options.limit:
+            return
+        if builder.full():
+            out = builder.flush()
+            if out:
+                yield out
 
 
 def _records_from_arrow_batches(batches: Iterator[Any], task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:

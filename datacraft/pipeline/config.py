@@ -27,8 +27,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from datacraft.core.rows import SCORE_PREFIX
 from datacraft.core import yaml_limits
+from datacraft.core.rows import SCORE_PREFIX
 from datacraft.core.run_folder import CACHE_DIR
 from datacraft.core.stage import BASE_COLUMNS, RunContext, Stage
 from datacraft.llm.config import EngineConfig
