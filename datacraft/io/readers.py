@@ -688,6 +688,7 @@ def peek_columns(path: str, options: ReadOptions, rows: int = 20) -> set[str] | 
         tasks = plan_reads(path)
     except (OSError, ValueError):
         return None
+    tasks = [t for t in tasks if t.kind != "unsupported"]
     if not tasks or tasks[0].kind == "hub":
         return None
     peek = ReadOptions(**{**options.__dict__, "limit": rows, "batch_size": rows})
