@@ -43,15 +43,21 @@ def _key_pattern(keys: list[str], value: bytes) -> re.Pattern[bytes] | None:
     return re.compile(b'"(?:' + names + rb')"\s*:\s*' + value)
 
 
-# an escaped high surrogate not followed by a low one, or a low one not after a high one
-_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]")
+# an escaped surrogate, with the low half that may follow it (a valid pair is one match)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?")
 _NOT_TEXT = rb'[^"\sn]'  # a value that is neither a string nor null
 _NOT_SCALAR_ID = rb'(?:[^"\s\-0-9n]|-?[0-9]+[.eE]|-?[0-9]{16,})'  # not a string, null or plain int
 
 
+def _lone_surrogates(data: bytes) -> list[int]:
+    """Offsets of escaped surrogates that are not a high + low pair (polars turns them into NUL)."""
+    return [m.start() for m in _SURROGATE_ESCAPE.finditer(data) if len(m.group()) != 12 or m.group()[3:4] not in b"89abAB"]
+
+
 def _lines_of(data: bytes, line_ends: np.ndarray, patterns: list[re.Pattern[bytes] | None]) -> set[int]:
-    """Indices of the lines where any pattern matches (the rest of the chunk stays vectorized)."""
-    starts = [m.start() for p in patterns if p is not None for m in p.finditer(data)]
+    """Indices of the lines where any pattern matches, or that hold a lone escaped surrogate
+    (the rest of the chunk stays vectorized)."""
+    starts = [m.start() for p in patterns if p is not None for m in p.finditer(data)] + _lone_surrogates(data)
     return set(np.searchsorted(line_ends, np.asarray(starts, dtype=np.int64)).tolist()) if starts else set()
 
 
@@ -96,7 +102,7 @@ def convert_chunk(
         newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
         line_ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
     strings = [*text_keys, *(c for c in extras if frame.schema[c] == pl.Utf8)]
-    odd = _lines_of(data, line_ends, [_LONE_SURROGATE, _key_pattern(strings, _NOT_TEXT), _key_pattern(sorted(labels & cols), _NOT_SCALAR_ID)])
+    odd = _lines_of(data, line_ends, [_key_pattern(strings, _NOT_TEXT), _key_pattern(sorted(labels & cols), _NOT_SCALAR_ID)])
 
     user = pl.col(user_key).fill_null("")
     answer = pl.col(answer_key).fill_null("")
