@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from datacraft.core.paths import is_jsonl, is_parquet
 from datacraft.core.rows import batch_from_rows, concat_batches, from_output_frame, make_row, with_drop
@@ -51,6 +50,14 @@ class ReadConfigError(ValueError):
 
 # Errors a corrupt or truncated file raises while it is read: the file is dropped from there on.
 _FILE_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, ValueError, UnicodeError, RecursionError, pl.exceptions.PolarsError)
+
+
+def _file_error(err: BaseException) -> bool:
+    """Whether `err` is what a corrupt file raises (a corrupt Parquet file, a datasets folder that
+    does not load) rather than a failure of the machinery. pyarrow is imported only here."""
+    import pyarrow as pa
+
+    return isinstance(err, (*_FILE_ERRORS, pa.ArrowException))
 
 
 def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -580,7 +587,9 @@ def read_task(task: ReadTask, options: ReadOptions) -> Iterator[tuple[pl.DataFra
         yield builder.flush()  # type: ignore[misc]
     except ReadConfigError:
         raise
-    except (*_FILE_ERRORS, pa.ArrowException) as err:  # a corrupt Parquet file, a datasets folder that does not load
+    except Exception as err:
+        if not _file_error(err):
+            raise
         builder.drop_file(UnreadableFile(task.path, 0, err))
         yield builder.flush()  # type: ignore[misc]
 
@@ -711,7 +720,9 @@ def sniff_format(path: str, n: int = 50) -> str:
                 if fmt:
                     return fmt
                 seen_fields |= fields
-        except (UnreadableFile, *_FILE_ERRORS, pa.ArrowException):
+        except Exception as err:
+            if not (isinstance(err, UnreadableFile) or _file_error(err)):
+                raise
             continue
         if seen_fields:
             break
