@@ -36,13 +36,6 @@ def _blank(expr: pl.Expr) -> pl.Expr:
     return expr.str.contains(_BLANK)
 
 
-def _key_pattern(keys: list[str], value: bytes) -> re.Pattern[bytes] | None:
-    if not keys:
-        return None
-    names = b"|".join(re.escape(json.dumps(k).encode()[1:-1]) for k in keys)
-    return re.compile(b'"(?:' + names + rb')"\s*:\s*' + value)
-
-
 # an escaped surrogate, with the low half that may follow it (a valid pair is one match)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?")
 _NOT_TEXT = rb'[^"\sn]'  # a value that is neither a string nor null
@@ -54,10 +47,20 @@ def _lone_surrogates(data: bytes) -> list[int]:
     return [m.start() for m in _SURROGATE_ESCAPE.finditer(data) if len(m.group()) != 12 or m.group()[3:4] not in b"89abAB"]
 
 
-def _lines_of(data: bytes, line_ends: np.ndarray, patterns: list[re.Pattern[bytes] | None]) -> set[int]:
-    """Indices of the lines where any pattern matches, or that hold a lone escaped surrogate
-    (the rest of the chunk stays vectorized)."""
-    starts = [m.start() for p in patterns if p is not None for m in p.finditer(data)] + _lone_surrogates(data)
+def _odd_values(data: bytes, strings: list[str], labels: list[str]) -> list[int]:
+    """Offsets of `"key": <value>` where polars would read the value differently from `json`: a
+    non-string in a text or string field, a non-scalar (or float) id / source / task. One regex."""
+    def names(keys: list[str]) -> bytes:
+        return b"|".join(re.escape(json.dumps(k).encode()[1:-1]) for k in keys)
+
+    branches = [b"(?:" + names(keys) + rb')"\s*:\s*' + value for keys, value in ((strings, _NOT_TEXT), (labels, _NOT_SCALAR_ID)) if keys]
+    if not branches:
+        return []
+    return [m.start() for m in re.finditer(b'"(?:' + b"|".join(branches) + b")", data)]
+
+
+def _lines_of(data: bytes, line_ends: np.ndarray, starts: list[int]) -> set[int]:
+    """Indices of the lines holding the byte offsets `starts`."""
     return set(np.searchsorted(line_ends, np.asarray(starts, dtype=np.int64)).tolist()) if starts else set()
 
 
@@ -102,7 +105,7 @@ def convert_chunk(
         newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
         line_ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
     strings = [*text_keys, *(c for c in extras if frame.schema[c] == pl.Utf8)]
-    odd = _lines_of(data, line_ends, [_key_pattern(strings, _NOT_TEXT), _key_pattern(sorted(labels & cols), _NOT_SCALAR_ID)])
+    odd = _lines_of(data, line_ends, [*_odd_values(data, strings, sorted(labels & cols)), *_lone_surrogates(data)])
 
     user = pl.col(user_key).fill_null("")
     answer = pl.col(answer_key).fill_null("")
