@@ -21,7 +21,8 @@ characters (shorter ≥ 0.7 × longer).
 `best_cpu_scorer` = the scorer (not a baseline nor length under another name) with the highest mean
 accuracy on length-balanced pairs over the three datasets, among those measured on ≥ 20 balanced
 pairs of each; `acc`, `length_acc`, `ci` are its AlpacaEval figures (all pairs).
-The full run writes datacraft/resources/scorer_agreement.json (`--write-agreement` elsewhere).
+The full run writes datacraft/resources/scorer_agreement.json (`--write-agreement` elsewhere); with
+`--no-llm` the LLM scorers' recorded figures there are kept (each record carries its own command).
 Last line: one JSON object.
 """
 
@@ -300,6 +301,11 @@ def main() -> None:
     primary = all_results["alpaca_eval_judge_annotations"][best]
     out_path = args.write_agreement or (None if args.quick else str(agreement_path()))
     if out_path:
+        if args.no_llm and Path(out_path).exists():
+            # a run without the LLM scorers keeps their recorded figures (each record names its command)
+            measured = {(r["scorer"], r["dataset"]) for r in records}
+            previous = json.loads(Path(out_path).read_text(encoding="utf-8")).get("records", [])
+            records += [r for r in previous if (r["scorer"], r["dataset"]) not in measured]
         Path(out_path).write_text(json.dumps({"generated": time.strftime("%Y-%m-%d"), "command": command, "records": records}, indent=1) + "\n", encoding="utf-8")
         print(f"\nwrote {len(records)} agreement records to {out_path}")
     seconds = time.perf_counter() - t_start

@@ -85,6 +85,31 @@ def test_shipped_head_prefers_the_preferred_answer(tmp_path: Path) -> None:
     assert acc >= 0.85, acc
 
 
+def test_format_features_count_the_layout() -> None:
+    text = "# Title\n\n- one\n- two\n1. three\n**bold** and **more**. End!\n```py\nx = 1\n```"
+    got = np.expm1(prefhead.format_matrix([text, ""]))
+    # lines, list items, bold spans, headers, code blocks, sentences ("1. " counts), words per sentence, words
+    np.testing.assert_allclose(got[0], [8, 3, 2, 1, 1, 3, 3.5, 17], atol=1e-9)
+    np.testing.assert_allclose(got[1], np.zeros(8), atol=1e-12)
+    assert got.shape[1] == len(prefhead.FORMAT_FEATURES)
+
+
+def test_stage_scores_equal_the_head_on_its_own_views(tmp_path: Path) -> None:
+    """The stage builds the shipped head's features (embeddings, length, heuristics, layout) from rows
+    as the fit built them from pairs: the same scores."""
+    head = prefhead.PrefHead.load("embedded")
+    assert head.features == list(prefhead.DEFAULT_FEATURES) and head.needs_format
+    pairs = prefhead.load_pairs([AE_SLICE]).head(4)
+    rows = prefhead.pair_rows(pairs)
+    kept, _, _ = build_stage("pref_head", {}, context=RunContext(cache_dir=str(tmp_path))).run_local([rows])
+    ins = pairs["instruction"].to_list() * 2
+    views = prefhead.row_views(ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=True, formats=True, cache_dir=str(tmp_path))
+    np.testing.assert_allclose(kept["scores.pref_head"].to_numpy(), head.score(views), atol=1e-4)
+    no_layout = prefhead.RowViews(views.instruction, views.response, views.chars, views.heuristics)
+    with pytest.raises(ValueError, match="format"):
+        head.score(no_layout)
+
+
 def test_fit_scorer_cli_writes_a_loadable_head(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -5,7 +5,7 @@ two answers to one instruction means the head gives the higher one e/(1+e) ≈ 0
 preference rows, `scores.pref_head_margin` = score(chosen) − score(rejected).
 
 `model`: `embedded` (the head shipped in datacraft/resources/pref_head, fitted on the AlpacaEval GPT-4
-judgements of 75% of its instructions; features: response embedding, log length, heuristics) or a folder written by `datacraft fit-scorer`. The head
+judgements of 75% of its instructions; features: response embedding, log length, heuristics, layout counts) or a folder written by `datacraft fit-scorer`. The head
 names its embedder; both views (instruction, response) go through the `embed` stage core and its
 vector cache. `embedding: column` reads the response vectors from an `embedding` column written by
 an `embed` stage with `text: response` instead of embedding the responses again.
@@ -23,7 +23,7 @@ from pydantic import Field
 from datacraft.core.rows import is_preference_expr, response_expr, set_scores
 from datacraft.core.stage import MapStage, StageParams, StageResult, score, split_kept
 from datacraft.stages.score.judge import spread
-from datacraft.stages.score.prefhead import PrefHead, RowViews, heuristic_matrix
+from datacraft.stages.score.prefhead import PrefHead, RowViews, format_matrix, heuristic_matrix
 from datacraft.stages.vectors.embed import EmbedStage
 from datacraft.vectors.embedders import EMBEDDING_COLUMN, embeddings_of
 
@@ -88,9 +88,11 @@ class PrefHeadStage(MapStage[PrefHeadParams, HeadAndEmbedders]):
         dim = self.resource.embedders["response"].resource.embedder.dim
         if res.shape[1] != dim:
             raise ValueError(f"the `embedding` column has {res.shape[1]} dims, the head's embedder {dim}")
-        chars = frame.select(response_expr().str.len_chars())[:, 0].to_numpy().astype(np.float64)
-        heur = heuristic_matrix(frame) if self.resource.head.needs_heuristics else None
-        return self.resource.head.score(RowViews(ins, res, chars, heur))
+        text = frame.select(response_expr().fill_null(""))[:, 0]
+        chars = text.str.len_chars().to_numpy().astype(np.float64)
+        head = self.resource.head
+        heur = heuristic_matrix(frame) if head.needs_heuristics else None
+        return head.score(RowViews(ins, res, chars, heur, format_matrix(text) if head.needs_format else None))
 
     def process(self, batch: pl.DataFrame, resource: HeadAndEmbedders) -> StageResult:
         if batch.height == 0:

@@ -15,6 +15,9 @@ regression without intercept on feature differences). Features, by name:
     lenprompt   p · loglen: a length weight that depends on the instruction (long answers help on
                 AlpacaEval, hurt on harmful hh-rlhf requests)
     heuristics  the `heuristics` stage's content sub-scores (lexical diversity, repetition, …)
+    format      the response's layout, log counts: lines, list items, bold spans, headers, code
+                blocks, sentences, words per sentence, words (GPT-4 judges reward structure; this
+                is what moves the length-balanced pairs)
 
 The L2 strength is chosen by grouped cross-validation on the training split only. Pairs are split
 by instruction (`is_held_out`): a held-out instruction is never seen by the fit, in any of its pairs.
@@ -42,10 +45,12 @@ from datacraft.core.rows import MESSAGE_DTYPE, instruction_expr, two_turn_messag
 EMBEDDED_HEAD = "embedded"
 HEAD_FORMAT = 1
 SPLIT_SALT = "datacraft-pref-split-v1"
-DEFAULT_FEATURES = ("response", "loglen", "heuristics")  # the shipped head's (best on held-out AlpacaEval)
+#: the shipped head's: the best length-balanced accuracy in grouped CV on the training instructions
+DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format")
 #: heuristics sub-scores used by the `heuristics` feature (length ones excluded: `loglen` covers them)
 HEURISTIC_FEATURES = ("lexical_diversity", "repetition", "alpha_ratio", "stopword_ratio", "refusal")
-ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics")
+FORMAT_FEATURES = ("lines", "list_items", "bold", "headers", "code_blocks", "sentences", "words_per_sentence", "words")
+ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics", "format")
 L2_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 SCALAR_L2 = 1e-2
 
@@ -135,6 +140,12 @@ class RowViews:
     response: np.ndarray  # (n, d) unit vectors
     chars: np.ndarray  # (n,) response characters
     heuristics: np.ndarray | None = None  # (n, len(HEURISTIC_FEATURES))
+    format: np.ndarray | None = None  # (n, len(FORMAT_FEATURES)), from `format_matrix`
+
+    def take(self, rows: np.ndarray | slice) -> RowViews:
+        """The views of a subset of the rows (a mask, indices or a slice)."""
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
+        return RowViews(self.instruction[rows], self.response[rows], self.chars[rows], pick(self.heuristics), pick(self.format))
 
 
 def feature_matrix(views: RowViews, features: Sequence[str]) -> np.ndarray:
@@ -155,6 +166,10 @@ def feature_matrix(views: RowViews, features: Sequence[str]) -> np.ndarray:
             if views.heuristics is None:
                 raise ValueError("the 'heuristics' feature needs the heuristics sub-scores")
             blocks.append(views.heuristics)
+        elif name == "format":
+            if views.format is None:
+                raise ValueError("the 'format' feature needs the responses' layout counts (format_matrix)")
+            blocks.append(views.format)
         else:
             raise ValueError(f"unknown feature {name!r}; expected one of {ALL_FEATURES}")
     return np.concatenate([np.asarray(b, dtype=np.float64) for b in blocks], axis=1)
@@ -166,6 +181,24 @@ def heuristic_matrix(frame: pl.DataFrame) -> np.ndarray:
 
     scored = HeuristicsStage({"scores": list(HEURISTIC_FEATURES)}).run(frame).kept
     return scored.select([pl.col("scores." + n).fill_null(0.0) for n in HEURISTIC_FEATURES]).to_numpy().astype(np.float64)
+
+
+def format_matrix(responses: pl.Series | Sequence[str]) -> np.ndarray:
+    """The `format` feature of each response, (n, len(FORMAT_FEATURES)): log(1 + count) of its layout
+    elements, and log words per sentence."""
+    text = pl.Series("t", responses, dtype=pl.Utf8).fill_null("")
+    frame = pl.DataFrame({"t": text}).select(
+        pl.col("t").str.count_matches("\n", literal=True).alias("lines"),
+        pl.col("t").str.count_matches(r"(?m)^\s*(?:[-*•]|\d+[.)])\s").alias("list_items"),
+        (pl.col("t").str.count_matches("**", literal=True) // 2).alias("bold"),
+        pl.col("t").str.count_matches(r"(?m)^#+\s").alias("headers"),
+        (pl.col("t").str.count_matches("```", literal=True) // 2).alias("code_blocks"),
+        pl.col("t").str.count_matches(r"[.!?](?:\s|$)").alias("sentences"),
+        pl.col("t").str.count_matches(r"\S+").alias("words"),
+    )
+    counts = np.log1p(frame.to_numpy().astype(np.float64))
+    lines, items, bold, heads, code, sent, words = counts.T
+    return np.stack([lines, items, bold, heads, code, sent, words - sent, words], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +308,10 @@ class PrefHead:
         return "heuristics" in self.features
 
     @property
+    def needs_format(self) -> bool:
+        return "format" in self.features
+
+    @property
     def needs_instruction(self) -> bool:
         """Whether a feature reads the instruction's embedding (else it is not computed)."""
         return bool({"product", "cos", "lenprompt"} & set(self.features))
@@ -288,7 +325,8 @@ def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], featur
     scale[scale < 1e-8] = 1.0
     diffs = (phi_c - phi_r) / scale
     width = {"response": chosen.response.shape[1], "product": chosen.response.shape[1], "lenprompt": chosen.response.shape[1]}
-    is_vector = np.concatenate([np.full(width.get(f, 1 if f != "heuristics" else len(HEURISTIC_FEATURES)), f in width) for f in features])
+    scalars = {"heuristics": len(HEURISTIC_FEATURES), "format": len(FORMAT_FEATURES)}
+    is_vector = np.concatenate([np.full(width.get(f, scalars.get(f, 1)), f in width) for f in features])
     cv: dict[str, float] = {}
     if l2 is None:
         l2, cv = choose_l2(diffs, groups, is_vector)
@@ -318,25 +356,24 @@ def embed_texts(texts: list[str], kind: str = "sentence-transformers", model: st
     return vectors[[index[t] for t in texts]]
 
 
-def row_views(instructions: list[str], responses: list[str], frame: pl.DataFrame | None = None, *, heuristics: bool = False, embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> RowViews:
+def row_views(instructions: list[str], responses: list[str], frame: pl.DataFrame | None = None, *, heuristics: bool = False, formats: bool = False,
+              embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> RowViews:
     """The views of rows given as texts (`frame`, rows in the same order, for the heuristics)."""
     emb = embedder or {"kind": "sentence-transformers", "model": "embedded"}
     vec = embed_texts(list(instructions) + list(responses), emb["kind"], emb["model"], cache_dir)
     n = len(instructions)
     heur = heuristic_matrix(frame) if heuristics and frame is not None else None
-    return RowViews(vec[:n], vec[n:], np.array([len(r) for r in responses], dtype=np.float64), heur)
+    return RowViews(vec[:n], vec[n:], np.array([len(r) for r in responses], dtype=np.float64), heur, format_matrix(responses) if formats else None)
 
 
-def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> tuple[RowViews, RowViews]:
+def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, formats: bool = False, embedder: dict[str, str] | None = None,
+               cache_dir: str | None = None) -> tuple[RowViews, RowViews]:
     """(chosen views, rejected views) of a pairs frame (from `load_pairs`)."""
     rows = pair_rows(pairs)
     n = pairs.height
     ins = pairs["instruction"].to_list()
-    v = row_views(ins + ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=heuristics, embedder=embedder, cache_dir=cache_dir)
-    half = lambda a, s: None if a is None else a[s]  # noqa: E731
-    first, second = slice(0, n), slice(n, 2 * n)
-    return (RowViews(v.instruction[first], v.response[first], v.chars[first], half(v.heuristics, first)),
-            RowViews(v.instruction[second], v.response[second], v.chars[second], half(v.heuristics, second)))
+    v = row_views(ins + ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=heuristics, formats=formats, embedder=embedder, cache_dir=cache_dir)
+    return v.take(slice(0, n)), v.take(slice(n, 2 * n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,13 +435,12 @@ def fit_from_files(
     pairs = with_split(load_pairs(paths), holdout)
     if pairs.height == 0:
         raise ValueError("no preference pairs (rows with chosen and rejected) in " + ", ".join(map(str, paths)))
-    chosen, rejected = pair_views(pairs, heuristics="heuristics" in features, embedder=emb, cache_dir=cache_dir)
+    chosen, rejected = pair_views(pairs, heuristics="heuristics" in features, formats="format" in features, embedder=emb, cache_dir=cache_dir)
     train = ~pairs["held_out"].to_numpy()
     if train.sum() < 10:
         raise ValueError(f"only {int(train.sum())} training pairs after the split (holdout={holdout})")
-    sub = lambda v, m: RowViews(v.instruction[m], v.response[m], v.chars[m], None if v.heuristics is None else v.heuristics[m])  # noqa: E731
     keys = [instruction_key(x) for x in pairs["instruction"].to_list()]
-    head = fit_head(sub(chosen, train), sub(rejected, train), [k for k, t in zip(keys, train, strict=True) if t], features, l2)
+    head = fit_head(chosen.take(train), rejected.take(train), [k for k, t in zip(keys, train, strict=True) if t], features, l2)
     head.embedder = emb
     margin = head.score(chosen) - head.score(rejected)
     length = chosen.chars - rejected.chars
