@@ -254,10 +254,12 @@ class GlobalStage(Stage[P, R]):
         return type(self).facts is not GlobalStage.facts
 
     def summarize(self, batch: pl.DataFrame) -> Any:
-        """Per batch, what `facts` is computed from (default: a row sample)."""
+        """Per batch, what `facts` is computed from (default: a row sample). The sample is drawn by a
+        hash of the id, so the same rows are sampled however the input is split into batches."""
         if self.sample_fraction >= 1.0 or batch.height == 0:
             return batch
-        return batch.sample(n=max(1, int(batch.height * self.sample_fraction)), seed=0)
+        buckets = 1 << 20
+        return batch.filter(pl.col("id").hash(seed=11) % buckets < int(self.sample_fraction * buckets))
 
     def facts(self, summaries: list[Any]) -> Any:
         """Small global facts (a side input) from every batch's `summarize`."""

@@ -110,6 +110,7 @@ class SemanticDedupStage(EdgeDedup, GlobalStage):
         sample = concat_batches(summaries)
         if sample.height == 0:
             return None
+        sample = sample.sort("id")  # seeded k-means on one row order: the same centroids on every runner
         x = self.vectors(sample)
         n_est = sample.height / max(self.sample_fraction, 1e-9)
         n_clusters = max(1, min(sample.height, math.ceil(2 * n_est / self.params.partition_rows)))
