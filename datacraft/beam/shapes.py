@@ -28,15 +28,8 @@ import polars as pl
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from datacraft.beam.transform import DROPPED, KEPT, STATS, OverlappedDoFn, emit_result
-from datacraft.core.rows import concat_batches
+from datacraft.core.rows import canonical_order, concat_batches
 from datacraft.core.stage import GlobalStage, Shape, StageResult
-
-
-def canonical_order(frame: pl.DataFrame) -> pl.DataFrame:
-    """The rows sorted by id, ties (a repeated id) by a hash of the whole row: one order for one set of rows."""
-    if frame.height < 2 or "id" not in frame.columns:
-        return frame
-    return frame.with_columns(frame.hash_rows(seed=0).alias("_row_hash")).sort(["id", "_row_hash"]).drop("_row_hash")
 
 
 def _time_only(stage: GlobalStage, seconds: float, result: StageResult | None = None) -> Any:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from datacraft.core.ledger import LedgerEntry
 from datacraft.core.resources import SHARED
-from datacraft.core.rows import BATCH_SCHEMA, SCORE_PREFIX, concat_batches, empty_batch, with_drop
+from datacraft.core.rows import BATCH_SCHEMA, SCORE_PREFIX, canonical_order, concat_batches, empty_batch, with_drop
 
 #: the columns every row has from the reader on
 BASE_COLUMNS: frozenset[str] = frozenset(BATCH_SCHEMA)
@@ -311,7 +311,7 @@ class GlobalStage(Stage[P, R]):
         raise NotImplementedError
 
     def _iter_results(self, batches: Iterable[pl.DataFrame]) -> Iterator[tuple[StageResult, int, float]]:
-        frame = concat_batches(list(batches))
+        frame = canonical_order(concat_batches(list(batches)))  # as on Beam (`datacraft.beam.shapes`)
         t0 = time.perf_counter()
         result = self.process_all(frame)
         yield result, frame.height, time.perf_counter() - t0
