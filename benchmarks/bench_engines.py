@@ -1,10 +1,11 @@
-"""The same filter run (configs/filter.yaml: read → heuristics → filter → exact dedup → write) on
+"""The same filter run (configs/filter.yaml, or `--config NAME`: read → heuristics → filter → exact dedup → write) on
 Beam's in-process runner, `multi_processing` and Dask (datacraft's fixed DaskRunner on a
 `distributed.LocalCluster`): rows/s, peak memory per process, CPU time, and for Dask where the
 workers' time goes (compute vs transfer / (de)serialization of batches between workers).
 
     python benchmarks/bench_engines.py             # 1,000,000 rows; inproc, mp2, mp4, dask1, dask2, dask4; 2 rounds
     python benchmarks/bench_engines.py --quick     # 50,000 rows; inproc, mp2, dask2; 2 rounds
+    python benchmarks/bench_engines.py --config semantic_dedup --rows 20000 --files 2 --batch-size 4096 --rounds 1
 
 Each measurement runs in a fresh process (so peak RSS is that engine's own); engines alternate
 within a round (A B C, A B C). Ratios are per round against that round's in-process time, then the
@@ -40,13 +41,16 @@ def _worker_stats() -> dict[str, float]:
     return {"rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, "cpu_s": _cpu_s(resource.RUSAGE_SELF)}
 
 
+CONFIG = "filter"
+
+
 def one(engine: str, src: str, out: str, batch_size: int) -> dict[str, Any]:
     """Run the filter config once on `engine`; the figures of this process (and its workers)."""
     from datacraft.pipeline.config import load_config
     from datacraft.pipeline.run import run_config
     from tests.test_reproducible import output_digest, run_outputs
 
-    config = load_config(str(ROOT / "configs" / "filter.yaml"), [f"input.path={src}", f"input.batch_size={batch_size}", f"output.path={out}", "output.html_report=false"])
+    config = load_config(str(ROOT / "configs" / f"{CONFIG}.yaml"), [f"input.path={src}", f"input.batch_size={batch_size}", f"output.path={out}", "output.html_report=false"])
     record: dict[str, Any] = {"engine": engine}
     cluster = client = None
     args: list[str] = []
@@ -62,8 +66,16 @@ def one(engine: str, src: str, out: str, batch_size: int) -> dict[str, Any]:
         before = client.run(_worker_stats)
         args = ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"]
     t0, cpu0 = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
-    t_start = time.time()
-    report = run_config(config, args)
+    import contextlib
+
+    if client is not None:
+        from distributed import get_task_stream
+
+        stream = get_task_stream(client=client)
+    else:
+        stream = contextlib.nullcontext()
+    with stream as ts:
+        report = run_config(config, args)
     wall = time.perf_counter() - t0
     cpu = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0
     record.update(seconds=round(wall, 2), rows_in=report["rows_in"], rows_out=report["rows_out"], ledger_ok=report["ledger_ok"])
@@ -75,7 +87,7 @@ def one(engine: str, src: str, out: str, batch_size: int) -> dict[str, Any]:
         cpu += sum(after[w]["cpu_s"] - before[w]["cpu_s"] for w in after)
         record["worker_rss_gb"] = round(max(s["rss_gb"] for s in after.values()), 3)
         where: dict[str, float] = {}
-        for task in client.get_task_stream(start=t_start):
+        for task in ts.data:
             for ss in task.get("startstops", ()):
                 where[ss["action"]] = where.get(ss["action"], 0.0) + ss["stop"] - ss["start"]
         record["worker_seconds_by_action"] = {k: round(v, 2) for k, v in sorted(where.items())}
@@ -95,8 +107,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=65536)
+    ap.add_argument("--config", default="filter", help="a config of configs/ (e.g. semantic_dedup for the reproducibility digests)")
     ap.add_argument("--one", nargs=3, metavar=("ENGINE", "SRC", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global CONFIG
+    CONFIG = a.config
     if a.one:
         print(json.dumps(one(*a.one, a.batch_size)))
         return
@@ -117,13 +132,13 @@ def main() -> None:
     for r in range(a.rounds):
         for e in engines:
             out = tmp / f"out-{e}-{r}"
-            cmd = [sys.executable, __file__, "--one", e, src, str(out), "--batch-size", str(a.batch_size)]
+            cmd = [sys.executable, __file__, "--one", e, src, str(out), "--batch-size", str(a.batch_size), "--config", a.config]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             rec = json.loads(proc.stdout.strip().splitlines()[-1])
             results[e].append(rec)
             print(json.dumps({"round": r, **rec}), flush=True)
     base = results[engines[0]]
-    summary: dict[str, Any] = {"benchmark": "engines", "rows": rows, "files": a.files, "batch_size": a.batch_size, "rounds": a.rounds}
+    summary: dict[str, Any] = {"benchmark": "engines", "config": a.config, "rows": rows, "files": a.files, "batch_size": a.batch_size, "rounds": a.rounds}
     digests = {rec["digest"] for recs in results.values() for rec in recs}
     summary["digests_match"] = len(digests) == 1
     summary["digest"] = sorted(digests)[0] if len(digests) == 1 else sorted(digests)

@@ -100,7 +100,7 @@ def test_stock_runner_loses_outputs(cluster: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", ["filter", "semantic_dedup"])
+@pytest.mark.parametrize("name", ["filter", pytest.param("semantic_dedup", marks=pytest.mark.slow)])
 def test_config_on_dask_matches_in_process_id_for_id(name: str, cluster: str, tmp_path: Path) -> None:
     """A shipped config through `--runner=DaskRunner`: the same kept ids and dropped rows as in-process."""
     config = str(ROOT / "configs" / f"{name}.yaml")

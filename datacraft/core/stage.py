@@ -31,7 +31,14 @@ from pydantic import BaseModel, ConfigDict
 
 from datacraft.core.ledger import LedgerEntry
 from datacraft.core.resources import SHARED
-from datacraft.core.rows import BATCH_SCHEMA, SCORE_PREFIX, canonical_order, concat_batches, empty_batch, with_drop
+from datacraft.core.rows import (
+    BATCH_SCHEMA,
+    SCORE_PREFIX,
+    canonical_order,
+    concat_batches,
+    empty_batch,
+    with_drop,
+)
 
 #: the columns every row has from the reader on
 BASE_COLUMNS: frozenset[str] = frozenset(BATCH_SCHEMA)

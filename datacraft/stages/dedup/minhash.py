@@ -11,6 +11,8 @@ is the best by `score` (else the longest); the others are dropped "near-duplicat
 
 Memory: signatures N × num_perm × 8 bytes (1M × 128 ≈ 1 GB) + the bucket table. Beam form: bucket
 keys hashed into `shards` partitions (GroupByKey), edges per shard, one resolve (see groups.py).
+Order independence: a bucket's rows are linked to its smallest id (not to the first row that
+arrived), so the edges — and the groups — do not depend on batch order or partitioning.
 """
 
 from __future__ import annotations
