@@ -77,7 +77,7 @@ def _expected() -> dict[str, str]:
 
 def _run(runner: beam.runners.PipelineRunner, address: str, out: Path) -> dict[str, str]:
     out.mkdir()
-    p = beam.Pipeline(runner=runner, options=beam.options.pipeline_options.PipelineOptions([f"--dask_client_address={address}"]))
+    p = beam.Pipeline(runner=runner, options=beam.options.pipeline_options.PipelineOptions([f"--dask_client_address={address}", "--dask_npartitions=2"]))
     _graph(p, out)
     p.run().wait_until_finish()
     return {name: (out / name).read_text() for name in ("odd", "even", "groups") if (out / name).exists()}
