@@ -203,13 +203,26 @@ def pipeline_options(config: Any, beam_args: Sequence[str] = ()) -> tuple[Pipeli
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return options, FnApiRunner()
-    options.view_as(StandardOptions).runner = runner_name
+    if runner_name.lower() in ("dask", "daskrunner") or runner_name.endswith(".DaskRunner"):
+        # Beam knows no short name "DaskRunner", and its own one loses tagged and finish_bundle outputs
+        from datacraft.beam.dask_runner import DaskRunner
+
+        return options, DaskRunner(local=runner_name.lower() == "dask")
+    options.view_as(StandardOptions).runner = RUNNER_NAMES.get(runner_name.lower(), runner_name)
     return options, None
+
+
+#: short runner names → what Beam resolves (Beam itself knows Flink/Spark/Dataflow/Portable/Prism)
+RUNNER_NAMES = {name.lower(): name for name in ("FlinkRunner", "SparkRunner", "DataflowRunner", "PortableRunner", "PrismRunner")} | {
+    "flink": "FlinkRunner", "spark": "SparkRunner", "dataflow": "DataflowRunner", "portable": "PortableRunner", "prism": "PrismRunner",
+}
 
 
 def runs_in_this_process(options: PipelineOptions, runner: Any) -> bool:
     """Whether every worker of the run is this process (the default in-process FnApiRunner)."""
-    return runner is not None and options.view_as(DirectOptions).direct_running_mode in (None, "in_memory")
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return isinstance(runner, FnApiRunner) and options.view_as(DirectOptions).direct_running_mode in (None, "in_memory")
 
 
 

@@ -11,6 +11,11 @@ is imported here).
 
 Every path emits kept / dropped / ledger entries; time spent outside a per-batch step (preparing,
 partition evidence, deciding) is carried by zero-row ledger entries so the report's stage time is whole.
+
+Order independence: a step that sees many batches at once (ToList, GroupByKey) gets them in whatever
+order the runner delivers, so it sorts its rows by id (then a row hash, for repeated ids) before the
+stage looks at them (`canonical_order`): the stage's decision then depends on the set of rows only,
+not on the runner, the partitioning or the batch order.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import polars as pl
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from datacraft.beam.transform import DROPPED, KEPT, STATS, OverlappedDoFn, emit_result
-from datacraft.core.rows import concat_batches
+from datacraft.core.rows import canonical_order, concat_batches
 from datacraft.core.stage import GlobalStage, Shape, StageResult
 
 
@@ -45,7 +50,7 @@ class _WithStage(beam.DoFn):
 
 class _OneProcess(_WithStage):
     def process(self, batches: list[pl.DataFrame]) -> Any:
-        frame = concat_batches(batches)
+        frame = canonical_order(concat_batches(batches))
         t0 = time.perf_counter()
         result = self.stage.process_all(frame)
         yield from emit_result(self.stage.label, frame.height, result, time.perf_counter() - t0)
@@ -78,7 +83,7 @@ class _KeyBatch(beam.DoFn):
 class _Partition(_WithStage):
     def process(self, keyed: tuple[Any, list[pl.DataFrame]], facts: Any) -> Any:
         key, parts = keyed
-        frame = concat_batches(list(parts))
+        frame = canonical_order(concat_batches(list(parts)))
         t0 = time.perf_counter()
         result = self.stage.process_partition(key, frame, facts)
         yield from emit_result(self.stage.label, frame.height, result, time.perf_counter() - t0)
@@ -188,7 +193,7 @@ def greedi(stage: GlobalStage, rows: beam.PCollection) -> dict[str, Any]:
     class _Round1(_WithStage):
         def process(self, item: tuple[int, list[pl.DataFrame]], total: int) -> Any:
             t0 = time.perf_counter()
-            frame = concat_batches(list(item[1]))
+            frame = canonical_order(concat_batches(list(item[1])))
             candidates, result = self.stage.round1(frame, total)
             seconds = time.perf_counter() - t0
             yield candidates  # to round 2, where they are counted
@@ -197,7 +202,7 @@ def greedi(stage: GlobalStage, rows: beam.PCollection) -> dict[str, Any]:
     class _Round2(_WithStage):
         def process(self, batches: list[pl.DataFrame], total: int) -> Any:
             t0 = time.perf_counter()
-            frame = concat_batches(batches)
+            frame = canonical_order(concat_batches(batches))
             result = self.stage.round2(frame, total)
             yield from emit_result(self.stage.label, frame.height, result, time.perf_counter() - t0)
 

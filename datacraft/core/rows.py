@@ -210,6 +210,13 @@ def concat_batches(batches: Sequence[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([conform(b) for b in batches], how="diagonal_relaxed")
 
 
+def canonical_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows sorted by id, ties (a repeated id) by a hash of the whole row: one order for one set of rows."""
+    if frame.height < 2 or "id" not in frame.columns:
+        return frame
+    return frame.with_columns(frame.hash_rows(seed=0).alias("_row_hash")).sort(["id", "_row_hash"]).drop("_row_hash")
+
+
 def score_columns(df: pl.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(SCORE_PREFIX)]
 

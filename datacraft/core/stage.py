@@ -31,7 +31,14 @@ from pydantic import BaseModel, ConfigDict
 
 from datacraft.core.ledger import LedgerEntry
 from datacraft.core.resources import SHARED
-from datacraft.core.rows import BATCH_SCHEMA, SCORE_PREFIX, concat_batches, empty_batch, with_drop
+from datacraft.core.rows import (
+    BATCH_SCHEMA,
+    SCORE_PREFIX,
+    canonical_order,
+    concat_batches,
+    empty_batch,
+    with_drop,
+)
 
 #: the columns every row has from the reader on
 BASE_COLUMNS: frozenset[str] = frozenset(BATCH_SCHEMA)
@@ -254,10 +261,12 @@ class GlobalStage(Stage[P, R]):
         return type(self).facts is not GlobalStage.facts
 
     def summarize(self, batch: pl.DataFrame) -> Any:
-        """Per batch, what `facts` is computed from (default: a row sample)."""
+        """Per batch, what `facts` is computed from (default: a row sample). The sample is drawn by a
+        hash of the id, so the same rows are sampled however the input is split into batches."""
         if self.sample_fraction >= 1.0 or batch.height == 0:
             return batch
-        return batch.sample(n=max(1, int(batch.height * self.sample_fraction)), seed=0)
+        buckets = 1 << 20
+        return batch.filter(pl.col("id").hash(seed=11) % buckets < int(self.sample_fraction * buckets))
 
     def facts(self, summaries: list[Any]) -> Any:
         """Small global facts (a side input) from every batch's `summarize`."""
@@ -309,7 +318,7 @@ class GlobalStage(Stage[P, R]):
         raise NotImplementedError
 
     def _iter_results(self, batches: Iterable[pl.DataFrame]) -> Iterator[tuple[StageResult, int, float]]:
-        frame = concat_batches(list(batches))
+        frame = canonical_order(concat_batches(list(batches)))  # as on Beam (`datacraft.beam.shapes`)
         t0 = time.perf_counter()
         result = self.process_all(frame)
         yield result, frame.height, time.perf_counter() - t0

@@ -11,6 +11,11 @@ the whole collection, so a row that appears in several partitions is still decid
                     └──────────────────────────── apply_drops(batch, side input) ─ kept / dropped / stats
 
 Memory of `resolve`: O(#edges + #rows with an edge) — duplicates only, never the whole corpus.
+
+Order independence: `resolve` first puts the edges in one canonical form (each unordered pair once,
+lower id first, its largest similarity, sorted), and every tie — the kept row of a group, the kept
+neighbour a greedy drop points to, the "via" row — is broken by priority and then by id, so the drop
+table and the drop details depend on the set of edges only, not on the order partitions sent them.
 """
 
 from __future__ import annotations
@@ -42,17 +47,30 @@ def node_frame(frame: pl.DataFrame, score: str | None, text: str) -> pl.DataFram
     )
 
 
+def rank_of(nodes: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Position in `order` (the priority order of all nodes) of each of `nodes`."""
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[nodes]
+
+
+def canonical_edges(edges: pl.DataFrame) -> pl.DataFrame:
+    """Each unordered pair once as (lower id, higher id) with its largest similarity, sorted."""
+    lo = pl.min_horizontal("a", "b").alias("a")
+    hi = pl.max_horizontal("a", "b").alias("b")
+    return edges.filter(pl.col("a") != pl.col("b")).select(lo, hi, "sim").group_by(["a", "b"]).agg(pl.col("sim").max()).sort(["a", "b"])
+
+
 def _greedy_keep(n: int, order: np.ndarray, ia: np.ndarray, ib: np.ndarray, sim: np.ndarray) -> np.ndarray:
     """Non-transitive grouping: in priority order, a node is dropped when it has an edge to an already
     kept node; returns, per node, the index of the kept node it duplicates (itself when kept)."""
     a = np.concatenate([ia, ib])
     b = np.concatenate([ib, ia])
     s = np.concatenate([sim, sim])
-    o = np.lexsort((-s, a))
+    o = np.lexsort((rank_of(b, order), -s, a))  # equal similarity: the better-ranked neighbour first
     a, b = a[o], b[o]
     bounds = np.searchsorted(a, np.arange(n + 1))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
+    rank = rank_of(np.arange(n), order)
     kept_as = np.full(n, -1, dtype=np.int64)
     for u in order.tolist():
         best = u
@@ -86,8 +104,8 @@ def resolve(edges: pl.DataFrame, nodes: pl.DataFrame, tau: float, metric: str = 
     empty = pl.DataFrame(schema={"id": pl.Utf8, "kept_id": pl.Utf8, "sim": pl.Float64, "via": pl.Utf8})
     if edges.height == 0:
         return empty, {"group_sizes": {}, "groups": 0, "examples": []}
-    edges = edges.filter(pl.col("a") != pl.col("b"))
-    nodes = nodes.unique("id", keep="first", maintain_order=True)
+    edges = canonical_edges(edges)
+    nodes = nodes.sort("id").unique("id", keep="first", maintain_order=True)
     ids = pl.concat([edges["a"], edges["b"]]).unique(maintain_order=True)
     index = pl.DataFrame({"id": ids, "ix": np.arange(len(ids))})
     e = edges.join(index.rename({"id": "a", "ix": "ia"}), on="a").join(index.rename({"id": "b", "ix": "ib"}), on="b")
@@ -108,7 +126,7 @@ def resolve(edges: pl.DataFrame, nodes: pl.DataFrame, tau: float, metric: str = 
     # similarity to the kept row: the direct edge when there is one, else the row's strongest edge
     both = pl.concat([edges, edges.select(pl.col("b").alias("a"), pl.col("a").alias("b"), "sim")])
     direct = dropped.join(both, left_on=["id", "kept_id"], right_on=["a", "b"], how="left").group_by("id").agg(pl.col("sim").max())
-    strongest = both.sort("sim", descending=True).group_by("a", maintain_order=True).first().rename({"a": "id", "b": "via_id", "sim": "via_sim"})
+    strongest = both.sort(["sim", "b"], descending=[True, False]).group_by("a", maintain_order=True).first().rename({"a": "id", "b": "via_id", "sim": "via_sim"})
     drops = (
         dropped.join(direct, on="id", how="left")
         .join(strongest, on="id", how="left")
@@ -206,12 +224,12 @@ class EdgeDedup:
         raise NotImplementedError
 
     def partition_evidence(self, key: Any, pieces: list[pl.DataFrame], facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
-        return self.edges_of(key, pl.concat(pieces, how="vertical_relaxed"), facts)
+        return self.edges_of(key, pl.concat(pieces, how="vertical_relaxed").sort("id"), facts)
 
     def decide(self, evidence: list[tuple[pl.DataFrame, pl.DataFrame]]) -> dict[str, Any]:
         edges = pl.concat([e for e, _ in evidence], how="vertical_relaxed") if evidence else pl.DataFrame(schema=EDGE_SCHEMA)
         nodes = pl.concat([n for _, n in evidence], how="vertical_relaxed") if evidence else pl.DataFrame(schema=NODE_SCHEMA)
-        edges = edges.unique(["a", "b"])
+        edges = canonical_edges(edges)
         drops, extras = resolve(edges, nodes, self.tau(), self.metric, grouping=self.grouping(), keep=getattr(self.params, "keep", "best"))
         return {"drops": drops, "extras": extras, "edges": edges.height}
 

@@ -11,6 +11,8 @@ is the best by `score` (else the longest); the others are dropped "near-duplicat
 
 Memory: signatures N × num_perm × 8 bytes (1M × 128 ≈ 1 GB) + the bucket table. Beam form: bucket
 keys hashed into `shards` partitions (GroupByKey), edges per shard, one resolve (see groups.py).
+Order independence: a bucket's rows are linked to its smallest id (not to the first row that
+arrived), so the edges — and the groups — do not depend on batch order or partitioning.
 """
 
 from __future__ import annotations
@@ -108,12 +110,14 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def candidate_edges(ids: list[str], sig: np.ndarray, keys: np.ndarray, threshold: float) -> pl.DataFrame:
-    """Rows sharing a bucket, linked to the bucket's first row when their estimated Jaccard ≥ threshold."""
+    """Rows sharing a bucket, linked to the bucket's smallest id (whatever the row order) when their
+    estimated Jaccard ≥ threshold."""
     n, bands = keys.shape
     if n < 2:
         return pl.DataFrame(schema=EDGE_SCHEMA)
-    table = pl.DataFrame({"band": np.repeat(np.arange(bands), n), "key": keys.T.ravel(), "ix": np.tile(np.arange(n), bands)})
-    heads = table.group_by(["band", "key"]).agg(pl.col("ix").min().alias("head"), pl.len().alias("size")).filter(pl.col("size") > 1)
+    by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")  # the row order that decides heads
+    table = pl.DataFrame({"band": np.repeat(np.arange(bands), n), "key": keys[by_id].T.ravel(), "ix": np.tile(by_id, bands), "r": np.tile(np.arange(n), bands)})
+    heads = table.group_by(["band", "key"]).agg(pl.col("ix").sort_by("r").first().alias("head"), pl.len().alias("size")).filter(pl.col("size") > 1)
     pairs = table.join(heads, on=["band", "key"]).filter(pl.col("ix") != pl.col("head")).select("head", "ix").unique()
     if pairs.height == 0:
         return pl.DataFrame(schema=EDGE_SCHEMA)

@@ -16,6 +16,17 @@ nearest and second-nearest centroid (so pairs across a border meet in one partit
 finds its edges after GroupByKey; a single resolve step over the edges (duplicates only) decides each
 row once, and the original rows are split against that side input — so a row present in two
 partitions is kept or dropped exactly once. Memory per worker: one partition (≈ 2N/clusters rows).
+
+Order independence: the k-means sample is drawn by a hash of the id and sorted by id before the
+seeded k-means, and each partition is sorted by id before its exact search, so the candidate edges
+and the kept ids are the same on every runner and for every split of the input into files and
+batches (tests/test_reproducible.py: identical on the shipped configs). Two approximations remain,
+neither runner-dependent: the Beam form misses a duplicate pair whose rows share no top-2 centroid
+(against one-process exact search), and embeddings of a model whose batches are padded
+(sentence-transformers) can differ in the last float bits with batch composition, so a pair within
+≈1e-6 of τ may flip when the input is batched differently (the static embedder is per row: exact).
+Similarities are exact float64 cosines of the two vectors (`pair_cosines`), so they and the drop
+details do not change with the partition a pair was found in or the workers' BLAS threads.
 """
 
 from __future__ import annotations
@@ -64,10 +75,27 @@ def edges_from_pairs(ids: list[str], a: np.ndarray, b: np.ndarray, sim: np.ndarr
     )
 
 
+#: the kNN search keeps pairs down to τ − SLACK; the exact float64 cosine then decides (see `pair_cosines`)
+SLACK = 1e-4
+
+
+def pair_cosines(x: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """x[a]·x[b] in float64 (products of float32 values are exact there): a value of the two rows
+    alone, not of the matrix they were searched in — GEMM results differ in the last float32 bits
+    with the partition's layout and the BLAS thread count, which flipped drop details across runners."""
+    out = np.empty(len(a), dtype=np.float64)
+    for s in range(0, len(a), chunk):
+        xa, xb = x[a[s : s + chunk]].astype(np.float64), x[b[s : s + chunk]].astype(np.float64)
+        out[s : s + chunk] = np.einsum("ij,ij->i", xa, xb)
+    return out
+
+
 def threshold_edges(ids: list[str], x: np.ndarray, k: int, threshold: float, **knn_kwargs: object) -> pl.DataFrame:
     """Edges of all neighbour pairs ≥ threshold, widening the search for rows in dense groups."""
-    a, b, sim = pairs_above(x, k, threshold, **knn_kwargs)
-    return edges_from_pairs(ids, a, b, sim)
+    a, b, _ = pairs_above(x, k, threshold - SLACK, **knn_kwargs)
+    sim = pair_cosines(x, a, b)
+    ok = sim >= threshold
+    return edges_from_pairs(ids, a[ok], b[ok], sim[ok])
 
 
 class SemanticDedupStage(EdgeDedup, GlobalStage):
@@ -110,6 +138,7 @@ class SemanticDedupStage(EdgeDedup, GlobalStage):
         sample = concat_batches(summaries)
         if sample.height == 0:
             return None
+        sample = sample.sort("id")  # seeded k-means on one row order: the same centroids on every runner
         x = self.vectors(sample)
         n_est = sample.height / max(self.sample_fraction, 1e-9)
         n_clusters = max(1, min(sample.height, math.ceil(2 * n_est / self.params.partition_rows)))

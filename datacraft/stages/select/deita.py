@@ -9,6 +9,7 @@ loop. Unlike distilabel's DeitaFiltering the comparison is with the *kept* pool,
 
 Reads `embedding` (or embeds `text`), the score columns; dropped rows: "too similar" (detail
 "cos=0.95 to <id>") or "not selected (budget)". Memory: the vectors + the kept index (budget × d).
+Order independence: rows arrive sorted by id (`canonical_order`); equal sort keys go to the smaller id.
 """
 
 from __future__ import annotations

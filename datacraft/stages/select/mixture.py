@@ -282,10 +282,12 @@ class SmartMixtureStage(GlobalStage):
         return self.task_sums(batch)
 
     def facts(self, summaries: list[dict[str, tuple[np.ndarray, int]]]) -> list[dict[str, Any]]:
-        sums: dict[str, tuple[np.ndarray, int]] = {}
+        pieces: dict[str, list[tuple[np.ndarray, int]]] = {}
         for part in summaries:
-            for t, (v, c) in part.items():
-                sums[t] = (sums[t][0] + v, sums[t][1] + c) if t in sums else (v, c)
+            for t, vc in part.items():
+                pieces.setdefault(t, []).append(vc)
+        # added in one order (by the partial sums' values), not the order batches arrived in
+        sums = {t: (np.sum([v for v, _ in sorted(vs, key=lambda vc: (vc[1], vc[0].tobytes()))], axis=0), sum(c for _, c in vs)) for t, vs in pieces.items()}
         return self.budgets(sums, sum(c for _, c in sums.values())) if sums else []
 
     def facts_result(self, facts: list[dict[str, Any]]) -> StageResult:

@@ -19,6 +19,8 @@ Stage `select` (GlobalStage): reads `embedding` (or embeds `text`), optional sco
 selected rows get `scores.<label>_gain` and `scores.<label>_rank` (1 = picked first); the others are
 dropped "not selected (budget)". Scale-out: GreeDi (`partitions` > 1): rows hashed into partitions,
 each selects ⌈oversample·B/P⌉ candidates, one final greedy over the union selects B.
+Order independence: every step sees its rows sorted by id (`canonical_order`), GreeDi partitions
+are a hash of the id, and equal gains go to the smaller index, i.e. the smaller id.
 """
 
 from __future__ import annotations
