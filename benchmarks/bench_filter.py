@@ -155,7 +155,7 @@ def run_datatrove(src: Path, out: Path) -> int:
     config = ExactDedupConfig(content_getter=lambda doc: _NORM_SPACE.sub(" ", _NORM_PUNCT.sub("", doc.text.lower())).strip(),
                               document_priority=lambda doc: min(65535, 1 + len(doc.metadata["output"])))
     reader = {"data_folder": str(src.parent), "glob_pattern": src.name, "adapter": adapter}
-    common = {"logging_dir": None, "skip_completed": False}
+    common = {"logging_dir": str(out / "logs"), "skip_completed": False}  # datatrove logs to ./logs otherwise
     sig = LocalPipelineExecutor(pipeline=[JsonlReader(**reader), ExactDedupSignature(output_folder=str(out / "sigs"), config=config, finder_workers=2)],
                                 tasks=2, workers=2, **common)
     find = LocalPipelineExecutor(pipeline=[ExactFindDedups(data_folder=str(out / "sigs"), output_folder=str(out / "dups"), config=config)],

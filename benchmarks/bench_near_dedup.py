@@ -151,7 +151,7 @@ def run_datatrove(src: Path, work: Path) -> set[int]:
     shutil.rmtree(work, ignore_errors=True)
     cfg = MinhashConfig(n_grams=NGRAM, num_buckets=BANDS, hashes_per_bucket=NUM_PERM // BANDS)
     reader = {"data_folder": str(src.parent), "glob_pattern": src.name}
-    common = {"logging_dir": None, "skip_completed": False}
+    common = {"logging_dir": str(work / "logs"), "skip_completed": False}  # datatrove logs to ./logs otherwise
     s1 = LocalPipelineExecutor(pipeline=[JsonlReader(**reader), MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg)], tasks=2, workers=2, **common)
     s2 = LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=cfg)], tasks=BANDS, workers=2, depends=s1, **common)
     s3 = LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=cfg)], tasks=1, depends=s2, **common)
