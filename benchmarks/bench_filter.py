@@ -6,8 +6,15 @@ heuristic scores, drop the same duplicates and write Parquet. Goal: ratio ≤ 2�
 
     python benchmarks/bench_filter.py            # 1,000,000 rows, 3 alternating runs of each side
     python benchmarks/bench_filter.py --quick    # 100,000 rows
-Last line: {"benchmark": "filter", "rows": N, "ratio_vs_polars": R, ...}: R is the median of the
-per-pair ratios (this 2-core VM's timings wander by ±15% between runs, polars' as much as ours).
+    python benchmarks/bench_filter.py --quick --peers ""   # datacraft vs polars only
+
+Peers beside plain polars (optional, `pip install -e '.[bench]'`): datatrove (JsonlReader → the
+same nine scores in a LambdaFilter that keeps every row → ExactDedupSignature / ExactFindDedups /
+ExactDedupFilter on the same normalization with "longest response wins" as priority → JsonlWriter;
+LocalPipelineExecutor, 2 tasks) and Data-Juicer (`dj-process`, np=2: its nearest filters with
+ranges that keep every row, `document_deduplicator` lowercase on the instruction). Sides alternate
+(A B C, A B C, …); last line: {"benchmark": "filter", "ratio_vs_polars": R, "ratio_vs_datatrove": …}
+with R = the median of the paired time ratios (datacraft / peer), the CPU-time ratios beside them.
 
 The datacraft side writes more than polars does: the canonical row layout (messages, lineage,
 meta), every dropped row with its reason under dropped/, report.json and report.html.
@@ -18,12 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import alternate, emit, loadavg, robust_record, version  # noqa: E402
+
+from datacraft.stages.score.heuristics import _STOPWORDS, REFUSAL_PATTERNS  # noqa: E402
+
+_REFUSAL = re.compile("(?i)(?:" + "|".join(REFUSAL_PATTERNS) + ")")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "sft"
@@ -92,39 +109,131 @@ def run_datacraft(src: Path, out: Path) -> dict:
     return report
 
 
+def _user_text(r: dict) -> str:
+    return f"{r['instruction']}\n\n{r['input']}" if r.get("input", "").strip() else r["instruction"]
+
+
+_NORM_PUNCT, _NORM_SPACE = re.compile(r"[^\w\s]"), re.compile(r"\s+")
+_STOP = re.compile(_STOPWORDS)
+
+
+def _scores(ins: str, res: str) -> dict[str, float]:
+    """The nine `heuristics` scores, as a datatrove user writes them: Python per document."""
+    ins_words, res_words = len(ins.split()), len(res.split())
+    tokens = re.findall(r"\w+", res.lower())
+    lines = [x.strip() for x in res.split("\n") if x.strip()]
+    non_space = len(res) - sum(c.isspace() for c in res)
+    return {"length.instruction": ins_words, "length.response": res_words, "chars.response": len(res),
+            "response_ratio": res_words / max(ins_words, 1),
+            "lexical_diversity": len(set(tokens)) / len(tokens) if tokens else 0.0,
+            "repetition": 1 - len(set(lines)) / len(lines) if lines else 0.0,
+            "alpha_ratio": sum(c.isalpha() for c in res) / non_space if non_space else 0.0,
+            "stopword_ratio": min(1.0, len(_STOP.findall(res)) / res_words) if res_words else 0.0,
+            "refusal": float(bool(_REFUSAL.search(res)))}
+
+
+def run_datatrove(src: Path, out: Path) -> int:
+    """JsonlReader → the same scores (LambdaFilter keeping every row) → exact dedup (3 steps) → JsonlWriter, 2 tasks."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig,
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
+    from datatrove.pipeline.filters import LambdaFilter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    def adapter(_self: object, data: dict, path: str, id_in_file: int | str) -> dict:
+        return {"text": _user_text(data), "id": data["id"], "metadata": {"output": data["output"]}}
+
+    def score(doc: object) -> bool:
+        doc.metadata.update(_scores(doc.text, doc.metadata["output"]))
+        return True
+
+    config = ExactDedupConfig(content_getter=lambda doc: _NORM_SPACE.sub(" ", _NORM_PUNCT.sub("", doc.text.lower())).strip(),
+                              document_priority=lambda doc: min(65535, 1 + len(doc.metadata["output"])))
+    reader = {"data_folder": str(src.parent), "glob_pattern": src.name, "adapter": adapter}
+    common = {"logging_dir": str(out / "logs"), "skip_completed": False}  # datatrove logs to ./logs otherwise
+    sig = LocalPipelineExecutor(pipeline=[JsonlReader(**reader), ExactDedupSignature(output_folder=str(out / "sigs"), config=config, finder_workers=2)],
+                                tasks=2, workers=2, **common)
+    find = LocalPipelineExecutor(pipeline=[ExactFindDedups(data_folder=str(out / "sigs"), output_folder=str(out / "dups"), config=config)],
+                                 tasks=2, workers=2, depends=sig, **common)
+    final = LocalPipelineExecutor(pipeline=[JsonlReader(**reader), LambdaFilter(score), ExactDedupFilter(data_folder=str(out / "dups"), config=config),
+                                            JsonlWriter(str(out / "out"), compression=None)], tasks=2, workers=2, depends=find, **common)
+    final.run()
+    return sum(1 for f in (out / "out").glob("*.jsonl") for _ in f.open())
+
+
+DJ_CONFIG = """project_name: bench-filter
+dataset_path: {src}
+export_path: {out}/result.jsonl
+np: 2
+open_tracer: false
+use_cache: false
+text_keys: output
+process:
+  - text_length_filter: {{min_len: 0, max_len: 1000000000}}
+  - words_num_filter: {{min_num: 0, max_num: 1000000000}}
+  - alphanumeric_filter: {{min_ratio: 0.0, max_ratio: 1.0}}
+  - character_repetition_filter: {{rep_len: 10, min_ratio: 0.0, max_ratio: 1.0}}
+  - special_characters_filter: {{min_ratio: 0.0, max_ratio: 1.0}}
+  - document_deduplicator: {{lowercase: true, ignore_non_character: false, text_key: instruction}}
+"""
+
+
+def run_data_juicer(src: Path, out: Path) -> int:
+    """`dj-process` on the equivalent ops (length / words / alphanumeric / repetition / special characters, exact dedup), np=2."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = out / "config.yaml"
+    cfg.write_text(DJ_CONFIG.format(src=src, out=out))
+    exe = Path(sys.executable).with_name("dj-process")
+    done = subprocess.run([str(exe), "--config", str(cfg)], capture_output=True, text=True, cwd=out)
+    if done.returncode:
+        raise RuntimeError(f"dj-process failed: {done.stderr[-2000:]}")
+    return sum(1 for _ in (out / "result.jsonl").open())
+
+
+PEERS = {"datatrove": ("datatrove", run_datatrove), "data_juicer": ("py-data-juicer", run_data_juicer)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeat", type=int, default=3, help="alternating runs of each side; the ratio is the median of the pairs")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating rounds; ratios are medians of the pairs")
+    parser.add_argument("--peers", default="datatrove,data_juicer", help="comma list; absent packages are skipped")
     args = parser.parse_args()
     n = 100_000 if args.quick else args.rows
     tmp = Path(tempfile.mkdtemp(prefix="bench_filter_"))
     try:
-        src = tmp / "corpus.jsonl"
+        src = tmp / "in" / "corpus.jsonl"
+        warm = tmp / "warm" / "corpus.jsonl"
+        src.parent.mkdir()
+        warm.parent.mkdir()
         t0 = time.perf_counter()
         make_corpus(src, n)
+        make_corpus(warm, 2_000, seed=1)
         print(f"corpus: {n} rows, {src.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s")
-        pairs = []
-        for attempt in range(args.repeat):
-            shutil.rmtree(tmp / "polars", ignore_errors=True)
-            shutil.rmtree(tmp / "datacraft", ignore_errors=True)
-            t0 = time.perf_counter()
-            kept_polars = run_polars(src, tmp / "polars")
-            t_polars = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            report = run_datacraft(src, tmp / "datacraft")
-            t_dc = time.perf_counter() - t0
-            assert kept_polars == report["rows_out"], "both sides must keep the same rows"
-            pairs.append((t_polars, t_dc))
-            print(f"run {attempt + 1}: polars {t_polars:6.1f} s  datacraft {t_dc:6.1f} s  ratio {t_dc / t_polars:.2f}  "
-                  f"kept {kept_polars}  datacraft {report['timings']}  stage seconds {[(s['name'], round(s['seconds'], 1)) for s in report['stages']]}")
-        ratios = sorted(dc / pol for pol, dc in pairs)
-        best_polars, best_dc = min(p for p, _ in pairs), min(d for _, d in pairs)
-        print(f"polars best {best_polars:.1f} s ({n / best_polars:,.0f} rows/s), datacraft best {best_dc:.1f} s ({n / best_dc:,.0f} rows/s)")
-        print(json.dumps({"benchmark": "filter", "rows": n, "repeat": len(pairs), "ratio_vs_polars": round(ratios[len(ratios) // 2], 2),
-                          "ratio_of_best_times": round(best_dc / best_polars, 2), "ratios": [round(r, 2) for r in ratios],
-                          "seconds_polars_best": round(best_polars, 2), "seconds_datacraft_best": round(best_dc, 2)}))
+        sides = {"datacraft": lambda: run_datacraft(src, tmp / "datacraft")["rows_out"], "polars": lambda: run_polars(src, tmp / "polars")}
+        warmups = {"datacraft": lambda: run_datacraft(warm, tmp / "datacraft"), "polars": lambda: run_polars(warm, tmp / "polars")}
+        versions, skipped = {"datacraft": version("datacraft"), "polars": pl.__version__}, {}
+        for name in [p for p in args.peers.split(",") if p]:
+            dist, fn = PEERS[name]
+            if version(dist) is None:
+                skipped[name] = f"{dist} not installed (pip install -e '.[bench]')"
+                continue
+            versions[name] = version(dist)
+            sides[name] = lambda fn=fn, name=name: fn(src, tmp / name)
+            warmups[name] = lambda fn=fn, name=name: fn(warm, tmp / name)
+        load0 = loadavg()
+        trials = alternate(sides, args.repeat, warmups, before=lambda name: shutil.rmtree(tmp / name, ignore_errors=True))
+        record = {"benchmark": "filter", "rows": n, "versions": versions, "skipped": skipped,
+                  "kept": {name: ts[-1].result for name, ts in trials.items()}}
+        record.update(robust_record(trials, "datacraft", load0))
+        record["ratio_vs_polars_goal"] = "<= 1.2"
+        emit(record)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

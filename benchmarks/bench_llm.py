@@ -4,16 +4,19 @@
     python benchmarks/bench_llm.py --quick    # 16 prompts, max_tokens 16 (< 60 s on 2 idle cores)
     python benchmarks/bench_llm.py --engine vllm --prompts 256 --max-tokens 128   # on a GPU
 
-Both sides run twice in ABBA order (raw, pipeline, pipeline, raw; `--rounds 1`: once each) and
+Both sides alternate (raw, pipeline, raw, pipeline, …, `--pairs` rounds, default 3) and
 use one engine per process (the model is loaded once before timing), the same batch
 size and greedy decoding; the pipeline side runs with the cache off so every prompt is generated.
-The last line of output is one JSON object with `ratio_vs_raw` = pipeline tok/s / raw tok/s.
+The last line of output is one JSON object with `ratio_vs_raw` = pipeline tok/s / raw tok/s (the
+median of the paired rounds), the CPU-time ratio, loadavg at start and end, and a verdict that says
+"pairs disagree" when the rounds differ by more than 2×.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +31,9 @@ from datacraft.llm.config import EngineConfig
 from datacraft.llm.engines import create_engine
 from datacraft.llm.types import Request, SamplingParams
 from datacraft.stages.synthesize.generate import GenerateStage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Trial, emit, loadavg, robust_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "tests/data/selfinstruct_60.jsonl", ROOT / "tests/data/alpaca_llamafactory_200.jsonl"]
@@ -89,7 +95,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--batch-rows", type=int, default=64, help="rows per Beam batch (one engine call each)")
-    ap.add_argument("--rounds", type=int, choices=[1, 2], default=2, help="2: ABBA order, each side run twice")
+    ap.add_argument("--pairs", type=int, default=3, help="alternating rounds of the two sides")
     a = ap.parse_args()
     n = a.prompts or (16 if a.quick else 64)
     max_tokens = a.max_tokens or (16 if a.quick else 32)
@@ -98,36 +104,26 @@ def main() -> None:
     if a.engine == "vllm":  # two vLLM engines live in this process (raw, then the stage's)
         config = config.model_copy(update={"gpu_memory_utilization": 0.4, "max_model_len": 4096})
     sp = SamplingParams(max_tokens=max_tokens)
-    # ABBA order (raw, pipeline, pipeline, raw) cancels a linear drift in machine load
-    totals = {"raw": [0, 0.0, 0.0], "pipeline": [0, 0.0, 0.0]}  # tokens, wall s, process CPU s
-    for side in ("raw", "pipeline", "pipeline", "raw")[: 4 if a.rounds == 2 else 2]:
-        run = run_raw(config, prompts, sp) if side == "raw" else run_pipeline(config, prompts, sp, a.batch_rows)
-        totals[side] = [t + r for t, r in zip(totals[side], run, strict=True)]
-        print(f"{side:9s}: {run[0]} tokens in {run[1]:.1f} s wall, {run[2]:.1f} s CPU", flush=True)
-    (raw_tokens, raw_s, raw_cpu), (pipe_tokens, pipe_s, pipe_cpu) = totals["raw"], totals["pipeline"]
-    raw_tps, pipe_tps = raw_tokens / raw_s, pipe_tokens / pipe_s
-    print(f"raw engine : {raw_tokens} tokens in {raw_s:.1f} s = {raw_tps:.1f} tok/s")
-    print(f"pipeline   : {pipe_tokens} tokens in {pipe_s:.1f} s = {pipe_tps:.1f} tok/s")
-    print(
-        json.dumps(
-            {
-                "benchmark": "llm",
-                "engine": a.engine,
-                "model": a.model,
-                "prompts": len(prompts),
-                "max_tokens": max_tokens,
-                "batch_size": a.batch_size,
-                "raw_tokens_per_s": round(raw_tps, 2),
-                "pipeline_tokens_per_s": round(pipe_tps, 2),
-                "rounds": a.rounds,
-                "raw_seconds": round(raw_s, 2),
-                "pipeline_seconds": round(pipe_s, 2),
-                # CPU-time view: robust to other processes sharing the cores
-                "ratio_cpu_vs_raw": round((pipe_tokens / pipe_cpu) / (raw_tokens / raw_cpu), 3),
-                "ratio_vs_raw": round(pipe_tps / raw_tps, 3),
-            }
-        )
-    )
+    # alternating rounds (raw, pipeline, raw, pipeline, …): both sides meet the same machine load
+    load0 = loadavg()
+    trials: dict[str, list[Trial]] = {"pipeline": [], "raw": []}
+    tokens: dict[str, list[int]] = {"pipeline": [], "raw": []}
+    for _ in range(a.pairs):
+        for side in ("raw", "pipeline"):
+            run = run_raw(config, prompts, sp) if side == "raw" else run_pipeline(config, prompts, sp, a.batch_rows)
+            # the timed time per token: paired time ratios then compare like with like even if token counts differ
+            trials[side].append(Trial(run[1] / max(run[0], 1), run[2] / max(run[0], 1), 0.0))
+            tokens[side].append(run[0])
+            print(f"{side:9s}: {run[0]} tokens in {run[1]:.1f} s wall, {run[2]:.1f} s CPU  load {loadavg()[:1]}", flush=True)
+    record = {"benchmark": "llm", "engine": a.engine, "model": a.model, "prompts": len(prompts), "max_tokens": max_tokens,
+              "batch_size": a.batch_size, "tokens": tokens}
+    record.update(robust_record(trials, "pipeline", load0))  # seconds per token, pipeline / raw
+    raw_tps, pipe_tps = 1 / record["sides"]["raw"]["seconds"], 1 / record["sides"]["pipeline"]["seconds"]
+    print(f"raw engine : {raw_tps:.1f} tok/s; pipeline: {pipe_tps:.1f} tok/s (medians)")
+    record.update(raw_tokens_per_s=raw_tps, pipeline_tokens_per_s=pipe_tps,
+                  ratio_vs_raw=1 / record["ratio_vs_raw"],  # throughput, pipeline / raw: median of the pairs
+                  ratio_cpu_vs_raw=1 / record.pop("cpu_ratio_vs_raw"))
+    emit(record)
 
 
 if __name__ == "__main__":
