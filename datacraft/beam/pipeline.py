@@ -16,7 +16,7 @@ from typing import Any
 import apache_beam as beam
 import polars as pl
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from apache_beam.pvalue import TaggedOutput
+from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from datacraft.beam.coder import frames_by_reference
 from datacraft.beam.transform import DROPPED, KEPT, STATS, in_global_window, stage_transform
@@ -154,31 +154,58 @@ class WriteBatches(beam.PTransform):
         return names
 
 
+def _smallest(batch: Any, n: int, seed: int) -> list[tuple[int, str]]:
+    """The `n` smallest (id hash, id) pairs of a batch."""
+    keyed = pl.DataFrame({"h": batch["id"].hash(seed), "id": batch["id"]}).sort("h", "id").head(n)
+    return list(zip(keyed["h"].to_list(), keyed["id"].to_list(), strict=True))
+
+
+class _Smallest(beam.CombineFn):
+    """The `n` smallest (hash, id) pairs over every batch: the ids a `slice` sends through its stage."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def create_accumulator(self) -> list[tuple[int, str]]:
+        return []
+
+    def add_input(self, acc: list[tuple[int, str]], pairs: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        return sorted([*acc, *pairs])[: self.n]
+
+    def merge_accumulators(self, accs: Any) -> list[tuple[int, str]]:
+        return sorted(p for acc in accs for p in acc)[: self.n]
+
+    def extract_output(self, acc: list[tuple[int, str]]) -> list[str]:
+        return [i for _, i in acc]
+
+
 class _Slice(beam.DoFn):
-    """Splits each batch: its `n` rows with the smallest id hashes go to the stage (main output),
-    the rest pass it (`rest`), with a ledger line that counts them in and kept."""
+    """Splits each batch by the chosen ids: those go to the stage (main output), the rest pass it
+    (`rest`), with a ledger line that counts them in and kept."""
 
-    def __init__(self, label: str, n: int, seed: int) -> None:
-        self.label, self.n, self.seed = label, n, seed
+    def __init__(self, label: str) -> None:
+        self.label = label
 
-    def process(self, batch: Any) -> Any:
-        if batch.height <= self.n:
-            yield batch
-            return
-        order = batch["id"].hash(self.seed).arg_sort()
-        chosen = order.head(self.n).sort()
-        mask = pl.Series([False] * batch.height).scatter(chosen, True)
+    def process(self, batch: Any, chosen: list[str]) -> Any:
+        mask = batch["id"].is_in(pl.Series(chosen, dtype=pl.Utf8).implode())
         rest = batch.filter(~mask)
-        yield batch.filter(mask)
-        yield TaggedOutput(REST, rest)
-        yield TaggedOutput(STATS, LedgerEntry(self.label, rest.height, rest.height, counters={"slice.passed": float(rest.height)}))
+        if rest.height < batch.height:
+            yield batch.filter(mask)
+        if rest.height:
+            yield TaggedOutput(REST, rest)
+            yield TaggedOutput(STATS, LedgerEntry(self.label, rest.height, rest.height, counters={"slice.passed": float(rest.height)}))
 
 
 def _apply_stage(rows: beam.PCollection, stage: Any, plan: Any, seed: int) -> dict[str, beam.PCollection]:
     """`rows | stage`, through a `slice` when the plan has one (kept = the stage's kept + the rest)."""
     if not plan.slice:
         return rows | stage.label >> stage_transform(stage)
-    parts = rows | f"Slice[{stage.label}]" >> beam.ParDo(_Slice(stage.label, plan.slice, seed)).with_outputs(REST, STATS, main=KEPT)
+    chosen = (
+        rows
+        | f"SliceCandidates[{stage.label}]" >> beam.Map(_smallest, plan.slice, seed)
+        | f"SliceIds[{stage.label}]" >> beam.CombineGlobally(_Smallest(plan.slice))
+    )
+    parts = rows | f"Slice[{stage.label}]" >> beam.ParDo(_Slice(stage.label), AsSingleton(chosen)).with_outputs(REST, STATS, main=KEPT)
     outs = parts[KEPT] | stage.label >> stage_transform(stage)
     kept = (outs[KEPT], parts[REST]) | f"Rejoin[{stage.label}]" >> beam.Flatten()
     stats = (outs[STATS], parts[STATS]) | f"SliceStats[{stage.label}]" >> beam.Flatten()

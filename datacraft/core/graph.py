@@ -1,7 +1,7 @@
 """The shape of a config's stage graph: which stage reads which, and the branches.
 
 A stage spec may carry, next to `name` and `id`, the graph keys `from` (the label whose kept rows it
-reads), `branch` (its branch; `main` by default) and `slice` (rows per batch it sees). `plan_stages`
+reads), `branch` (its branch; `main` by default) and `slice` (how many of its input rows it sees). `plan_stages`
 turns the ordered specs into one `StagePlan` per stage; `datacraft.beam.pipeline` builds the graph.
 """
 
@@ -31,8 +31,9 @@ class StagePlan:
     it on its branch; the first stage of a new branch forks from the latest earlier stage of the
     main branch (so `dpo_pairs` with `branch: dpo` placed after `reflection` reads reflection's rows).
     `branch`: `main` writes OUT/data; any other branch's last stage writes OUT/branches/<branch>/.
-    `slice`: at most this many rows of each input batch (the smallest id hashes) go through the
-    stage; the others pass it unchanged and count as kept (`slice.passed`)."""
+    `slice`: this many of the stage's input rows (those with the smallest id hashes: the same rows
+    on every run and runner) go through the stage; the others pass it unchanged and count as kept
+    (`slice.passed`)."""
 
     label: str
     source: str

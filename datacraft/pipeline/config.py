@@ -204,7 +204,7 @@ def _check_graph_keys(spec: Mapping[str, Any], i: int, earlier: set[str], source
         fail("branch", f"{branch!r}: a branch is a name of letters, digits, '_' or '-'")
     cut = spec.get("slice")
     if cut is not None and (isinstance(cut, bool) or not isinstance(cut, int) or cut < 1):
-        fail("slice", f"{cut!r}: the number of rows per batch that go through the stage (>= 1)")
+        fail("slice", f"{cut!r}: the number of rows that go through the stage (>= 1)")
 
 
 def validate_stages(config: PipelineConfig, source: str = "<config>", lines: dict[tuple[Any, ...], int] | None = None) -> None:

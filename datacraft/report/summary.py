@@ -68,7 +68,7 @@ def lineage_counts(files: list[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for f in files:
         if f.endswith(".parquet"):
-            frame = pl.read_parquet(f, columns=["lineage"])
+            frame = pl.read_parquet(f, columns=["lineage"]) if "lineage" in pl.read_parquet_schema(f) else pl.DataFrame()
         elif f.endswith((".jsonl", ".json")):
             frame = pl.read_ndjson(f) if os.path.getsize(f) else pl.DataFrame()
         else:
