@@ -124,6 +124,7 @@ def test_a_branch_reads_the_columns_of_its_source_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_default_config_end_to_end(tmp_path: Path) -> None:
     """`datacraft run configs/default.yaml -o OUT`: the embedded models, real training for a few steps."""
     from typer.testing import CliRunner
@@ -145,3 +146,8 @@ def test_default_config_end_to_end(tmp_path: Path) -> None:
         assert summary["lineage"]["data_hash"] in card and report["config_hash"] in card
         assert (out / "train" / label / f"trl_{kind}.yaml").exists()
     assert report["lineage"]["dpo"] and any(m.startswith(SYNTH_PREFIXES) for m in report["lineage"]["main"])
+    rows = pl.read_parquet(out / "data" / "*.parquet")
+    assert rows.height == report["rows_out"] > 0
+    complexity = rows["scores"].struct.field("complexity")
+    assert complexity.min() >= 1.0 and complexity.max() <= 6.0 and complexity.n_unique() > 10
+    assert (out / "report.html").stat().st_size > 10_000
