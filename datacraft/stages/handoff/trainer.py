@@ -26,7 +26,12 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from datacraft.stages.handoff.export import DecontaminateParams, ExportResult, export_frame, write_dropped_jsonl
+from datacraft.stages.handoff.export import (
+    DecontaminateParams,
+    ExportResult,
+    export_frame,
+    write_dropped_jsonl,
+)
 
 Kind = Literal["sft", "dpo"]
 
