@@ -4,7 +4,10 @@
 2. the `gpu`-marked tests (vLLM on the embedded SmolLM2 checkpoint: batched chat, JSON schema
    through `structured_outputs`, logprobs);
 3. tokens/s raw vs through the pipeline stage (`bench_llm.py`) for vLLM when installed, and for
-   the transformers engine on CUDA.
+   the transformers engine on CUDA;
+4. with vLLM, the main job cut down (`configs/gpu.yaml` on the embedded SmolLM2 served by vLLM, a
+   few hundred rows, LoRA SFT / DPO for a few steps): tokens/s of each LLM stage next to raw vLLM's,
+   training steps/s, the ledger (`mission` in the summary). `--mission` runs only this step.
 
 Every step is time-boxed and failures are recorded, not fatal; the summary goes to
 $OUT/gpu_check.json (or ./gpu_check.json) and is printed as the last line.
@@ -46,8 +49,45 @@ def last_json(text: str) -> dict | None:
     return None
 
 
+#: configs/gpu.yaml cut down to minutes on the embedded model (the Hub is not reachable from a lent GPU)
+MISSION_SETS = [
+    "llm.model=embedded", "llm.max_model_len=2048", "reflection.student=embedded", "mosaic.tokenizer=embedded",
+    "train_sft.model=embedded", "train_dpo.model=embedded", "multihop.slice=8", "multihop.max_rows=48",
+    "reflection.slice=64", "train_sft.max_steps=20", "train_dpo.max_steps=10", "train_sft.max_length=1024",
+    "train_dpo.max_length=1024", "train_sft.epochs=1",
+]
+
+
+def mission(py: str, quick: bool, summary: dict) -> None:
+    """The cut-down main job; its report's per-stage LLM tokens/s and training speed go to `summary`."""
+    out_dir = Path(os.environ.get("OUT", ".")) / "mission"
+    limit = "40" if quick else "150"
+    sets = [a for s in [*MISSION_SETS, f"input.limit={limit}"] for a in ("--set", s)]
+    step("mission", [py, "-m", "datacraft.cli", "run", "configs/gpu.yaml", "-o", str(out_dir), "--overwrite", *sets], 480, summary)
+    report_path = out_dir / "report.json"
+    if not report_path.exists():
+        summary["mission"] = None
+        return
+    report = json.loads(report_path.read_text())
+    llm = {}
+    for s in report["stages"]:
+        c = s.get("counters") or {}
+        if c.get("llm.completion_tokens") and c.get("llm.seconds"):
+            llm[s["name"]] = round(c["llm.completion_tokens"] / c["llm.seconds"], 1)
+    raw = (summary.get("bench_vllm") or {}).get("raw_tokens_per_s")
+    summary["mission"] = {
+        "ledger_ok": report.get("ledger_ok"), "seconds": report.get("seconds"),
+        "created": {s["name"]: s["created"] for s in report["stages"] if s.get("created")},
+        "llm_tokens_per_s": llm, "raw_vllm_tokens_per_s": raw,
+        "vs_raw": {k: round(v / raw, 3) for k, v in llm.items()} if raw else None,
+        "training": {k: {f: t.get(f) for f in ("status", "steps", "steps_per_second", "error")} | {"tokens_per_s": (t.get("tokens") or {}).get("per_second")}
+                     for k, t in (report.get("training") or {}).items()},
+    }
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
+    only_mission = "--mission" in sys.argv
     summary: dict = {"steps": {}}
     import torch
 
@@ -63,14 +103,18 @@ def main() -> None:
     py = sys.executable
     step("convert_embedded", [py, "-c", "from datacraft.llm.models import resolve_model; print(resolve_model('embedded'))"], 300, summary)
     n, mt = ("64", "64") if quick else ("256", "128")
-    if has_vllm:
+    if has_vllm and only_mission:
+        mission(py, quick, summary)
+    elif has_vllm:
         step("pytest_gpu", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/test_llm_vllm.py", "-p", "no:cacheprovider"], 420, summary)
         out = step("bench_vllm", [py, "benchmarks/bench_llm.py", "--engine", "vllm", "--prompts", n, "--max-tokens", mt,
                                   "--batch-size", "256", "--batch-rows", "256"], 420, summary)
         summary["bench_vllm"] = last_json(out)
-    out = step("bench_transformers_cuda", [py, "benchmarks/bench_llm.py", "--prompts", n, "--max-tokens", mt,
-                                           "--batch-size", "32", "--batch-rows", "64"], 300, summary)
-    summary["bench_transformers_cuda"] = last_json(out)
+        mission(py, quick, summary)
+    if not only_mission:
+        out = step("bench_transformers_cuda", [py, "benchmarks/bench_llm.py", "--prompts", n, "--max-tokens", mt,
+                                               "--batch-size", "32", "--batch-rows", "64"], 300, summary)
+        summary["bench_transformers_cuda"] = last_json(out)
     target = Path(os.environ.get("OUT", ".")) / "gpu_check.json"
     target.write_text(json.dumps(summary, indent=2))
     brief = {k: v for k, v in summary.items() if k != "steps"}

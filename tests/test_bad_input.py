@@ -227,7 +227,7 @@ def test_every_reader_refuses_an_unfinished_run(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from datacraft.cli.main import app
-    from datacraft.train.trainer import read_rows
+    from datacraft.stages.handoff.trainer import read_rows
 
     out = _killed_run(_config(tmp_path))
     with pytest.raises(UnfinishedRunError, match="Rerun the same command to resume"):

@@ -29,7 +29,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_configs_validate() -> None:
-    from datacraft.train.trainer import load_train_config
+    from datacraft.stages.handoff.trainer import load_train_config
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if path.name.startswith("train_"):  # trainer configs (datacraft train sft|dpo)

@@ -154,7 +154,7 @@ def test_heldout_loss_equals_trl_eval_loss(student_and_model) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from datacraft.train.export import convert
+    from datacraft.stages.handoff.export import convert
     from datacraft.train.lift import answer_nll
 
     heldout, student, model = student_and_model

@@ -160,19 +160,3 @@ def test_multiprocessing_and_portable_runner_give_the_same_output(tmp_path: Path
             p.wait(timeout=30)
     assert report["ledger_ok"]
     assert _output_rows(tmp_path / "portable").equals(expected)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_default_config_main_job(tmp_path: Path) -> None:
-    """The README's main job, end to end with the embedded models."""
-    result = CliRunner().invoke(app, ["run", str(ROOT / "configs" / "default.yaml"), "-o", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["ledger_ok"]
-    assert [s["name"] for s in report["stages"]] == ["read", "heuristics", "filter", "exact_dedup", "embed", "semantic_dedup", "complexity", "select"]
-    rows = _output_rows(tmp_path / "out")
-    assert rows.height == report["rows_out"] > 0
-    scores = rows.select(pl.col("scores").struct.field("complexity")).to_series()
-    assert scores.min() >= 1.0 and scores.max() <= 6.0 and scores.n_unique() > 10
-    assert (tmp_path / "out" / "report.html").stat().st_size > 10_000

@@ -9,13 +9,13 @@ import pytest
 
 from datacraft.core.rows import batch_from_rows, concat_batches, make_row
 from datacraft.stages.handoff.decontaminate import DecontaminateStage, EvalIndex
-from datacraft.stages.registry import build_stage
-from datacraft.train.export import (
+from datacraft.stages.handoff.export import (
     export_frame,
     split_frame,
     to_dpo,
     to_sft,
 )
+from datacraft.stages.registry import build_stage
 from tests._train_fixtures import read_rows
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from datacraft.core.rows import text_expr
-from datacraft.train.trainer import TrainError, cpu_threads_for_load, load_train_config, train
+from datacraft.stages.handoff.trainer import TrainError, cpu_threads_for_load, load_train_config, train
 from tests._train_fixtures import make_run_folder, read_rows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

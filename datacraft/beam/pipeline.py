@@ -14,17 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import polars as pl
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from apache_beam.pvalue import TaggedOutput
+from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from datacraft.beam.coder import frames_by_reference
 from datacraft.beam.transform import DROPPED, KEPT, STATS, in_global_window, stage_transform
 from datacraft.core import progress
+from datacraft.core.graph import MAIN_BRANCH, READ_LABEL, branch_tails
 from datacraft.core.ledger import LedgerEntry, merge_entries
 from datacraft.core.rows import content_hash
-from datacraft.core.run_folder import DATA_DIR, DROPPED_DIR, PARTS_PREFIX, STATS_FILE
+from datacraft.core.run_folder import BRANCHES_DIR, DATA_DIR, DROPPED_DIR, PARTS_PREFIX, STATS_FILE
 from datacraft.io.readers import READ_STAGE, ReadOptions, plan_reads, prefetch, read_task
 from datacraft.io.writers import ShardWriter, finalize_shards
+
+#: the rows a `slice` leaves out (they pass the stage unchanged)
+REST = "rest"
 
 
 class _ReadDoFn(beam.DoFn):
@@ -149,8 +154,69 @@ class WriteBatches(beam.PTransform):
         return names
 
 
-def build(p: beam.Pipeline, config: Any, out_dir: str) -> dict[str, Any]:
-    """Add the whole curation graph to `p`; returns the PCollections of kept rows and stats."""
+def _smallest(batch: Any, n: int, seed: int) -> list[tuple[int, str]]:
+    """The `n` smallest (id hash, id) pairs of a batch."""
+    keyed = pl.DataFrame({"h": batch["id"].hash(seed), "id": batch["id"]}).sort("h", "id").head(n)
+    return list(zip(keyed["h"].to_list(), keyed["id"].to_list(), strict=True))
+
+
+class _Smallest(beam.CombineFn):
+    """The `n` smallest (hash, id) pairs over every batch: the ids a `slice` sends through its stage."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def create_accumulator(self) -> list[tuple[int, str]]:
+        return []
+
+    def add_input(self, acc: list[tuple[int, str]], pairs: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        return sorted([*acc, *pairs])[: self.n]
+
+    def merge_accumulators(self, accs: Any) -> list[tuple[int, str]]:
+        return sorted(p for acc in accs for p in acc)[: self.n]
+
+    def extract_output(self, acc: list[tuple[int, str]]) -> list[str]:
+        return [i for _, i in acc]
+
+
+class _Slice(beam.DoFn):
+    """Splits each batch by the chosen ids: those go to the stage (main output), the rest pass it
+    (`rest`), with a ledger line that counts them in and kept."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def process(self, batch: Any, chosen: list[str]) -> Any:
+        mask = batch["id"].is_in(pl.Series(chosen, dtype=pl.Utf8).implode())
+        rest = batch.filter(~mask)
+        if rest.height < batch.height:
+            yield batch.filter(mask)
+        if rest.height:
+            yield TaggedOutput(REST, rest)
+            yield TaggedOutput(STATS, LedgerEntry(self.label, rest.height, rest.height, counters={"slice.passed": float(rest.height)}))
+
+
+def _apply_stage(rows: beam.PCollection, stage: Any, plan: Any, seed: int) -> dict[str, beam.PCollection]:
+    """`rows | stage`, through a `slice` when the plan has one (kept = the stage's kept + the rest)."""
+    if not plan.slice:
+        return rows | stage.label >> stage_transform(stage)
+    chosen = (
+        rows
+        | f"SliceCandidates[{stage.label}]" >> beam.Map(_smallest, plan.slice, seed)
+        | f"SliceIds[{stage.label}]" >> beam.CombineGlobally(_Smallest(plan.slice))
+    )
+    parts = rows | f"Slice[{stage.label}]" >> beam.ParDo(_Slice(stage.label), AsSingleton(chosen)).with_outputs(REST, STATS, main=KEPT)
+    outs = parts[KEPT] | stage.label >> stage_transform(stage)
+    kept = (outs[KEPT], parts[REST]) | f"Rejoin[{stage.label}]" >> beam.Flatten()
+    stats = (outs[STATS], parts[STATS]) | f"SliceStats[{stage.label}]" >> beam.Flatten()
+    return {KEPT: kept, DROPPED: outs[DROPPED], STATS: stats}
+
+
+def build(p: beam.Pipeline, config: Any, out_dir: str, given: Any = None) -> dict[str, Any]:
+    """Add the whole curation graph to `p`: the reader, every stage reading the kept rows of its
+    `from` (`PipelineConfig.plan`), the main branch's output in OUT/data and every other branch's in
+    OUT/branches/<name>/. `given`: label → extra stage constructor arguments (injected clients).
+    Returns the PCollections of the written files and stats."""
     options = config.input.read_options()
     paths = config.input.path if isinstance(config.input.path, list) else [config.input.path]
     # a file named twice (a glob and its folder) is read once
@@ -161,20 +227,23 @@ def build(p: beam.Pipeline, config: Any, out_dir: str) -> dict[str, Any]:
         | "Spread" >> beam.Reshuffle()
         | "Read" >> beam.ParDo(_ReadDoFn(options)).with_outputs(DROPPED, STATS, main=KEPT)
     )
-    rows = read[KEPT]
+    kept = {READ_LABEL: read[KEPT]}
     dropped = {READ_STAGE: read[DROPPED]}
     stats = [read[STATS]]
-    for stage in config.build_stages():
-        outs = rows | stage.label >> stage_transform(stage)
-        rows = outs[KEPT]
+    plans = config.plan()
+    for stage, plan in zip(config.build_stages(given), plans, strict=True):
+        outs = _apply_stage(kept[plan.source], stage, plan, config.seed)
+        kept[stage.label] = outs[KEPT]
         dropped[stage.label] = outs[DROPPED]
         stats.append(outs[STATS])
 
     out = config.output
     data_format = "jsonl" if out.format == "jsonl" else "parquet"
-    written = rows | "WriteOutput" >> WriteBatches(
-        os.path.join(out_dir, DATA_DIR), out.split, data_format, out.row_format, out.shard_rows, out.keep_embedding
-    )
+    written = {}
+    for branch, tail in branch_tails(plans).items():
+        target = os.path.join(out_dir, DATA_DIR) if branch == MAIN_BRANCH else os.path.join(out_dir, BRANCHES_DIR, branch)
+        step = "WriteOutput" if branch == MAIN_BRANCH else f"WriteBranch[{branch}]"
+        written[branch] = kept[tail] | step >> WriteBatches(target, out.split, data_format, out.row_format, out.shard_rows, out.keep_embedding)
     for label, pcoll in dropped.items():
         _ = pcoll | f"WriteDropped[{label}]" >> WriteBatches(
             os.path.join(out_dir, DROPPED_DIR), label, out.dropped_format, "datacraft", out.shard_rows, out.keep_embedding, write_empty=False
@@ -186,7 +255,7 @@ def build(p: beam.Pipeline, config: Any, out_dir: str) -> dict[str, Any]:
         | "MergeStats" >> beam.CombineGlobally(_MergeStats())
         | "SaveStats" >> beam.Map(lambda s: Path(stats_path).write_text(json.dumps(s), encoding="utf-8"))
     )
-    return {"rows": rows, "written": written, "stats": merged}
+    return {"rows": kept[branch_tails(plans)[MAIN_BRANCH]], "written": written, "stats": merged}
 
 
 def pipeline_options(config: Any, beam_args: Sequence[str] = ()) -> tuple[PipelineOptions, Any]:
@@ -227,7 +296,7 @@ def runs_in_this_process(options: PipelineOptions, runner: Any) -> bool:
 
 
 
-def execute(config: Any, out_dir: str, beam_args: Sequence[str] = (), test_pipeline: Any = None) -> dict[str, float]:
+def execute(config: Any, out_dir: str, beam_args: Sequence[str] = (), test_pipeline: Any = None, given: Any = None) -> dict[str, float]:
     """Build the graph for `config` and run it to the end; the merged ledger lands in OUT/_stats.json.
     Returns the build and run times."""
     t0 = time.perf_counter()
@@ -238,7 +307,7 @@ def execute(config: Any, out_dir: str, beam_args: Sequence[str] = (), test_pipel
         options, runner = pipeline_options(config, beam_args)
         p = beam.Pipeline(runner=runner, options=options) if runner is not None else beam.Pipeline(options=options)
         in_process = runs_in_this_process(options, runner)
-    build(p, config, out_dir)
+    build(p, config, out_dir, given)
     t_built = time.perf_counter()
     with frames_by_reference() if in_process else contextlib.nullcontext():
         p.run().wait_until_finish()

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
             datacraft lift configs/lift_alpacaeval.yaml --quick -o out/lift_quick
         """
-        from datacraft.train.trainer import TrainError
+        from datacraft.stages.handoff.trainer import TrainError
 
         try:
             result = lift_cmd(config, output, quick, seeds, budget, arms, data, sets)

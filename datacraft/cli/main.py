@@ -79,6 +79,12 @@ def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
     Console().print(report_table(report))
     if not report["ledger_ok"]:
         console.print("[bold red]ledger does not balance:[/] " + "; ".join(report["ledger_problems"]))
+    for label, t in (report.get("training") or {}).items():
+        losses = t.get("losses") or []
+        loss = f", loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else ""
+        speed = f": {t['steps']} steps, {t['steps_per_second']} steps/s{loss}" if "steps" in t else ""
+        why = f" ({t['error']})" if t.get("error") else ""
+        console.print(f"{label} ({t.get('kind')}): {t.get('status')}{speed}{why}; in {t.get('output_dir')}")
     console.print(f"wrote {config.output.path} (report: {Path(config.output.path) / 'report.html'})")
     return report
 
@@ -99,8 +105,8 @@ def _run_or_fail(config: Any, beam_args: list[str]) -> dict[str, Any]:
         report = _run_with_progress(config, beam_args)
     except (FileExistsError, FileNotFoundError, FormatDetectionError, ValueError) as err:
         _fail(str(err))
-    if not report["ledger_ok"]:
-        raise typer.Exit(1)
+    if not report["ledger_ok"] or any(t.get("status") == "failed" for t in (report.get("training") or {}).values()):
+        raise typer.Exit(1)  # a failed training keeps the curated rows written; the exit code says it failed
     return report
 
 

@@ -30,7 +30,7 @@ def _train(
     kind: str, data: str | None, config: Path | None, output: str | None, model: str | None, max_steps: int | None,
     lora: bool | None, test_size: float | None, decontaminate: str | None, sets: list[str] | None,
 ) -> None:
-    from datacraft.train.trainer import TrainError, load_train_config, train
+    from datacraft.stages.handoff.trainer import TrainError, load_train_config, train
 
     overrides = _parse_sets(sets)
     for key, value in (("data", data), ("output_dir", output), ("model", model), ("trl.max_steps", max_steps),

@@ -100,13 +100,19 @@ def merge_entries(entries: Iterable[LedgerEntry]) -> dict[str, LedgerEntry]:
 
 
 def ledger_problems(stages: Iterable[Mapping[str, Any] | LedgerEntry]) -> list[str]:
-    """Every way the counts of a run's stages (in pipeline order) fail to add up; empty = it balances."""
+    """Every way the counts of a run's stages (in pipeline order) fail to add up; empty = it balances.
+    A stage dict with `from` (a branch of the graph) is checked against that stage's kept rows."""
     problems: list[str] = []
     previous_kept: int | None = None
+    kept_of: dict[str, int] = {}
     for s in stages:
         entry = s if isinstance(s, LedgerEntry) else LedgerEntry.from_dict(s)
+        source = None if isinstance(s, LedgerEntry) else s.get("from")
         problems += entry.problems()
-        if previous_kept is not None and entry.n_in != previous_kept:
+        if source is not None and source in kept_of:
+            if entry.n_in != kept_of[source]:
+                problems.append(f"{entry.stage}: in {entry.n_in} != kept {kept_of[source]} of {source!r}, which it reads")
+        elif previous_kept is not None and entry.n_in != previous_kept:
             problems.append(f"{entry.stage}: in {entry.n_in} != previous stage's kept {previous_kept}")
-        previous_kept = entry.kept
+        previous_kept = kept_of[entry.stage] = entry.kept
     return problems

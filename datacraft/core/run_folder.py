@@ -3,6 +3,8 @@
     OUT/data/       kept rows (Parquet shards or JSONL; `scores` packed as a struct, `meta` JSON)
     OUT/dropped/    dropped rows plus `drop_stage`, `drop_reason`, `drop_detail`
     OUT/report.json the ledger and the stage facts; OUT/report.html the page
+    OUT/branches/<b>/ the kept rows of a config branch (e.g. DPO pairs); OUT/train/<stage>/ a train stage's
+                    TRL dataset, checkpoint and configs
     OUT/config.yaml the resolved config;  OUT/cache/ the LLM / embedding cache (survives --overwrite)
     OUT/_RUNNING    while a run writes (its run id, pid, config hash); OUT/_SUCCESS written last
 
@@ -35,6 +37,8 @@ from datacraft.core.rows import SCORE_PREFIX
 DATA_DIR = "data"
 DROPPED_DIR = "dropped"
 CACHE_DIR = "cache"
+BRANCHES_DIR = "branches"
+TRAIN_DIR = "train"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 CONFIG_YAML = "config.yaml"

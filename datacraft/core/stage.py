@@ -64,6 +64,8 @@ class RunContext:
     llm: dict[str, Any] = field(default_factory=dict)
     embedder: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    #: the run config's hash (lineage of what a stage writes, e.g. a checkpoint's card)
+    config_hash: str | None = None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datacraft.core import yaml_limits
+from datacraft.core.graph import GRAPH_KEYS, READ_LABEL, StagePlan, plan_stages, stage_params
 from datacraft.core.rows import SCORE_PREFIX
 from datacraft.core.run_folder import CACHE_DIR
 from datacraft.core.stage import BASE_COLUMNS, RunContext, Stage
@@ -103,18 +105,25 @@ class PipelineConfig(_Strict):
             llm=self.llm.model_dump(),
             embedder=self.embedder.model_dump(),
             seed=self.seed,
+            config_hash=config_hash(self),
         )
 
     def stage_labels(self) -> list[str]:
         return [s.get("id") or s["name"] for s in self.stages]
 
-    def build_stages(self) -> list[Stage]:
+    def build_stages(self, given: Mapping[str, Mapping[str, Any]] | None = None) -> list[Stage]:
+        """The stages in config order; `given` maps a label to extra constructor arguments
+        (an injected client or resource: tests, a shared server)."""
         ctx = self.context()
         out = []
         for spec in self.stages:
-            params = {k: v for k, v in spec.items() if k not in ("name", "id")}
-            out.append(stage_class(spec["name"])(params, label=spec.get("id") or spec["name"], context=ctx))
+            label = spec.get("id") or spec["name"]
+            out.append(stage_class(spec["name"])(stage_params(spec), label=label, context=ctx, **dict((given or {}).get(label, {}))))
         return out
+
+    def plan(self) -> list[StagePlan]:
+        """Where each stage reads from and which branch it is on (see `StagePlan`)."""
+        return plan_stages(self.stages)
 
     def hash(self) -> str:
         return config_hash(self)
@@ -179,6 +188,26 @@ def _raise_validation(err: ValidationError, source: str, lines: dict[tuple[Any, 
     raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
 
 
+def _check_graph_keys(spec: Mapping[str, Any], i: int, earlier: set[str], source: str, lines: dict[tuple[Any, ...], int]) -> None:
+    """`from` names an earlier stage (or `read`), `branch` is a plain name, `slice` a positive count."""
+    def fail(key: str, what: str) -> None:
+        raise ConfigError(f"{_where(source, lines, ('stages', i, key))}: stages[{i}].{key}: {what}")
+
+    label = spec.get("id") or spec["name"]
+    if label == READ_LABEL:
+        fail("id" if "id" in spec else "name", f"{READ_LABEL!r} is the reader's label; give the stage another 'id'")
+    src = spec.get("from")
+    if src is not None and (not isinstance(src, str) or (src != READ_LABEL and src not in earlier)):
+        known = ", ".join([READ_LABEL, *sorted(earlier)])
+        fail("from", f"{src!r} is not an earlier stage (earlier: {known})")
+    branch = spec.get("branch")
+    if branch is not None and (not isinstance(branch, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", branch)):
+        fail("branch", f"{branch!r}: a branch is a name of letters, digits, '_' or '-'")
+    cut = spec.get("slice")
+    if cut is not None and (isinstance(cut, bool) or not isinstance(cut, int) or cut < 1):
+        fail("slice", f"{cut!r}: the number of rows that go through the stage (>= 1)")
+
+
 def validate_stages(config: PipelineConfig, source: str = "<config>", lines: dict[tuple[Any, ...], int] | None = None) -> None:
     lines = lines or {}
     seen: set[str] = set()
@@ -190,12 +219,13 @@ def validate_stages(config: PipelineConfig, source: str = "<config>", lines: dic
             raise ConfigError(
                 f"{_where(source, lines, ('stages', i))}: stages[{i}]: a second stage labelled {label!r}; give it an 'id'"
             )
+        _check_graph_keys(spec, i, seen, source, lines)
         seen.add(label)
         try:
             cls = stage_class(spec["name"])
         except UnknownStageError as err:
             raise ConfigError(f"{_where(source, lines, ('stages', i, 'name'))}: stages[{i}].name: {err}") from None
-        params = {k: v for k, v in spec.items() if k not in ("name", "id")}
+        params = stage_params(spec)
         try:
             cls.Params.model_validate(params)
         except ValidationError as err:
@@ -221,7 +251,7 @@ def _param_of(spec: Mapping[str, Any], column: str) -> str | None:
     """The stage parameter whose value names `column` (for the error's line)."""
     name = column[len(SCORE_PREFIX):] if column.startswith(SCORE_PREFIX) else column
     for key, value in spec.items():
-        if key not in ("name", "id") and name in json.dumps(value, default=str):
+        if key not in GRAPH_KEYS and name in json.dumps(value, default=str):
             return key
     return None
 
@@ -231,8 +261,9 @@ def check_columns(config: PipelineConfig, available: set[str] | None, source: st
     """Walk the stages in order: every column a stage reads must come from the input or an earlier
     stage's writes. `available=None` (input not peekable): scores are not checked."""
     lines = lines or {}
-    have = set(BASE_COLUMNS) if available is None else set(available)
-    for i, (spec, stage) in enumerate(zip(config.stages, config.build_stages(), strict=True)):
+    have_at = {READ_LABEL: set(BASE_COLUMNS) if available is None else set(available)}
+    for i, (spec, stage, plan) in enumerate(zip(config.stages, config.build_stages(), config.plan(), strict=True)):
+        have = have_at[plan.source]
         missing = sorted(c for c in stage.reads() - have if not (available is None and c.startswith(SCORE_PREFIX)))
         if missing:
             col = missing[0]
@@ -248,7 +279,7 @@ def check_columns(config: PipelineConfig, available: set[str] | None, source: st
                 f"{_where(source, lines, path)}: {_fmt_path(path)}: stage {stage.label!r} reads {what}, which neither the input "
                 f"nor an earlier stage writes{hint} (available: {known})"
             )
-        have |= stage.writes()
+        have_at[plan.label] = have | stage.writes()
 
 
 def parse_value(text: str) -> Any:

@@ -15,16 +15,17 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from datacraft.core.run_folder import DATA_DIR, STATS_FILE, writing
+from datacraft.core.graph import MAIN_BRANCH, branch_tails
+from datacraft.core.run_folder import BRANCHES_DIR, DATA_DIR, STATS_FILE, writing
 from datacraft.io.readers import READ_STAGE
 from datacraft.io.writers import to_datasets_folder
 from datacraft.pipeline.config import PipelineConfig, dump_config, load_config
-from datacraft.report.summary import build_report, write_report
+from datacraft.report.summary import build_report, lineage_counts, write_report
 
 
 def check_output_names(config: PipelineConfig) -> None:
@@ -53,8 +54,10 @@ def check_api_keys(config: PipelineConfig) -> None:
             raise ConfigError(f"llm.api_key_env: the API key in ${var} holds non-ASCII, space or control characters (a paste error?)")
 
 
-def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipeline: Any = None) -> dict[str, Any]:
-    """Run a config end to end; returns the report (also written to OUT/report.json).
+def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipeline: Any = None,
+               given: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Run a config end to end; returns the report (also written to OUT/report.json). `given`: stage
+    label → extra constructor arguments (an injected client: tests, a shared server).
 
     The folder is opened by `run_folder.writing`: locked, resumed when a killed run of the same
     config left it, replaced atomically with `--overwrite`, and marked finished only at the end."""
@@ -63,15 +66,16 @@ def run_config(config: PipelineConfig, beam_args: Sequence[str] = (), test_pipel
     check_output_names(config)
     check_api_keys(config)
     with writing(config.output.path, dump_config(config), config.hash(), config.output.overwrite) as out_dir:
-        return _run_into(config, out_dir, beam_args, test_pipeline)
+        return _run_into(config, out_dir, beam_args, test_pipeline, given)
 
 
-def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], test_pipeline: Any) -> dict[str, Any]:
+def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], test_pipeline: Any,
+              given: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     from datacraft.beam.pipeline import execute
 
-    timings = execute(config, out_dir, beam_args, test_pipeline)
+    timings = execute(config, out_dir, beam_args, test_pipeline, given)
     stats_path = Path(out_dir, STATS_FILE)
     stats = json.loads(stats_path.read_text(encoding="utf-8"))
     stats_path.unlink()
@@ -85,6 +89,9 @@ def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], te
         os.rmdir(data_dir)
         os.replace(os.path.join(tmp, "ds"), data_dir)
         os.rmdir(tmp)
+    plans = config.plan()
+    tails = branch_tails(plans)
+    branched = len(tails) > 1 or any(p.slice for p in plans)
     report = build_report(
         name=config.name,
         config_hash=config.hash(),
@@ -92,16 +99,38 @@ def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], te
         stats=stats,
         input_path=config.input.path,
         output={"path": config.output.path, "format": config.output.format, "row_format": config.output.row_format,
-                "files": sorted(str(f.relative_to(out_dir)) for f in Path(data_dir).rglob("*") if f.is_file())},
+                "files": _files(out_dir, data_dir)},
         started=started,
         seconds=time.perf_counter() - t0,
+        graph={p.label: {"from": p.source, "branch": p.branch} for p in plans} if branched else None,
+        main_tail=tails[MAIN_BRANCH],
     )
+    report.update(branch_sections(out_dir, tails, report["stages"]))
     report["timings"] = timings
     t_report = time.perf_counter()
     write_report(out_dir, report, html=config.output.html_report)
     report["timings"]["report_s"] = round(time.perf_counter() - t_report, 3)
     write_report(out_dir, report, html=False)  # again, with the report's own time
     return report
+
+
+def _files(out_dir: str, folder: str) -> list[str]:
+    return sorted(str(f.relative_to(out_dir)) for f in Path(folder).rglob("*") if f.is_file())
+
+
+def branch_sections(out_dir: str, tails: Mapping[str, str], stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's `branches` (per branch: last stage, rows, files), `lineage` (rows per method in
+    each branch's output) and `training` (the summary of each train stage)."""
+    branches: dict[str, Any] = {}
+    lineage: dict[str, dict[str, int]] = {}
+    kept = {s["name"]: s["kept"] for s in stages}
+    for branch, tail in tails.items():
+        folder = os.path.join(out_dir, DATA_DIR if branch == MAIN_BRANCH else os.path.join(BRANCHES_DIR, branch))
+        files = _files(out_dir, folder) if os.path.isdir(folder) else []
+        branches[branch] = {"stage": tail, "rows": kept.get(tail, 0), "files": files}
+        lineage[branch] = lineage_counts([os.path.join(out_dir, f) for f in files])
+    training = {s["name"]: s["extras"]["training"] for s in stages if "training" in (s.get("extras") or {})}
+    return {"branches": branches, "lineage": lineage, **({"training": training} if training else {})}
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:

@@ -246,6 +246,7 @@ def extras_section(report: Mapping[str, Any], facts: RunFacts) -> str:
     for s in report.get("stages", []):
         extras = dict(s.get("extras") or {})
         extras.pop("budgets", None)
+        extras.pop("training", None)  # its own section
         if not extras:
             continue
         name = str(s.get("name"))
@@ -390,6 +391,58 @@ def llm_section(report: Mapping[str, Any]) -> str:
     return _section("llm", "Counters", body) if body else ""
 
 
+def _loss_svg(losses: Sequence[float], width: int = 320, height: int = 90) -> str:
+    """A small inline loss curve (one point per logged step)."""
+    if len(losses) < 2:
+        return '<span class="dim">fewer than two logged steps</span>'
+    lo, hi = min(losses), max(losses)
+    span = (hi - lo) or 1.0
+    pts = " ".join(f"{6 + i * (width - 12) / (len(losses) - 1):.1f},{6 + (hi - v) * (height - 12) / span:.1f}" for i, v in enumerate(losses))
+    return (f'<svg viewBox="0 0 {width} {height}" class="loss" role="img" aria-label="loss curve" width="{width}" height="{height}">'
+            f'<polyline fill="none" stroke="{KEPT_COLOR}" stroke-width="2" points="{pts}"/>'
+            f'<text x="{width - 4}" y="12" text-anchor="end" font-size="10">{fmt_num(hi)}</text>'
+            f'<text x="{width - 4}" y="{height - 2}" text-anchor="end" font-size="10">{fmt_num(lo)}</text></svg>')
+
+
+def training_section(report: Mapping[str, Any]) -> str:
+    """One card per train stage: status, steps, speed, tokens, loss curve, files."""
+    cards = []
+    for label, t in (report.get("training") or {}).items():
+        tokens = t.get("tokens") or {}
+        losses = [float(v) for v in t.get("losses") or []]
+        facts = [("kind", t.get("kind")), ("status", t.get("status")), ("model", t.get("model")),
+                 ("rows", (t.get("export") or {}).get("rows")), ("steps", t.get("steps")),
+                 ("steps/s", t.get("steps_per_second")), ("seconds", t.get("seconds")),
+                 ("tokens trained", tokens.get("trained")), ("tokens/s", tokens.get("per_second")),
+                 ("loss", f"{fmt_num(losses[0])} → {fmt_num(losses[-1])}" if losses else None),
+                 ("data hash", (t.get("lineage") or {}).get("data_hash")), ("error", t.get("error")),
+                 ("folder", t.get("output_dir"))]
+        table = _table(["", ""], ([_td(esc(k)), _td(esc(_render_value(v)))] for k, v in facts if v is not None))
+        chart = f'<div class="chart">{_loss_svg(losses)}</div>' if losses else ""
+        cli = (t.get("files") or {}).get("trl_cli_config")
+        sub = f"rerun with <code>trl {esc(t.get('kind'))} --config {esc(cli)}</code>" if cli else ""
+        cards.append(_card(f"{label}", f'<div class="split">{chart}{table}</div>', "wide", sub))
+    return _section("training", "Training", "".join(cards)) if cards else ""
+
+
+def lineage_section(report: Mapping[str, Any]) -> str:
+    """Rows of each branch's output by lineage method (seed, multihop:…, reflection:…, mosaic:…)."""
+    lineage = report.get("lineage") or {}
+    if not any(lineage.values()):
+        return ""
+    branches = list(lineage)
+    methods = list(dict.fromkeys(m for b in branches for m in lineage[b]))
+    rows = ([_td(f"<code>{esc(m)}</code>", m), *(_td(fmt_int(lineage[b].get(m, 0)), lineage[b].get(m, 0), "num") for b in branches)]
+            for m in methods)
+    info = report.get("branches") or {}
+    heads = [f"{b} ({info.get(b, {}).get('stage', '?')})" for b in branches]
+    created = [(s["name"], s["created"]) for s in report.get("stages", []) if s.get("created")]
+    made = _card("Rows created, by stage", _table(["stage", "created"], ([_td(esc(n), n), _td(fmt_int(c), c, "num")] for n, c in created),
+                                                 [False, True])) if created else ""
+    return _section("lineage", "Lineage", made + _card("Output rows by method", _table(["method", *heads], rows, [False, *[True] * len(branches)]),
+                                                       "wide", "per branch: OUT/data is main, OUT/branches/&lt;name&gt;/ the others"))
+
+
 def config_section(report: Mapping[str, Any], facts: RunFacts) -> str:
     text = facts.config_text
     if text is None:
@@ -412,6 +465,8 @@ def build_page(facts: RunFacts) -> str:
         ("groups", "Dedup groups", extras_section(report, facts)),
         ("map", "Embedding map", map_section(report, facts)),
         ("mixture", "Mixture budgets", mixture_section(report)),
+        ("lineage", "Lineage", lineage_section(report)),
+        ("training", "Training", training_section(report)),
         ("timings", "Timings", timings_section(report)),
         ("llm", "Counters", llm_section(report)),
         ("config", "Config", config_section(report, facts)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,19 @@ def build_report(
     output: Mapping[str, Any],
     started: str,
     seconds: float,
+    graph: Mapping[str, Mapping[str, str]] | None = None,
+    main_tail: str | None = None,
 ) -> dict[str, Any]:
+    """`graph`: label → {"from": the label it reads, "branch": its branch}, for configs with branches;
+    `main_tail`: the stage whose kept rows are the run's output (default: the last)."""
     stages = []
     for label in stage_order:
         entry = dict(stats.get(label) or LedgerEntry(label).to_dict())
         entry["rows_per_s"] = round(entry["in"] / entry["seconds"], 1) if entry.get("seconds") else None
+        entry.update((graph or {}).get(label, {}))
         stages.append(entry)
     problems = ledger_problems(stages)
+    tail = next((s for s in stages if s["name"] == main_tail), stages[-1] if stages else None)
     return {
         "name": name,
         "config_hash": config_hash,
@@ -47,11 +54,31 @@ def build_report(
         "started": started,
         "seconds": round(seconds, 3),
         "rows_in": stages[0]["in"] if stages else 0,
-        "rows_out": stages[-1]["kept"] if stages else 0,
+        "rows_out": tail["kept"] if tail else 0,
         "ledger_ok": not problems,
         "ledger_problems": problems,
         "stages": stages,
     }
+
+
+def lineage_counts(files: list[str]) -> dict[str, int]:
+    """Rows per `lineage.method` in written shards (Parquet or JSONL), most frequent first."""
+    import polars as pl
+
+    counts: dict[str, int] = {}
+    for f in files:
+        if f.endswith(".parquet"):
+            frame = pl.read_parquet(f, columns=["lineage"]) if "lineage" in pl.read_parquet_schema(f) else pl.DataFrame()
+        elif f.endswith((".jsonl", ".json")):
+            frame = pl.read_ndjson(f) if os.path.getsize(f) else pl.DataFrame()
+        else:
+            continue
+        if frame.height == 0 or "lineage" not in frame.columns:
+            continue
+        methods = frame["lineage"].struct.field("method").fill_null("seed")
+        for method, n in methods.value_counts().iter_rows():
+            counts[method] = counts.get(method, 0) + int(n)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def write_report(run_dir: str | Path, report: Mapping[str, Any], html: bool = True) -> Path:

@@ -38,6 +38,7 @@ _BUILTIN: dict[str, str] = {
     "dpo_pairs": "datacraft.stages.synthesize.dpo:DPOPairsStage",
     # hand-off
     "decontaminate": "datacraft.stages.handoff.decontaminate:DecontaminateStage",
+    "train": "datacraft.stages.handoff.train:TrainStage",
 }
 _EXTRA: dict[str, type[Stage]] = {}
 

@@ -438,7 +438,7 @@ def tokenize_heldout(heldout: pl.DataFrame, tokenizer: Any) -> list[tuple[list[i
     rows (chat template; the completion starts where prompt and prompt+completion diverge)."""
     from trl.data_utils import _tokenize, common_prefix_length
 
-    from datacraft.train.export import convert
+    from datacraft.stages.handoff.export import convert
 
     rows, _ = convert(heldout, "sft", "prompt_completion", keep=())
     out = []
@@ -547,7 +547,7 @@ class Student:
         from transformers import PrinterCallback
         from trl import SFTTrainer
 
-        from datacraft.train.trainer import (
+        from datacraft.stages.handoff.trainer import (
             _loss_callback,
             load_split,
             load_train_config,
@@ -779,7 +779,7 @@ def set_threads(threads: int | None) -> None:
     then cost several times their work), else every core."""
     import torch
 
-    from datacraft.train.trainer import cpu_threads_for_load
+    from datacraft.stages.handoff.trainer import cpu_threads_for_load
 
     if not torch.cuda.is_available():
         torch.set_num_threads(threads or cpu_threads_for_load())

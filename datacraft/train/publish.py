@@ -34,7 +34,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from datacraft.core.rows import SCORE_PREFIX, score_columns
 from datacraft.report.agreement import summary_for
-from datacraft.train.export import DecontaminateParams, ExportResult, export_frame
+from datacraft.stages.handoff.export import DecontaminateParams, ExportResult, export_frame
 
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 #: huggingface_hub's DatasetCardData / datasets' size_categories.json values

@@ -13,6 +13,7 @@ DPO's reference model is loaded from the same path (TRL reloads it from the orig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -25,7 +26,12 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from datacraft.train.export import DecontaminateParams, ExportResult, export_frame, write_dropped_jsonl
+from datacraft.stages.handoff.export import (
+    DecontaminateParams,
+    ExportResult,
+    export_frame,
+    write_dropped_jsonl,
+)
 
 Kind = Literal["sft", "dpo"]
 
@@ -117,7 +123,17 @@ def read_rows(path: str) -> pl.DataFrame:
 
 
 def prepare_data(config: TrainConfig, rows: pl.DataFrame | None = None) -> ExportResult:
-    """Export the rows to `<output_dir>/data/<kind>/<split>-*.parquet`; dropped rows to `data/dropped.jsonl`."""
+    """Export the rows to `<output_dir>/data/<kind>/<split>-*.parquet`; dropped rows to `data/dropped.jsonl`.
+    Raises `TrainError` when no usable row is left."""
+    result = export_rows(config, rows)
+    n_train = result.rows.get(config.kind, {}).get("train", 0)
+    if n_train == 0:
+        raise TrainError(f"no usable {config.kind} rows after export (dropped: {result.drop_counts()})")
+    return result
+
+
+def export_rows(config: TrainConfig, rows: pl.DataFrame | None = None) -> ExportResult:
+    """`prepare_data` without the check: the export, however many rows it kept."""
     if rows is None:
         if not config.data:
             raise TrainError("no training data: set `data:` in the config or pass --data")
@@ -131,9 +147,6 @@ def prepare_data(config: TrainConfig, rows: pl.DataFrame | None = None) -> Expor
     )
     if result.dropped.height:
         write_dropped_jsonl(result.dropped, folder / "dropped.jsonl")
-    n_train = result.rows.get(config.kind, {}).get("train", 0)
-    if n_train == 0:
-        raise TrainError(f"no usable {config.kind} rows after export (dropped: {result.drop_counts()})")
     return result
 
 
@@ -230,6 +243,10 @@ class TrainResult:
     export: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
     eval_loss: float | None = None
+    #: tokens of the tokenized train split, and those the steps saw (steps × batch, capped at the epochs run)
+    dataset_tokens: int = 0
+    trained_tokens: int = 0
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steps_per_second(self) -> float:
@@ -240,6 +257,9 @@ class TrainResult:
             "kind": self.kind, "output_dir": str(self.output_dir), "model": self.model_path, "losses": self.losses,
             "steps": self.steps, "seconds": round(self.seconds, 2), "steps_per_second": round(self.steps_per_second, 4),
             "eval_loss": self.eval_loss, "export": self.export, "files": self.files,
+            "tokens": {"dataset": self.dataset_tokens, "trained": self.trained_tokens,
+                       "per_second": round(self.trained_tokens / self.seconds, 1) if self.seconds else 0.0},
+            "lineage": self.lineage,
         }
 
 
@@ -268,8 +288,54 @@ def build_trainer(config: TrainConfig, result: ExportResult, model_path: str, ca
     )
 
 
-def train(config: TrainConfig, rows: pl.DataFrame | None = None) -> TrainResult:
-    """Export, train, save. Writes the model, `trl_config.json`, `trl_<kind>.yaml`, `train_report.json`."""
+def data_hash(result: ExportResult) -> str:
+    """SHA-256 (16 hex) of the exported shard files' bytes, in path order: the data a model saw."""
+    digest = hashlib.sha256()
+    for split in sorted(result.files.get(result_kind(result), {})):
+        for rel in result.files[result_kind(result)][split]:
+            digest.update(rel.encode())
+            digest.update((result.folder / rel).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def result_kind(result: ExportResult) -> str:
+    return next(iter(result.files))
+
+
+def _token_counts(dataset: Any, steps: int, args: Any) -> tuple[int, int]:
+    """(tokens in the tokenized train split, tokens the steps consumed)."""
+    cols = [c for c in ("input_ids", "prompt_input_ids", "chosen_input_ids", "rejected_input_ids") if c in dataset.column_names]
+    total = sum(len(ids) for c in cols for ids in dataset[c])
+    n = len(dataset)
+    seen_rows = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    epochs = max(1.0, float(args.num_train_epochs)) if args.max_steps <= 0 else float("inf")
+    trained = int(total * min(seen_rows / n, epochs)) if n else 0
+    return total, trained
+
+
+def write_card(out: Path, result: TrainResult, config: TrainConfig) -> Path:
+    """The checkpoint's README.md: what it was trained on (data hash, run config hash) and how."""
+    lin = result.lineage
+    lines = [
+        "---", "library_name: transformers", "tags: [datacraft, trl, " + config.kind + "]", "---", "",
+        f"# {config.kind.upper()} checkpoint trained by datacraft", "",
+        f"- base model: `{config.model}` ({result.model_path})",
+        f"- data hash: `{lin.get('data_hash')}` ({result.export.get('rows', {})} rows exported)",
+        f"- run config hash: `{lin.get('config_hash')}`" + (f" (run folder `{lin['run']}`)" if lin.get("run") else ""),
+        f"- steps: {result.steps} in {result.seconds:.1f} s; LoRA: {config.lora.enabled}",
+        f"- loss: {result.losses[0] if result.losses else None} → {result.losses[-1] if result.losses else None}",
+        "", f"Rerun with TRL: `trl {config.kind} --config {result.files.get('trl_cli_config')}`", "",
+    ]
+    path = out / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def train(config: TrainConfig, rows: pl.DataFrame | None = None, prepared: ExportResult | None = None,
+          lineage: Mapping[str, Any] | None = None) -> TrainResult:
+    """Export (unless `prepared` is given), train, save. Writes the model, `trl_config.json`,
+    `trl_<kind>.yaml`, `train_report.json` and the card (README.md) with `lineage` (the run config
+    hash) and the data hash."""
     from datacraft.llm.models import resolve_model
 
     if config.torch_threads:
@@ -278,7 +344,7 @@ def train(config: TrainConfig, rows: pl.DataFrame | None = None) -> TrainResult:
         torch.set_num_threads(config.torch_threads)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = prepare_data(config, rows)
+    result = prepared or prepare_data(config, rows)
     model_path = resolve_model(config.model)
     losses: list[float] = []
     trainer = build_trainer(config, result, model_path, [_loss_callback(losses)])
@@ -308,10 +374,16 @@ def train(config: TrainConfig, rows: pl.DataFrame | None = None) -> TrainResult:
     Path(files["datacraft_config"]).write_text(
         yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
+    steps = int(trainer.state.global_step)
+    dataset_tokens, trained_tokens = _token_counts(trainer.train_dataset, steps, trainer.args)
+    files["card"] = str(out / "README.md")
     train_result = TrainResult(
-        kind=config.kind, output_dir=out, model_path=model_path, losses=losses, steps=int(trainer.state.global_step),
+        kind=config.kind, output_dir=out, model_path=model_path, losses=losses, steps=steps,
         seconds=seconds, export=result.summary(), files=files, eval_loss=eval_loss,
+        dataset_tokens=dataset_tokens, trained_tokens=trained_tokens,
+        lineage={**(lineage or {}), "data_hash": data_hash(result)},
     )
+    write_card(out, train_result, config)
     Path(files["report"]).write_text(json.dumps(train_result.to_dict(), indent=2), encoding="utf-8")
     return train_result
 
