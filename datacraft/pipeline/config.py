@@ -98,9 +98,10 @@ class PipelineConfig(_Strict):
     cache_dir: str | None = None
     seed: int = 0
 
-    def context(self) -> RunContext:
+    def context(self, output_dir: str | None = None) -> RunContext:
+        """`output_dir`: the folder the run writes into (a fresh `--overwrite` run builds beside OUT)."""
         return RunContext(
-            output_dir=self.output.path,
+            output_dir=output_dir or self.output.path,
             cache_dir=self.cache_dir or (str(Path(self.output.path) / CACHE_DIR) if self.output.path else None),
             llm=self.llm.model_dump(),
             embedder=self.embedder.model_dump(),
@@ -111,10 +112,10 @@ class PipelineConfig(_Strict):
     def stage_labels(self) -> list[str]:
         return [s.get("id") or s["name"] for s in self.stages]
 
-    def build_stages(self, given: Mapping[str, Mapping[str, Any]] | None = None) -> list[Stage]:
+    def build_stages(self, given: Mapping[str, Mapping[str, Any]] | None = None, output_dir: str | None = None) -> list[Stage]:
         """The stages in config order; `given` maps a label to extra constructor arguments
         (an injected client or resource: tests, a shared server)."""
-        ctx = self.context()
+        ctx = self.context(output_dir)
         out = []
         for spec in self.stages:
             label = spec.get("id") or spec["name"]
