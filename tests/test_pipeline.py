@@ -98,6 +98,7 @@ def test_datasets_folder_output(tmp_path: Path) -> None:
     report = run_config(config)
     loaded = datasets.load_from_disk(str(tmp_path / "o" / "data"))
     assert loaded["train"].num_rows == report["rows_out"]
+    assert sum(report["lineage"]["main"].values()) == report["rows_out"]  # counted from the Arrow shards
     again, _ = read_all(str(tmp_path / "o" / "data"))
     assert again.height == report["rows_out"]
 

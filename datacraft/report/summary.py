@@ -61,6 +61,10 @@ def build_report(
     }
 
 
+#: the metadata files of a `datasets.save_to_disk` folder (not rows)
+DATASETS_METADATA = {"dataset_info.json", "state.json", "dataset_dict.json"}
+
+
 def lineage_counts(files: list[str]) -> dict[str, int]:
     """Rows per `lineage.method` in written shards (Parquet or JSONL), most frequent first."""
     import polars as pl
@@ -69,8 +73,14 @@ def lineage_counts(files: list[str]) -> dict[str, int]:
     for f in files:
         if f.endswith(".parquet"):
             frame = pl.read_parquet(f, columns=["lineage"]) if "lineage" in pl.read_parquet_schema(f) else pl.DataFrame()
-        elif f.endswith((".jsonl", ".json")):
+        elif f.endswith(".jsonl") or (f.endswith(".json") and os.path.basename(f) not in DATASETS_METADATA):
             frame = pl.read_ndjson(f) if os.path.getsize(f) else pl.DataFrame()
+        elif f.endswith(".arrow"):  # a `datasets` folder's shards are Arrow IPC streams
+            import pyarrow as pa
+
+            with pa.memory_map(f) as source:
+                table = pa.ipc.open_stream(source).read_all()
+            frame = pl.from_arrow(table.select(["lineage"])) if "lineage" in table.column_names else pl.DataFrame()
         else:
             continue
         if frame.height == 0 or "lineage" not in frame.columns:
