@@ -23,7 +23,8 @@ def _graph_cut(s: np.ndarray, chosen: list[int], lam: float) -> float:
 
 
 def _facility_location(s: np.ndarray, chosen: list[int]) -> float:
-    return float(s[:, chosen].max(axis=1).sum()) if chosen else 0.0
+    """submodlib's FacilityLocation: Σ_i max(0, max_{j∈S} s_ij) (a negative best similarity adds nothing)."""
+    return float(np.maximum(s[:, chosen].max(axis=1), 0.0).sum()) if chosen else 0.0
 
 
 @pytest.mark.parametrize("function", ["graph_cut", "facility_location"])
