@@ -127,7 +127,7 @@ def test_prompt_templates_and_start_token(scorer: IFDScorer) -> None:
         ids = other.prompt_ids("Name a colour.")
         assert ids[0] == tok.bos_token_id
         texts[template] = tok.decode(ids[1:])
-    assert texts["alpaca"] == ALPACA_HEADER + "### Instruction:\nName a colour.\n\n### Response:\n"
+    assert texts["alpaca"] == ALPACA_HEADER + "### Instruction:\nName a colour.\n\n### Response:"  # no newline: the reference template
     assert texts["alpaca"].startswith("Below is an instruction that describes a task. Write a response that appropriately")
     assert texts["vicuna"] == f"{VICUNA_SYSTEM} USER: Name a colour. ASSISTANT:"
     assert texts["none"] == "Name a colour.\n"
@@ -139,3 +139,91 @@ def test_losses_need_a_context_and_a_target(scorer: IFDScorer) -> None:
     no_context, no_target, both = target_losses(scorer.model, [([], target), (bos, []), (bos, target)])
     assert math.isnan(no_context) and math.isnan(no_target)
     assert both == pytest.approx(_direct_loss(scorer.model, bos, target), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# golden: the reference code's computation, written out independently (HF `labels=` losses over
+# whole texts, masking by `text.rfind(target)` as tianyi-lab/Cherry_LLM cherry_seletion/data_by_IFD.py
+# and tianyi-lab/Reflection_Tuning selection_code/data_analysis.py do)
+
+_ALPACA = {
+    "no_input": "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:",
+    "input": (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+    ),
+}
+_VICUNA = {
+    "no_input": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: {instruction} ASSISTANT:",
+    "input": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: {instruction}\nInput:\n{input} ASSISTANT:",
+}
+_REVERSE = "Below is the response to an instruction, please guess the corresponding instruction for the given response.\n{output}\nGenerate the instruction for the above response."
+
+
+def _ref_part_loss(model, tok, text: str, span: str) -> float:
+    """Mean loss of the tokens from `text.rfind(span)` on (a LLaMA tokenizer adds BOS: we add it)."""
+    import torch
+
+    bos = [tok.bos_token_id]
+    ids = bos + tok.encode(text, add_special_tokens=False)
+    start = len(bos + tok.encode(text[: text.rfind(span)], add_special_tokens=False))
+    labels = [-100] * start + ids[start:]
+    with torch.inference_mode():
+        return float(model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss)
+
+
+def _ref_whole_loss(model, tok, text: str) -> float:
+    import torch
+
+    ids = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
+    with torch.inference_mode():
+        return float(model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss)
+
+
+def _reference(model, tok, form: str, instruction: str, given: str, output: str) -> tuple[float, float]:
+    """(IFD, r-IFD) of one Alpaca row as the reference code computes them."""
+    templates = _VICUNA if form == "selective_rt" else _ALPACA
+    prompt = templates["input" if given else "no_input"].format(instruction=instruction, input=given)
+    cond = _ref_part_loss(model, tok, prompt + output, output)
+    direct = _ref_part_loss(model, tok, "### Response:" + output, output) if form == "cherry_v1" else _ref_whole_loss(model, tok, output)
+    rprompt = templates["no_input"].format(instruction=_REVERSE.format(output=output))
+    rcond = _ref_part_loss(model, tok, rprompt + instruction + given, instruction)
+    rdirect = _ref_whole_loss(model, tok, instruction + given)
+    if form == "selective_rt":
+        return math.exp(cond) / math.exp(direct), math.exp(rcond) / math.exp(rdirect)
+    return cond / direct, rcond / rdirect
+
+
+@pytest.mark.parametrize("form", ["cherry", "cherry_v1", "selective_rt"])
+def test_ifd_recipes_match_the_reference_computation(scorer: IFDScorer, alpaca: pl.DataFrame, form: str) -> None:
+    """Both templates (alpaca, vicuna), both direct forms (answer alone, "### Response:" + answer),
+    both ratios, the input in its own block and the official reverse query, on real rows with and
+    without an input (the stage's defaults are the recipe's: no template / max_length given)."""
+    from datacraft.core.rows import meta_of
+    from datacraft.stages.score.ifd import split_input
+
+    frame = alpaca[[0, 1, 5, 8, 12, 16]]
+    stage = build_stage("ifd", {"ifd_form": form})
+    out = stage.run(frame).kept
+    model, tok = scorer.model, scorer.tokenizer
+    with_input = 0
+    for row in out.iter_rows(named=True):
+        user, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+        instruction, given = split_input(user, meta_of(row["meta"]))
+        with_input += bool(given)
+        ifd, rifd = _reference(model, tok, form, instruction, given, answer)
+        assert row["scores.ifd"] == pytest.approx(ifd, abs=2e-4)
+        assert row["scores.rifd"] == pytest.approx(rifd, abs=2e-4)
+    assert with_input >= 3
+
+
+def test_ifd_default_is_cherry_and_reflection_default_is_selective_rt() -> None:
+    from datacraft.stages.score.ifd import RECIPES, REVERSE_PROMPTS
+
+    p = build_stage("ifd", {}).params
+    assert p.ifd_form == "cherry" and p.template is None and p.max_length is None and p.reverse_prompt == "official"
+    assert RECIPES["cherry"].template == "alpaca" and RECIPES["cherry"].max_length == 512 and RECIPES["cherry"].ratio == "loss_ratio"
+    assert RECIPES["selective_rt"].template == "vicuna" and RECIPES["selective_rt"].max_length == 2048
+    assert REVERSE_PROMPTS["official"].startswith("Below is the response to an instruction, please guess the corresponding instruction")
+    r = build_stage("reflection", {}).params
+    assert r.ifd_form == "selective_rt" and r.max_tokens == 2048 and r.student_max_length is None

@@ -23,7 +23,8 @@ def _graph_cut(s: np.ndarray, chosen: list[int], lam: float) -> float:
 
 
 def _facility_location(s: np.ndarray, chosen: list[int]) -> float:
-    return float(s[:, chosen].max(axis=1).sum()) if chosen else 0.0
+    """submodlib's FacilityLocation: Σ_i max(0, max_{j∈S} s_ij) (a negative best similarity adds nothing)."""
+    return float(np.maximum(s[:, chosen].max(axis=1), 0.0).sum()) if chosen else 0.0
 
 
 @pytest.mark.parametrize("function", ["graph_cut", "facility_location"])
@@ -40,13 +41,13 @@ def test_task_greedy_gains_are_the_objective_increments(function: str) -> None:
         assert gains[step] == pytest.approx(best, abs=1e-9)  # greedy: the largest increment
 
 
-def test_task_log_det_uses_lambda_one_for_the_graph_cut_default() -> None:
+def test_task_log_det_uses_its_ridge_not_the_graph_cut_lambda() -> None:
     x = _tasks(1)
-    for lam, expected in ((0.4, 1.0), (0.3, 0.3)):
-        ref = log_det_greedy(x, 3, lam=expected)
-        chosen, gains = task_greedy(x, 3, "log_det", lam=lam)
+    for lam, ridge in ((0.4, 1.0), (0.3, 0.3), (0.3, 1.0)):
+        ref = log_det_greedy(x, 3, lam=ridge)
+        chosen, gains = task_greedy(x, 3, "log_det", lam=lam, ridge=ridge)
         assert chosen == ref.indices.tolist() and gains == pytest.approx(ref.gains.tolist(), abs=1e-12)
-    assert task_greedy(x, 3, "log_det", lam=0.3)[1] != pytest.approx(task_greedy(x, 3, "log_det")[1], abs=1e-6)
+    assert task_greedy(x, 3, "log_det", ridge=0.3)[1] != pytest.approx(task_greedy(x, 3, "log_det")[1], abs=1e-6)
 
 
 def test_empty_selections() -> None:

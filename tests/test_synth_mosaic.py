@@ -47,8 +47,8 @@ def test_permute_rules_order_responses_as_stated(items: list[Item], rule: str) -
     expected = {
         "FIX": fixed,
         "REVERSE": list(range(7, -1, -1)),
-        "ALPHA": sorted(range(8), key=lambda i: (texts[i].casefold(), i)),
-        "REVERSE_ALPHA": sorted(range(8), key=lambda i: texts[i].casefold(), reverse=True),
+        "ALPHA": sorted(range(8), key=lambda i: (texts[i], i)),
+        "REVERSE_ALPHA": sorted(range(8), key=lambda i: texts[i], reverse=True),
         "LENGTH_WORD": sorted(range(8), key=lambda i: (len(texts[i].split()), i)),
         "REVERSE_LENGTH_WORD": sorted(range(8), key=lambda i: (-len(texts[i].split()), i)),
         "LENGTH_CHAR": sorted(range(8), key=lambda i: (len(texts[i]), i)),
@@ -166,7 +166,7 @@ def test_golden_mosaic_text(items: list[Item]) -> None:
 
 def test_stage_in_beam_lineage_and_ledger(tmp_path: Path) -> None:
     report, rows, dropped = run_pipeline(
-        tmp_path, ALPACA, [{"name": "mosaic", "epochs": 2, "tokenizer": "whitespace", "max_tokens": 800, "seed": 5}], input={"limit": 80}
+        tmp_path, ALPACA, [{"name": "mosaic", "recipe": "ours", "epochs": 2, "tokenizer": "whitespace", "max_tokens": 800, "seed": 5}], input={"limit": 80}
     )
     assert report["ledger_ok"]
     stage = report["stages"][1]
@@ -184,9 +184,24 @@ def test_stage_in_beam_lineage_and_ledger(tmp_path: Path) -> None:
 
 def test_stage_without_sources_drops_them_with_reasons() -> None:
     kept, _ = read_all(ALPACA)
-    stage = M.MosaicStage({"epochs": 1, "tokenizer": "whitespace", "max_tokens": 300, "keep_sources": False, "min_count": 1})
+    stage = M.MosaicStage({"epochs": 1, "tokenizer": "whitespace", "max_tokens": 300})  # recipe mosaic_it: mosaics only
     out, dropped, stats = stage.run_local([kept.head(60)])
     assert (out["source"] == "mosaic").all()
     assert dropped.height == 60 and set(dropped["drop_reason"]) <= {"merged_into_mosaic", "not_merged"}
     s = stats[0]
     assert s.n_in + s.created == s.kept + sum(s.dropped.values())
+
+
+def test_mosaic_it_recipe_is_the_default_and_alpha_is_case_sensitive() -> None:
+    """The paper trains on mosaics only (every chunk, also of one row); the reference sorts with
+    Python's `sorted` on the raw strings, so "Zebra" comes before "apple"."""
+    p = M.MosaicStage({}).params
+    assert p.recipe == "mosaic_it" and M.MosaicStage({})._knob("keep_sources") is False and M.MosaicStage({})._knob("min_count") == 1
+    ours = M.MosaicStage({"recipe": "ours"})
+    assert ours._knob("keep_sources") is True and ours._knob("min_count") == 2 and ours._knob("alpha_casefold") is True
+    assert M.MosaicStage({"recipe": "ours", "min_count": 3})._knob("min_count") == 3
+    texts = ["apple pie", "Zebra facts", "banana bread", "Apple cider"]
+    assert M.permute_order("ALPHA", texts) == sorted(range(4), key=lambda i: texts[i])  # [3, 1, 0, 2]
+    assert M.permute_order("ALPHA", texts) == [3, 1, 0, 2]
+    assert M.permute_order("ALPHA", texts, casefold=True) == [3, 0, 2, 1]
+    assert M.permute_order("REVERSE_ALPHA", texts) == [2, 0, 1, 3]

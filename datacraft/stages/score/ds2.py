@@ -184,8 +184,8 @@ def rating_classes(values: list[float | None], lo: float | None, hi: float | Non
 
 class DS2Params(EmbeddingSourceParams):
     rating: str = Field(..., description="rating column: a score name (scores.<name>) or a column of the frame")
-    lo: float | None = Field(None, description="lowest class after rounding (DS2: 4 on a 1–10 scale); default observed min")
-    hi: float | None = Field(None, description="highest class (DS2: 9); default observed max")
+    lo: float | None = Field(4, description="lowest class after rounding (DS2: 4 on its 1–10 LLM scale); null: the observed min")
+    hi: float | None = Field(9, description="highest class (DS2: 9); null: the observed max (for ratings on another scale)")
     missing: Literal["lowest", "drop"] = "lowest"
     text: TextView = Field("conversation", description="embedded when there is no `embedding` column")
     hoc_rounds: int = Field(50, ge=1)

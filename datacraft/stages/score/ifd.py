@@ -9,8 +9,15 @@ For an (instruction x, response y) pair, with mean token cross-entropies from te
     IFD   loss ratio (Cherry)      L(y|x) / L(y)         ppl ratio (Selective RT)  exp(L(y|x) − L(y))
     r-IFD loss ratio               L(x|y') / L(x)        ppl ratio                  exp(L(x|y') − L(x))
 
-`ifd_form` picks which one lands in `scores.ifd` / `scores.rifd` (both agree on the "> 1" test but
-rank differently). Edge cases as the spec: a zero denominator gives 0; an empty response (or
+`ifd_form` picks a paper's whole recipe (template, `max_length`, ratio, direct-answer text; `RECIPES`):
+the default `cherry` is the Cherry paper (Li et al., NAACL 2024: alpaca prompt with its input block,
+512 tokens, loss ratio; reference tianyi-lab/Cherry_LLM cherry_seletion/data_analysis.py), `cherry_v1`
+the Cherry code's `data_by_IFD.py` (direct answer scored after a "### Response:" prefix),
+`selective_rt` Selective Reflection-Tuning (Li et al., ACL 2024 Findings: vicuna prompt, 2048,
+perplexity ratio; tianyi-lab/Reflection_Tuning selection_code/data_analysis.py); `ppl_ratio` /
+`loss_ratio` are our earlier variant (the student's chat template, 1024). The forms agree on the
+"> 1" test but rank differently. r-IFD uses the official reverse query (`reverse_prompt: official`)
+inside the same template, target = instruction followed by the input, as the reference code. Edge cases as the spec: a zero denominator gives 0; an empty response (or
 instruction, for r-IFD) gives NaN, stored as a null score with `meta.ifd_unscorable`.
 
 Truncation: the conditioned sequence is cut at `max_length` tokens and the direct sequence scores
@@ -32,17 +39,26 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.core.rows import set_scores, update_meta
+from datacraft.core.rows import meta_of, set_scores, update_meta
 from datacraft.core.stage import MapStage, StageParams, StageResult, score, split_kept
 from datacraft.stages.score.judge import spread, turn_pairs
 
-IFDForm = Literal["ppl_ratio", "loss_ratio"]
-# Our own wording of the reverse ("guess the instruction") query (docs/methods.md §2.2).
-REVERSE_PROMPT = (
-    "Below is a response that was written for some instruction. Guess what that instruction was.\n\n"
-    "Response:\n{response}\n\n"
-    "Write the instruction that this response answers."
-)
+IFDForm = Literal["cherry_v1", "cherry", "selective_rt", "ppl_ratio", "loss_ratio"]
+Ratio = Literal["ppl_ratio", "loss_ratio"]
+# The reverse ("guess the instruction") query: `official` is the wording of tianyi-lab/Reflection_Tuning
+# selection_code/data_analysis.py (r-IFD depends on it); `ours` is our earlier paraphrase.
+REVERSE_PROMPTS: dict[str, str] = {
+    "official": (
+        "Below is the response to an instruction, please guess the corresponding instruction for the given response.\n"
+        "{response}\nGenerate the instruction for the above response."
+    ),
+    "ours": (
+        "Below is a response that was written for some instruction. Guess what that instruction was.\n\n"
+        "Response:\n{response}\n\n"
+        "Write the instruction that this response answers."
+    ),
+}
+REVERSE_PROMPT = REVERSE_PROMPTS["ours"]
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -50,6 +66,43 @@ VICUNA_SYSTEM = (
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
 )
+ALPACA_INPUT_HEADER = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One paper's IFD computation: prompt template, token budget, ratio, direct-answer prefix."""
+
+    template: str
+    max_length: int
+    ratio: Ratio
+    direct_prefix: str = ""
+
+
+#: `cherry_v1`: Cherry_LLM cherry_seletion/data_by_IFD.py (alpaca prompt, 512 tokens for Alpaca, loss
+#: ratio, direct answer scored after "### Response:"); `cherry`: the Cherry paper's s(A|Q)/s(A) with the
+#: answer alone; `selective_rt`: Reflection_Tuning selection_code/data_analysis.py (vicuna, 2048, ppl ratio).
+RECIPES: dict[str, Recipe] = {
+    "cherry_v1": Recipe("alpaca", 512, "loss_ratio", "### Response:"),
+    "cherry": Recipe("alpaca", 512, "loss_ratio"),
+    "selective_rt": Recipe("vicuna", 2048, "ppl_ratio"),
+}
+
+
+def ratio_of(form: str) -> str:
+    """The ratio (`ppl_ratio` / `loss_ratio`) an `ifd_form` uses."""
+    return RECIPES[form].ratio if form in RECIPES else _check_form(form)
+
+
+def split_input(user: str, meta: dict[str, Any]) -> tuple[str, str]:
+    """(instruction, input) of an Alpaca-style user turn (the reader joins them with a blank line)."""
+    given = str(meta.get("input") or "")
+    if given and user.endswith("\n\n" + given):
+        return user[: -len(given) - 2], given
+    return user, ""
 
 
 @dataclass
@@ -66,15 +119,15 @@ class IFDScores:
     rifd_ppl_ratio: float
 
     def ifd(self, form: str = "ppl_ratio") -> float:
-        return self.ifd_ppl_ratio if _check_form(form) == "ppl_ratio" else self.ifd_loss_ratio
+        return self.ifd_ppl_ratio if ratio_of(form) == "ppl_ratio" else self.ifd_loss_ratio
 
     def rifd(self, form: str = "ppl_ratio") -> float:
-        return self.rifd_ppl_ratio if _check_form(form) == "ppl_ratio" else self.rifd_loss_ratio
+        return self.rifd_ppl_ratio if ratio_of(form) == "ppl_ratio" else self.rifd_loss_ratio
 
 
 def _check_form(form: str) -> str:
     if form not in ("ppl_ratio", "loss_ratio"):
-        raise ValueError(f"unknown ifd_form {form!r}; expected 'ppl_ratio' or 'loss_ratio'")
+        raise ValueError(f"unknown ifd_form {form!r}; expected one of {sorted(RECIPES)}, 'ppl_ratio' or 'loss_ratio'")
     return form
 
 
@@ -138,9 +191,13 @@ def target_losses(model: Any, items: Sequence[tuple[Sequence[int], Sequence[int]
 
 
 class IFDScorer:
-    """IFD / r-IFD of (instruction, response) pairs with a student causal LM (see module docstring)."""
+    """IFD / r-IFD of (instruction, response) pairs with a student causal LM (see module docstring).
 
-    def __init__(self, model: str = "embedded", device: str = "auto", max_length: int = 1024, batch_size: int = 8, template: str = "chat", dtype: str = "auto") -> None:
+    Sequences are built as the reference code does: the whole text (prompt + target) is tokenized
+    once and the first `len(tokenize(prompt))` tokens are the context (`text.rfind(target)` masking)."""
+
+    def __init__(self, model: str = "embedded", device: str = "auto", max_length: int = 1024, batch_size: int = 8, template: str = "chat",
+                 dtype: str = "auto", direct_prefix: str = "", reverse_prompt: str = "official") -> None:
         from datacraft.llm.models import load_causal_lm
 
         if template not in ("chat", "vicuna", "alpaca", "none"):
@@ -149,55 +206,90 @@ class IFDScorer:
         self.max_length = max_length
         self.batch_size = batch_size
         self.template = template
+        self.direct_prefix = direct_prefix
+        self.reverse_prompt = REVERSE_PROMPTS[reverse_prompt]
         tok = self.tokenizer
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.start_ids = [int(start)] if start is not None else []
 
-    def prompt_ids(self, user: str) -> list[int]:
-        """Token ids of `user` formatted as a prompt, up to where the reply starts."""
+    @classmethod
+    def for_recipe(cls, form: str, model: str = "embedded", device: str = "auto", batch_size: int = 8, dtype: str = "auto", *,
+                   template: str | None = None, max_length: int | None = None, reverse_prompt: str = "official") -> IFDScorer:
+        """A scorer with a paper's recipe (`RECIPES`); legacy forms default to chat / 1024."""
+        r = RECIPES.get(form, Recipe("chat", 1024, ratio_of(form)))  # type: ignore[arg-type]
+        return cls(model, device, max_length or r.max_length, batch_size, template or r.template, dtype, r.direct_prefix, reverse_prompt)
+
+    def prompt_text(self, user: str, given: str = "") -> tuple[str, bool]:
+        """`user` (and its input) formatted as a prompt up to where the reply starts; True when the
+        text is a rendered chat template (it carries its own special tokens)."""
         tok = self.tokenizer
         if self.template == "chat" and getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-            return list(tok.encode(text, add_special_tokens=False))
+            content = f"{user}\n\n{given}" if given else user
+            return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True), True
         if self.template == "vicuna":
-            text = f"{VICUNA_SYSTEM} USER: {user} ASSISTANT:"
-        elif self.template == "alpaca":
-            text = f"{ALPACA_HEADER}### Instruction:\n{user}\n\n### Response:\n"
-        else:
-            text = user + "\n"
-        return self.start_ids + list(tok.encode(text, add_special_tokens=False))
+            body = f"{user}\nInput:\n{given}" if given else user
+            return f"{VICUNA_SYSTEM} USER: {body} ASSISTANT:", False
+        if self.template == "alpaca":
+            if given:
+                return f"{ALPACA_INPUT_HEADER}### Instruction:\n{user}\n\n### Input:\n{given}\n\n### Response:", False
+            return f"{ALPACA_HEADER}### Instruction:\n{user}\n\n### Response:", False
+        return (f"{user}\n{given}\n" if given else user + "\n"), False
 
-    def reverse_prompt_ids(self, response: str, target_len: int) -> list[int]:
-        """The reverse query around `response`; a response too long for the instruction to fit after
-        it within `max_length` is cut (its tail) so that r-IFD stays defined."""
-        ids = self.prompt_ids(REVERSE_PROMPT.format(response=response))
-        over = len(ids) + target_len - self.max_length
-        if over > 0 and response:
-            kept = self._text_ids(response)[: max(0, len(self._text_ids(response)) - over - 2)]
-            ids = self.prompt_ids(REVERSE_PROMPT.format(response=self.tokenizer.decode(kept)))
-        return ids
+    def prompt_ids(self, user: str, given: str = "") -> list[int]:
+        """Token ids of `user` formatted as a prompt, up to where the reply starts."""
+        text, chat = self.prompt_text(user, given)
+        return self._encode(text, chat)
+
+    def _encode(self, text: str, chat: bool = False) -> list[int]:
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+        return ids if chat else self.start_ids + ids
+
+    def _pair(self, prefix: str, target: str, chat: bool = False) -> tuple[list[int], list[int]]:
+        """(context, target) ids: the whole text tokenized once, the first len(tokenize(prefix))
+        tokens as context (as the reference code masks), cut at `max_length`."""
+        if not target:
+            return self._encode(prefix, chat) or self.start_ids, []
+        whole = self._encode(prefix + target, chat)[: self.max_length]
+        n = len(self._encode(prefix, chat))
+        if not n:  # no start token: the first target token is the context
+            n = 1
+        return whole[:n], whole[n:]
 
     def _text_ids(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
-    def items(self, instruction: str, response: str, reverse: bool = True) -> list[tuple[list[int], list[int]]]:
-        """The (context, target) pairs of one row: cond, direct[, reverse cond, reverse direct]."""
-        out = []
-        pairs = [(self.prompt_ids(instruction), self._text_ids(response))]
+    def _reverse_prefix(self, response: str, target_len: int) -> tuple[str, bool]:
+        """The reverse query around `response`; a response too long for the instruction to fit after
+        it within `max_length` is cut (its tail) so that r-IFD stays defined."""
+        text, chat = self.prompt_text(self.reverse_prompt.format(response=response))
+        over = len(self._encode(text, chat)) + target_len - self.max_length
+        if over > 0 and response:
+            ids = self._text_ids(response)
+            text, chat = self.prompt_text(self.reverse_prompt.format(response=self.tokenizer.decode(ids[: max(0, len(ids) - over - 2)])))
+        return text, chat
+
+    def items(self, instruction: str, response: str, reverse: bool = True, given: str = "") -> list[tuple[list[int], list[int]]]:
+        """The (context, target) pairs of one row: cond, direct[, reverse cond, reverse direct].
+        The direct pairs score the same number of tokens as their conditioned ones."""
+        prompt, chat = self.prompt_text(instruction, given)
+        out = self._with_direct(self._pair(prompt, response, chat), self.direct_prefix, response)
         if reverse:
-            pairs.append((self.reverse_prompt_ids(response, len(self._text_ids(instruction))), self._text_ids(instruction)))
-        for prompt, target in pairs:
-            n = max(0, min(len(target), self.max_length - len(prompt)))
-            target = target[:n]  # both the conditioned and the direct loss cover these tokens
-            out += [(prompt, target), (self.start_ids or target[:1], target if self.start_ids else target[1:])]
+            x = instruction + given  # the official target: instruction followed by the input
+            rprefix, rchat = self._reverse_prefix(response, len(self._text_ids(x)))
+            out += self._with_direct(self._pair(rprefix, x, rchat), "", x)
         return out
 
-    def score(self, instructions: list[str], responses: list[str], reverse: bool = True) -> list[IFDScores]:
+    def _with_direct(self, cond: tuple[list[int], list[int]], prefix: str, target: str) -> list[tuple[list[int], list[int]]]:
+        context, direct = self._pair(prefix, target)
+        return [cond, (context, direct[: len(cond[1])])]
+
+    def score(self, instructions: list[str], responses: list[str], reverse: bool = True, inputs: list[str] | None = None) -> list[IFDScores]:
         """One IFDScores per pair; all sequences of all pairs go through batched forward passes."""
         if len(instructions) != len(responses):
             raise ValueError("instructions and responses differ in length")
         per = 4 if reverse else 2
-        items = [it for x, y in zip(instructions, responses, strict=True) for it in self.items(x, y, reverse)]
+        given = inputs or [""] * len(instructions)
+        items = [it for x, y, g in zip(instructions, responses, given, strict=True) for it in self.items(x, y, reverse, g)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         losses = target_losses(self.model, items, self.batch_size, pad)
         return [scores_from_losses(*losses[k * per : (k + 1) * per]) for k in range(len(instructions))]
@@ -211,10 +303,11 @@ class IFDParams(StageParams):
     model: str = Field("embedded", description="student causal LM: 'embedded', a Hub name or a local path")
     device: str = "auto"
     dtype: str = "auto"
-    max_length: int = Field(1024, ge=16)
+    ifd_form: IFDForm = Field("cherry", description="cherry (paper) | cherry_v1 (Cherry code) | selective_rt; ppl_ratio / loss_ratio: ours (chat, 1024)")
+    max_length: int | None = Field(None, ge=16, description="default: the recipe's (512 Cherry, 2048 Selective RT, 1024 ours)")
     batch_size: int = Field(8, ge=1)
-    template: Literal["chat", "vicuna", "alpaca", "none"] = "chat"
-    ifd_form: IFDForm = Field("ppl_ratio", description="ppl_ratio (Selective RT) or loss_ratio (Cherry)")
+    template: Literal["chat", "vicuna", "alpaca", "none"] | None = Field(None, description="default: the recipe's")
+    reverse_prompt: Literal["official", "ours"] = Field("official", description="r-IFD query: Selective RT's wording or our paraphrase")
     reverse: bool = Field(True, description="also compute r-IFD")
     keep_losses: bool = Field(False, description="also write the four mean losses as scores")
     max_ifd: float | None = Field(None, description="drop rows with IFD above this (Cherry drops IFD > 1)")
@@ -236,13 +329,15 @@ class IFDStage(MapStage[IFDParams, "IFDScorer"]):
 
     def load(self) -> IFDScorer:
         p = self.params
-        return IFDScorer(p.model, p.device, p.max_length, p.batch_size, p.template, p.dtype)
+        return IFDScorer.for_recipe(p.ifd_form, p.model, p.device, p.batch_size, p.dtype, template=p.template, max_length=p.max_length, reverse_prompt=p.reverse_prompt)
 
     def process(self, batch: pl.DataFrame, resource: IFDScorer) -> StageResult:
         p = self.params
         chosen = batch["chosen"].to_list()
         pairs = [(turn_pairs(m, c) or [("", "")])[0] for m, c in zip(batch["messages"].to_list(), chosen, strict=True)]
-        res = resource.score([x for x, _ in pairs], [y for _, y in pairs], reverse=p.reverse)
+        # the Alpaca input goes into its own template block, as the reference code formats it
+        split = [split_input(x, meta_of(m)) for (x, _), m in zip(pairs, batch["meta"].to_list(), strict=True)]
+        res = resource.score([x for x, _ in split], [y for _, y in pairs], reverse=p.reverse, inputs=[g for _, g in split])
         clean = lambda v: None if v is None or math.isnan(v) else float(v)  # noqa: E731
         scores: dict[str, list[float | None]] = {"ifd": [clean(r.ifd(p.ifd_form)) for r in res]}
         if p.reverse:

@@ -25,6 +25,7 @@ through the model's chat template. `auto`: see `resolve_template`.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -74,6 +75,7 @@ JUDGE_TEMPLATES: dict[str, str] = {
 }
 Dimension = Literal["quality", "complexity"]
 _DIGIT_RE = re.compile(r"[1-6]")
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +183,7 @@ class DeitaJudge:
         top_logprobs: int = 20,
         cache_dir: str | None = None,
         client: Any = None,
+        missing_digits: str = "deita",
     ) -> None:
         self.dimension = dimension
         self.config = engine_config
@@ -193,6 +196,12 @@ class DeitaJudge:
         self.max_field_chars = max_field_chars
         self.digit_token_ids = list(digit_token_ids) if digit_token_ids else None
         self.top_logprobs = top_logprobs
+        self.missing_digits = missing_digits
+        #: set when Deita's raw strings go to a model that is not a released Deita scorer
+        self.template_note = (
+            f"template deita on {engine_config.model!r}, which is not a Deita scorer: the raw Deita strings do not state the 1-6 scale"
+            if self.template == "deita" and "deita" not in engine_config.model.lower() else None
+        )
         self.cache_dir = cache_dir
         self.client = client
         self._model: Any = None
@@ -299,13 +308,24 @@ class DeitaJudge:
         else:
             requests = [Request.chat([{"role": "user", "content": p}], sampling) for p in prompts]
         results = self.client.generate(requests)
-        return [judge_result(r) for r in results]
+        return [judge_result(r, self.missing_digits) for r in results]
 
 
-def judge_result(result: Any) -> JudgeScore:
-    """A `Result` → JudgeScore: the first generated position whose top alternatives hold a digit."""
+def judge_result(result: Any, missing_digits: str = "renormalize") -> JudgeScore:
+    """A `Result` → JudgeScore. `deita`: the first position's six digits, else None (→ 3.0), as
+    Deita; `renormalize`: the first generated position whose top alternatives hold a digit."""
     if getattr(result, "error", None):
         return JudgeScore(None, "error", error=result.error)
+    if missing_digits == "deita":
+        first = (result.logprobs or [None])[0]
+        if first is not None:
+            top = dict(first.top or {})
+            top.setdefault(first.token, first.logprob)
+            value, missing = score_from_top(top)
+            if value is not None and not missing:
+                return JudgeScore(value, "logprobs")
+            return JudgeScore(None, "default", missing)
+        return JudgeScore(None, "default", list(range(1, 7)))
     for pos, tl in enumerate(result.logprobs or []):
         top = dict(tl.top or {})
         top.setdefault(tl.token, tl.logprob)
@@ -354,6 +374,9 @@ class JudgeParams(StageParams):
     max_field_chars: int = Field(6000, ge=100, description="instruction / response characters kept in the prompt")
     digit_token_ids: list[int] | None = Field(None, description="ids of '1'..'6' (default: found in the tokenizer)")
     top_logprobs: int = Field(20, ge=1, le=20)
+    missing_digits: Literal["deita", "renormalize"] = Field(
+        "deita", description="engine backend, a digit absent from the top logprobs: Deita's 3.0, or renormalise over the digits present (ours)"
+    )
     on_unscorable: Literal["neutral", "drop"] = Field(
         "neutral", description="no digit in logprobs or text: Deita's 3.0 (flagged in meta) or drop the row"
     )
@@ -396,7 +419,10 @@ class JudgeStage(MapStage[JudgeParams, "DeitaJudge"]):
             top_logprobs=p.top_logprobs,
             cache_dir=self.context.cache_dir,
             client=self.client,
+            missing_digits=p.missing_digits,
         )
+        if judge.template_note:
+            log.warning("%s: %s", self.label, judge.template_note)
         judge.setup()
         return judge
 
@@ -461,7 +487,10 @@ class JudgeStage(MapStage[JudgeParams, "DeitaJudge"]):
         counters = {f"judge.turns.{k}": v for k, v in methods.items()}
         counters.update(resource.pop_counters())
         counters.update(_histogram(dim, [v for v in values if v is not None]))
-        return StageResult(kept=out.filter(keep), dropped=dropped, counters=counters, extras={"score_spread": [spread(dim, values)]})
+        extras: dict[str, Any] = {"score_spread": [spread(dim, values)]}
+        if resource.template_note:
+            extras["template_note"] = [resource.template_note]
+        return StageResult(kept=out.filter(keep), dropped=dropped, counters=counters, extras=extras)
 
     def _combined(self, old_meta: str | None, own: list[float] | None) -> float | None:
         """Σ_t c_t·q_t when the other dimension's per-turn scores are in meta (same number of turns)."""

@@ -118,12 +118,16 @@ def equal_budgets(capacities: Sequence[int], budget: int) -> list[int]:
     return cap_and_redistribute(alloc, capacities, list(range(m)))
 
 
-def task_greedy(task_vectors: np.ndarray, m: int, function: str = "graph_cut", lam: float = 0.4) -> tuple[list[int], list[float]]:
-    """Greedy over tasks on the dense cosine kernel: selected task indices (in order) and their gains."""
+def task_greedy(task_vectors: np.ndarray, m: int, function: str = "graph_cut", lam: float = 0.4, ridge: float = 1.0) -> tuple[list[int], list[float]]:
+    """Greedy over tasks on the dense cosine kernel: selected task indices (in order) and their gains.
+
+    Facility location starts every task's best similarity at 0, as submodlib's FacilityLocation
+    (SMART: kowndinya-renduchintala/SMART, submodlib `FacilityLocationFunction`): negative cosines
+    add nothing. Log-det uses `ridge` (λ is graph cut's)."""
     x = task_vectors / np.maximum(np.linalg.norm(task_vectors, axis=1, keepdims=True), 1e-12)
     m = min(m, x.shape[0])
     if function == "log_det":
-        sel = log_det_greedy(x, m, lam=1.0 if lam == 0.4 else lam)
+        sel = log_det_greedy(x, m, lam=ridge)
         return sel.indices.tolist(), sel.gains.tolist()
     s = x @ x.T
     n = s.shape[0]
@@ -142,10 +146,9 @@ def task_greedy(task_vectors: np.ndarray, m: int, function: str = "graph_cut", l
             taken[j] = True
             acc += s[j]
     elif function == "facility_location":
-        cur = np.full(n, -np.inf)
+        cur = np.zeros(n)
         for _ in range(m):
-            base = np.where(np.isfinite(cur), cur, 0.0)
-            g = np.where(np.isfinite(cur)[:, None], np.maximum(s - base[:, None], 0.0), s).sum(axis=0)
+            g = np.maximum(s - cur[:, None], 0.0).sum(axis=0)
             g[taken] = -np.inf
             j = int(np.argmax(g))
             chosen.append(j)
@@ -157,7 +160,7 @@ def task_greedy(task_vectors: np.ndarray, m: int, function: str = "graph_cut", l
     return chosen, gains
 
 
-def plan_budgets(tasks: Sequence[str], vectors: np.ndarray, sizes: Sequence[int], budget: int, *, mixing: str = "smart", num_tasks: int | None = None, function: str = "graph_cut", lam: float = 0.4) -> list[dict[str, Any]]:
+def plan_budgets(tasks: Sequence[str], vectors: np.ndarray, sizes: Sequence[int], budget: int, *, mixing: str = "smart", num_tasks: int | None = None, function: str = "graph_cut", lam: float = 0.4, ridge: float = 1.0) -> list[dict[str, Any]]:
     """The per-task budget table: one dict per task (task, rows, order, gain, share, budget, and the
     proportional / equal budgets for comparison). Pure; the Beam form calls it on combined task means."""
     m = len(tasks)
@@ -171,7 +174,7 @@ def plan_budgets(tasks: Sequence[str], vectors: np.ndarray, sizes: Sequence[int]
         for j in range(m):
             table[j]["budget"] = equal[j]
     elif mixing == "smart":
-        order, gains = task_greedy(vectors, num_tasks or m, function, lam)
+        order, gains = task_greedy(vectors, num_tasks or m, function, lam, ridge)
         caps = [int(sizes[j]) for j in order]
         alloc = taylor_softmax_budgets(gains, caps, budget)
         w = np.array([1 + g + g * g / 2 for g in gains])
@@ -193,7 +196,8 @@ class SmartParams(EmbeddingSourceParams):
     num_tasks: int | None = Field(None, ge=1, description="task budget M' (default: all tasks)")
     mixing: Literal["smart", "proportional", "equal"] = "smart"
     task_function: Literal["graph_cut", "facility_location", "log_det"] = "graph_cut"
-    lam: float = Field(0.4, alias="lambda", ge=0)
+    lam: float = Field(0.4, alias="lambda", ge=0, description="graph-cut λ (SMART: 0.4)")
+    ridge: float = Field(1.0, gt=0, description="log-det ridge (task_function: log_det)")
     within: Literal["facility_location", "random"] = Field("facility_location", description="how rows are chosen inside a task")
     k: int = Field(20, ge=1)
     task_column: str = "task"
@@ -222,7 +226,7 @@ class SmartMixtureStage(GlobalStage):
         vectors = np.stack([sums[t][0] / max(sums[t][1], 1) for t in tasks])
         sizes = [sums[t][1] for t in tasks]
         p = self.params
-        return plan_budgets(tasks, vectors, sizes, resolve_budget(p.budget, total), mixing=p.mixing, num_tasks=p.num_tasks, function=p.task_function, lam=p.lam)
+        return plan_budgets(tasks, vectors, sizes, resolve_budget(p.budget, total), mixing=p.mixing, num_tasks=p.num_tasks, function=p.task_function, lam=p.lam, ridge=p.ridge)
 
     def select_task(self, task: str, frame: pl.DataFrame, budget: int, x: np.ndarray | None = None) -> StageResult:
         """Stage 2 for one task: the first `budget` rows of facility-location greedy (or random)."""

@@ -299,7 +299,9 @@ class SelectParams(EmbeddingSourceParams):
     budget: float = Field(0.1, gt=0, description="rows to keep: a count (≥ 1) or a fraction of the input (< 1)")
     budget_tokens: int | None = Field(None, ge=1, description="token budget instead of rows (≈ characters/4 of `token_text`)")
     token_text: Literal["instruction", "instruction_response", "response", "conversation"] = "conversation"
-    lam: float = Field(0.4, alias="lambda", ge=0, description="graph-cut redundancy weight (log-det: the ridge, default 1 when 0.4 is given)")
+    lam: float = Field(0.4, alias="lambda", ge=0, description="graph-cut redundancy weight λ (log-det: the ridge when given, else `ridge`)")
+    ridge: float = Field(1.0, gt=0, description="log-det ridge: log det(I·ridge + K_S) (used unless `lambda` is given)")
+    dense_max: int = Field(50_000, ge=0, description="report the dense facility-location value up to this many rows")
     k: int = Field(20, ge=1, description="neighbours per row in the similarity graph")
     similarity: Literal["cos", "cos2"] = "cos2"
     optimizer: Literal["lazy", "stochastic"] = "lazy"
@@ -343,11 +345,14 @@ class SubmodularSelectStage(GlobalStage):
         max_cost = float(p.budget_tokens) if p.budget_tokens else math.inf
         rows = frame.height if p.budget_tokens else budget_rows
         if p.function == "log_det":
-            lam = 1.0 if p.lam == 0.4 else p.lam
-            return log_det_greedy(x, rows, lam=lam, weights=weights, costs=costs, max_cost=max_cost), None
+            return log_det_greedy(x, rows, lam=self.ridge(), weights=weights, costs=costs, max_cost=max_cost), None
         graph = similarity_graph(x, p.k, similarity=p.similarity, exact_max=p.exact_max, nprobe=p.nprobe, seed=self.context.seed)
         sel = greedy(graph, rows, function=p.function, lam=p.lam, weights=weights, costs=costs, max_cost=max_cost, optimizer=p.optimizer, epsilon=p.epsilon, seed=self.context.seed)
         return sel, graph
+
+    def ridge(self) -> float:
+        """Log-det's ridge: `lambda` when the user gave it, else `ridge` (never a silent swap)."""
+        return self.params.lam if self.param_is_set("lam") else self.params.ridge
 
     def split(self, frame: pl.DataFrame, sel: Selection, extras: dict[str, Any], final: bool = True) -> StageResult:
         mask = np.zeros(frame.height, dtype=bool)
@@ -406,8 +411,16 @@ class SubmodularSelectStage(GlobalStage):
 
 
 def coverage_report(x: np.ndarray, sel: Selection, graph: sp.csr_matrix | None, params: SelectParams, n: int, seconds: float) -> dict[str, Any]:
-    """What the report shows for a selection: size, objective, and how well it covers the input."""
-    out: dict[str, Any] = {"function": params.function, "rows_in": n, "selected": int(len(sel.indices)), "objective": round(sel.objective, 4), "seconds": round(seconds, 3)}
+    """What the report shows for a selection: size, the objective the greedy maximised (on the sparse
+    kNN graph for facility location / graph cut, so it is labelled `objective_sparse_knn`), the dense
+    facility-location value Σ_i max_{j∈S} sim(i, j) where it is cheap (n ≤ `dense_max`), and how well
+    the selection covers the input."""
+    label = "objective_log_det" if graph is None else "objective_sparse_knn"
+    out: dict[str, Any] = {"function": params.function, "rows_in": n, "selected": int(len(sel.indices)), label: round(sel.objective, 4), "seconds": round(seconds, 3)}
+    if graph is None:
+        out["ridge"] = params.lam if "lam" in params.model_fields_set else params.ridge
+    if len(sel.indices) and n <= params.dense_max:
+        out["dense_facility_location"] = round(dense_facility_location(x, sel.indices, params.similarity), 4)
     if graph is not None and len(sel.indices):
         covered = graph.tocsc()[:, sel.indices].max(axis=1).toarray().ravel()
         out["coverage_mean_sim"] = round(float(covered.sum() / n), 4)

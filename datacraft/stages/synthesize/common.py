@@ -69,11 +69,18 @@ class UsesLLM:
             seed=seed + seed_offset,
         )
 
-    def ask(self, messages: list[list[dict[str, str]]], sampling: SamplingParams) -> list[Result]:
-        """One batched engine call for all `messages` (empty list → no call)."""
+    def ask(self, messages: list[list[dict[str, str]]], sampling: SamplingParams, *, truncated_ok: bool = False) -> list[Result]:
+        """One batched engine call for all `messages` (empty list → no call). An answer cut at
+        `max_tokens` (finish_reason `length`) becomes a failure with reason `length` unless
+        `truncated_ok` (judge calls, whose score comes first)."""
         if not messages:
             return []
-        return self.client.generate([Request.chat(m, sampling) for m in messages])
+        results = self.client.generate([Request.chat(m, sampling) for m in messages])
+        if not truncated_ok:
+            for res in results:
+                if res.error is None and res.finish_reason == "length":
+                    res.error = f"length: hit max_tokens={sampling.max_tokens}"
+        return results
 
     def llm_counters(self) -> dict[str, float]:
         client = self.client

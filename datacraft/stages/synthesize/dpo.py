@@ -145,7 +145,7 @@ class DPOPairsStage(UsesLLM, MapStage):
             instruction = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
             msgs.append(prompts.pair_judge_messages(instruction, chosen, rejected))
             msgs.append(prompts.pair_judge_messages(instruction, rejected, chosen))
-        results = self.ask(msgs, self.sampling(temperature=0.0))
+        results = self.ask(msgs, self.sampling(temperature=0.0), truncated_ok=True)
         out: dict[int, tuple[float, float]] = {}
         for k, i in enumerate(order):
             first, second = results[2 * k], results[2 * k + 1]

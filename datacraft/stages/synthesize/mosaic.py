@@ -9,8 +9,9 @@ construction. The meta-instruction lists are our own wording (the reference code
 Reads: `messages` (one user + one assistant turn; system turns are ignored), `id`, `task`.
 Writes: new rows (counted as created) with `messages` = [user: instructions, assistant: responses],
 `lineage.parent_ids` = every source row in instruction order, `lineage.method` = `mosaic:<strategy>`,
-`meta` = {count, epoch, strategy, rule, order, masked, numbering, tags}. Source rows are kept
-(`keep_sources`, default) or dropped with reason `merged_into_mosaic` / `not_merged`.
+`meta` = {count, epoch, strategy, rule, order, masked, numbering, tags}. Source rows are dropped
+with reason `merged_into_mosaic` / `not_merged` (the paper trains on mosaics only: `recipe:
+mosaic_it`, the default) or kept next to the mosaics (`keep_sources: true`, `recipe: ours`).
 
 Determinism: rows are sorted by id before the seeded reshuffles, so the output does not depend
 on how Beam batched the input. Memory: one partition (all rows with `partitions: 1`, else the rows
@@ -218,8 +219,8 @@ def _word_count(text: str) -> int:
 
 
 _SORT_KEYS: dict[str, tuple[Callable[[str], Any], bool]] = {
-    "ALPHA": (str.casefold, False),
-    "REVERSE_ALPHA": (str.casefold, True),
+    "ALPHA": (str, False),  # the reference sorts the strings as they are (upper case first)
+    "REVERSE_ALPHA": (str, True),
     "LENGTH_WORD": (_word_count, False),
     "REVERSE_LENGTH_WORD": (_word_count, True),
     "LENGTH_CHAR": (len, False),
@@ -227,8 +228,14 @@ _SORT_KEYS: dict[str, tuple[Callable[[str], Any], bool]] = {
 }
 
 
-def permute_order(rule: str, instructions: Sequence[str], fixed: Sequence[int] | None = None) -> list[int]:
-    """The correct response order (0-based positions) for a permute rule; sorts are stable."""
+def _sort_key(rule: str, casefold: bool) -> tuple[Callable[[str], Any], bool]:
+    key, descending = _SORT_KEYS[rule]
+    return (str.casefold if casefold and key is str else key), descending
+
+
+def permute_order(rule: str, instructions: Sequence[str], fixed: Sequence[int] | None = None, casefold: bool = False) -> list[int]:
+    """The correct response order (0-based positions) for a permute rule; sorts are stable.
+    ALPHA compares the strings case-sensitively as the reference does; `casefold` is our variant."""
     n = len(instructions)
     if rule == "FIX":
         if fixed is None or sorted(fixed) != list(range(n)):
@@ -237,7 +244,7 @@ def permute_order(rule: str, instructions: Sequence[str], fixed: Sequence[int] |
     if rule == "REVERSE":
         return list(range(n))[::-1]
     if rule in _SORT_KEYS:
-        key, descending = _SORT_KEYS[rule]
+        key, descending = _sort_key(rule, casefold)
         keys = [key(t) for t in instructions]
         # Python's sort is stable with reverse=True too: ties keep their original order
         return sorted(range(n), key=keys.__getitem__, reverse=descending)
@@ -250,10 +257,10 @@ def permute_order(rule: str, instructions: Sequence[str], fixed: Sequence[int] |
     raise ValueError(f"unknown permute rule {rule!r}")
 
 
-def has_ties(rule: str, instructions: Sequence[str]) -> bool:
+def has_ties(rule: str, instructions: Sequence[str], casefold: bool = False) -> bool:
     if rule not in _SORT_KEYS:
         return False
-    keys = [_SORT_KEYS[rule][0](t) for t in instructions]
+    keys = [_sort_key(rule, casefold)[0](t) for t in instructions]
     return len(set(keys)) < len(keys)
 
 
@@ -310,6 +317,7 @@ class FormatOptions:
     p_no_numbering: float = 0.1
     p_tags: float = 0.5
     p_plain_meta: float = 0.5
+    alpha_casefold: bool = False
 
 
 def _numbering(rng: random.Random, forced: bool, p_none: float) -> str | None:
@@ -333,7 +341,7 @@ def _id_list(rng: random.Random, positions: Sequence[int], separators: Sequence[
     return sep.join(style.format(i=p + 1) for p in positions)
 
 
-def _permute_rule(rng: random.Random, instructions: Sequence[str]) -> tuple[str, str, list[int]]:
+def _permute_rule(rng: random.Random, instructions: Sequence[str], casefold: bool = False) -> tuple[str, str, list[int]]:
     n = len(instructions)
     rule = rng.choice(PERMUTE_RULES)
     fixed = None
@@ -341,13 +349,13 @@ def _permute_rule(rng: random.Random, instructions: Sequence[str]) -> tuple[str,
         fixed = list(range(n))
         while fixed == list(range(n)):
             rng.shuffle(fixed)
-    order = permute_order(rule, instructions, fixed)
+    order = permute_order(rule, instructions, fixed, casefold)
     text = rng.choice(PERMUTE_META[rule])
     if rule == "FIX":
         text = text.format(order=_id_list(rng, order, ORDER_SEPARATORS))
     elif rule in ("ODD_EVEN", "EVEN_ODD"):
         text += SAME_GROUP_ORDER
-    elif has_ties(rule, instructions):
+    elif has_ties(rule, instructions, casefold):
         text += TIES_KEEP_ORDER
     return rule, text, order
 
@@ -399,7 +407,7 @@ def draw(rng: random.Random, items: Sequence[Item], opts: FormatOptions) -> Draw
     )
     instructions = [it.instruction for it in items]
     if strategy == PERMUTE:
-        d.rule, d.rule_meta, d.order = _permute_rule(rng, instructions)
+        d.rule, d.rule_meta, d.order = _permute_rule(rng, instructions, opts.alpha_casefold)
     elif strategy == MASKOUT:
         d.rule, d.rule_meta, d.masked = _mask_rule(rng, instructions)
     if d.rule_meta is not None:
@@ -563,6 +571,14 @@ def run_mosaic(
 # the stage
 
 
+#: `mosaic_it`: Mosaic-IT (Li et al., 2024; reference tianyi-lab/Mosaic-IT `mosaic_main.py`): the model is
+#: trained on the mosaics only, every chunk (also of one row) is emitted; `ours`: the earlier defaults.
+RECIPES: dict[str, dict[str, Any]] = {
+    "mosaic_it": {"min_count": 1, "keep_sources": False, "alpha_casefold": False},
+    "ours": {"min_count": 2, "keep_sources": True, "alpha_casefold": True},
+}
+
+
 class MosaicParams(StageParams):
     epochs: int = Field(4, ge=1, description="independent reshuffles of the data (reference: 4)")
     wrap_mode: WrapMode = "uniform"
@@ -571,8 +587,10 @@ class MosaicParams(StageParams):
     tokenizer: str = Field("embedded", description="tokenizer for the budget: a Hub name / path, `embedded`, or `whitespace`")
     version: Literal["format", "permute", "maskout", "both"] = "both"
     faithful_numbering: bool = Field(True, description="force numbering when a permute/maskout rule refers to numbers")
-    min_count: int = Field(2, ge=1, description="emit mosaics of at least this many rows (reference: 1)")
-    keep_sources: bool = Field(True, description="keep the source rows (else they are dropped as merged_into_mosaic)")
+    recipe: Literal["mosaic_it", "ours"] = Field("mosaic_it", description="mosaic_it: the paper (mosaics only, min_count 1, case-sensitive ALPHA); ours: originals + mosaics of ≥ 2, ALPHA ignores case")
+    min_count: int | None = Field(None, ge=1, description="emit mosaics of at least this many rows (default: the recipe's, 1 / 2)")
+    keep_sources: bool | None = Field(None, description="keep the source rows next to the mosaics (default: the recipe's, false / true)")
+    alpha_casefold: bool | None = Field(None, description="ALPHA / REVERSE_ALPHA ignore case (default: the recipe's, false / true)")
     partitions: int = Field(1, ge=1, description="hash rows into this many independent mosaic pools (scale-out)")
     seed: int | None = Field(None, description="defaults to the run seed")
     examples: int = Field(3, ge=0, description="mosaics shown in the report")
@@ -647,8 +665,8 @@ class MosaicStage(GlobalStage):
             wrap_mode=p.wrap_mode,
             max_instructions=p.max_instructions,
             max_tokens=p.max_tokens,
-            min_count=p.min_count,
-            opts=FormatOptions(version=p.version, faithful_numbering=p.faithful_numbering),
+            min_count=self._knob("min_count"),
+            opts=FormatOptions(version=p.version, faithful_numbering=p.faithful_numbering, alpha_casefold=self._knob("alpha_casefold")),
         )
         rows = [self._row(sources, m, epoch) for sources, m, epoch in result.mosaics]
         created = batch_from_rows(rows) if rows else empty_batch()
@@ -670,7 +688,7 @@ class MosaicStage(GlobalStage):
                 for _, m, _ in result.mosaics[: p.examples]
             ],
         }
-        if p.keep_sources:
+        if self._knob("keep_sources"):
             return StageResult(kept=concat_batches([frame, created]), created=len(rows), counters=counters, extras=extras)
         merged = frame["id"].is_in(list(used))
         dropped = with_drop(
@@ -682,6 +700,11 @@ class MosaicStage(GlobalStage):
             .otherwise(pl.when(single).then(pl.lit("over the token budget or below min_count")).otherwise(pl.lit("not a single-turn row"))),
         )
         return StageResult(kept=created, dropped=dropped, created=len(rows), counters=counters, extras=extras)
+
+    def _knob(self, name: str) -> Any:
+        """A parameter, or its recipe's value when unset."""
+        value = getattr(self.params, name)
+        return RECIPES[self.params.recipe][name] if value is None else value
 
     def _row(self, sources: list[Item], m: Mosaic, epoch: int) -> dict[str, Any]:
         parents = [s.id for s in sources]

@@ -93,7 +93,10 @@ class MultiHopParams(LLMParams):
     max_improve_relevance: int = Field(5, ge=0)
     max_improve_diversity: int = Field(20, ge=0)
     max_chars: int = Field(500, ge=1, description="longer prompts are sent back as too long (len_token)")
-    max_rows: int | None = Field(1000, ge=0, description="rows created per task at most")
+    max_rows: int | None = Field(None, ge=0, description="rows created per task at most (paper: no cap; ~3K rows from 10 seeds at K=2)")
+    num_options: int | None = Field(3, ge=2, description="multiple choice: options kept, 1 correct + sampled incorrect (AIDE post_process: num_target_scores = 3)")
+    answer_check: bool | None = Field(None, description="checker call: is the solution among the options? else re-solve (default: with `reflection`, as the code)")
+    max_answer_checks: int = Field(5, ge=1, description="answer-check rounds (AIDE max_opt: 5)")
     keep_seeds: bool = True
     partition_by_task: bool = True
     examples: int = Field(3, ge=0)
@@ -125,6 +128,7 @@ class Candidate:
     answer: str | None = None
     failure: tuple[str, str] | None = None  # (reason, detail)
     raw: str = ""
+    stem: str | None = None  # the question without its options (multiple choice)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -239,6 +243,8 @@ class MultiHopStage(UsesLLM, GlobalStage):
             if p.reflection:
                 self._reflect(live, counters)
             self._solve(live, counters)
+            if p.choice_type == "multi_choice" and (p.reflection if p.answer_check is None else p.answer_check):
+                self._check_answers(live, counters)
             created.extend(cands)
             frontier = [self._child(c, hop) for c in cands if c.failure is None]
             counters[f"multihop.hop{hop}.created"] += len(cands)
@@ -372,7 +378,7 @@ class MultiHopStage(UsesLLM, GlobalStage):
             long = [c for c in pending if len(c.question or "") > p.max_chars]
             judged = [c for c in pending if len(c.question or "") <= p.max_chars]
             to_improve: list[tuple[Candidate, str]] = [(c, "too_long") for c in long]
-            results = self.ask([prompts.judge_messages(c.branch, reference(c), c.question or "") for c in judged], judge_sampling)
+            results = self.ask([prompts.judge_messages(c.branch, reference(c), c.question or "") for c in judged], judge_sampling, truncated_ok=True)
             for c, res in zip(judged, results, strict=True):
                 score = parse_score(res.text) if res.ok else None
                 if score is None:
@@ -404,7 +410,8 @@ class MultiHopStage(UsesLLM, GlobalStage):
         sampling = self.sampling(temperature=0.0, max_tokens=p.solver_max_tokens)
         for c, res in zip(cands, self.ask(msgs, sampling), strict=True):
             if not res.ok:
-                c.failure = (f"solver_{failure_reason(res)}", res.error or "")
+                reason = failure_reason(res)
+                c.failure = (reason if reason == "length" else f"solver_{reason}", res.error or "")
                 continue
             if p.choice_type == "open":
                 c.answer = res.text.strip()
@@ -420,21 +427,50 @@ class MultiHopStage(UsesLLM, GlobalStage):
             if c.failure is not None:
                 counters["multihop.solver_parse_failed"] += 1
 
-    @staticmethod
-    def _set_choices(c: Candidate, text: str) -> None:
-        """Exactly one correct option (post-processing rule); options shuffled per question."""
+    def _check_answers(self, cands: list[Candidate], counters: Counter[str]) -> None:
+        """AIDE's answer checker: a checker call per multiple-choice item asks whether the solution is
+        among the options; on No the solver is asked again (up to `max_answer_checks` rounds).
+        An item still failing after the last round keeps its options (the reference never rejects)."""
+        pending = [c for c in cands if c.failure is None and c.meta.get("target_scores")]
+        for round_ in range(self.params.max_answer_checks):
+            if not pending:
+                break
+            msgs = [prompts.answer_check_messages((c.stem or ""), "\n".join(c.meta["target_scores"])) for c in pending]
+            results = self.ask(msgs, self.sampling(temperature=0.0, max_tokens=min(self.params.max_tokens, 128)), truncated_ok=True)
+            retry = []
+            for c, res in zip(pending, results, strict=True):
+                verdict = parse_yes_no(extract_angle(res.text, "Answer").value or res.text) if res.ok else None
+                counters[f"multihop.answer_check.{(verdict or 'unparsed').lower()}"] += 1
+                if verdict == "No":
+                    retry.append(c)
+            if not retry or round_ == self.params.max_answer_checks - 1:
+                break
+            for c in retry:
+                c.question, c.answer = (c.stem or ""), None
+            self._solve(retry, counters)
+            counters["multihop.answer_check.resolved"] += len(retry)
+            pending = [c for c in retry if c.failure is None]
+
+    def _set_choices(self, c: Candidate, text: str) -> None:
+        """Exactly one correct option (post-processing rule); incorrect ones sampled down to
+        `num_options - 1`; options shuffled per question."""
         choices = parse_choices(text)
         correct = [ch for ch in choices if ch.correct]
         if len(correct) != 1 or len(choices) < 2:
             c.failure = ("solver_parse_failed", f"{len(correct)} correct of {len(choices)} options")
             return
         rng = random.Random(c.question)
-        order = list(choices)
+        wrong = [ch for ch in choices if not ch.correct]
+        k = self.params.num_options
+        if k is not None and len(wrong) > k - 1:
+            wrong = rng.sample(wrong, k - 1)
+        order = correct + wrong
         rng.shuffle(order)
         letters = "ABCDEFGH"
         options = "\n".join(f"{letters[i]}. {ch.text}" for i, ch in enumerate(order))
         right = next(i for i, ch in enumerate(order) if ch.correct)
-        c.question = f"{c.question}\n\n{options}"
+        c.stem = c.stem or c.question
+        c.question = f"{c.stem}\n\n{options}"
         c.answer = f"{letters[right]}. {order[right].text}"
         c.meta["target_scores"] = {ch.text: int(ch.correct) for ch in order}
 

@@ -194,6 +194,24 @@ def solver_messages(question: str, choice_type: str = "open") -> Messages:
     return _user(question, system=SOLVER_SYSTEM)
 
 
+ANSWER_CHECK = """\
+Here is a question with answer options. Solve the question yourself, then say whether your solution
+is among the options.
+
+Question:
+{question}
+
+Options:
+{options}
+
+Answer Yes if the correct solution is one of the options, otherwise No, inside <Answer></Answer>."""
+
+
+def answer_check_messages(question: str, options: str) -> Messages:
+    """AIDE's answer checker (our wording): is the solution among the generated options?"""
+    return _user(ANSWER_CHECK.format(question=question.strip(), options=options.strip()))
+
+
 def judge_messages(kind: str, reference: str, candidate: str) -> Messages:
     return _user(JUDGE.format(criterion=JUDGE_CRITERIA[kind], reference=reference.strip(), candidate=candidate.strip()))
 

@@ -19,7 +19,9 @@ response of x1 if its r-IFD is lower than that of x1's own response (with the co
 Parsing is tolerant (see `parsing.py`); a failed parse is retried once (`parse_retries`, sampled
 with another seed), then the original field is kept and the failure counted in the report
 (`reflection.parse_failed.<field>.<status>`), never silently. A failed LLM call keeps the original
-too (`on_failure: keep_original`) or drops the row (`drop`).
+too (`on_failure: keep_original`) or drops the row (`drop`). A teacher answer cut at `max_tokens`
+(finish_reason `length`; default 2048 as the official code) is never taken: the row is dropped with
+reason `length`.
 
 Reads: `messages` (first user turn = instruction, incl. the Alpaca input; last assistant turn),
 `meta.input`. Writes: `messages` (reflected), `lineage` (parent = the original row, method
@@ -41,6 +43,7 @@ from pydantic import Field
 from datacraft.core.rows import batch_from_rows, concat_batches, derived_id, make_row, meta_of, with_drop
 from datacraft.core.stage import MapStage, StageResult
 from datacraft.llm.types import failure_reason
+from datacraft.stages.score.ifd import IFDForm, ratio_of, split_input
 from datacraft.stages.synthesize import prompts
 from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts
 from datacraft.stages.synthesize.parsing import OK, Parsed, extract_bracket
@@ -50,7 +53,7 @@ Mode = Literal["instruction", "response", "recycled", "selective"]
 
 class ReflectionParams(LLMParams):
     mode: Mode = "selective"
-    max_tokens: int = Field(1024, ge=1)
+    max_tokens: int = Field(2048, ge=1, description="teacher tokens (the official code: min(2048, 4050 - prompt))")
     parse_retries: int = Field(1, ge=0, description="re-ask once (sampled, new seed) when a section cannot be parsed")
     retry_temperature: float = Field(0.7, ge=0.0)
     on_failure: Literal["keep_original", "drop"] = Field("keep_original", description="what a failed LLM call does to the row")
@@ -58,9 +61,10 @@ class ReflectionParams(LLMParams):
     # selective mode: the student
     student: str = Field("embedded", description="IFD student model (Hub name, path or `embedded`)")
     student_device: str = "auto"
-    student_max_length: int = Field(1024, ge=16)
+    student_max_length: int | None = Field(None, ge=16, description="default: the ifd_form recipe's (2048 for selective_rt)")
     student_batch_size: int = Field(8, ge=1)
-    ifd_form: Literal["ppl_ratio", "loss_ratio"] = Field("ppl_ratio", description="ppl_ratio: Selective RT; loss_ratio: Cherry")
+    student_template: Literal["chat", "vicuna", "alpaca", "none"] | None = Field(None, description="default: the recipe's (vicuna)")
+    ifd_form: IFDForm = Field("selective_rt", description="selective_rt (paper: vicuna, 2048, ppl ratio); see the `ifd` stage")
     require_below_one: bool = Field(True, description="the code's extra filters IFD < 1 and r-IFD < 1 on the kept variant")
 
 
@@ -78,14 +82,6 @@ class Work:
     y_res_q: str | None = None  # reflected response of (x_ins, y_ins)
     status: dict[str, str] = field(default_factory=dict)
     failure: tuple[str, str] | None = None
-
-
-def split_input(user: str, meta: dict[str, Any]) -> tuple[str, str]:
-    """(instruction, input) of an Alpaca-style user turn (the reader joins them with a blank line)."""
-    given = str(meta.get("input") or "")
-    if given and user.endswith("\n\n" + given):
-        return user[: -len(given) - 2], given
-    return user, ""
 
 
 def choose_variant(s: dict[str, tuple[float, float]], *, require_below_one: bool) -> tuple[str | None, str]:
@@ -142,12 +138,12 @@ class ReflectionStage(UsesLLM, MapStage):
             from datacraft.stages.score.ifd import IFDScorer
 
             p = self.params
-            scorer = IFDScorer(model=p.student, device=p.student_device, max_length=p.student_max_length, batch_size=p.student_batch_size)
+            scorer = IFDScorer.for_recipe(p.ifd_form, p.student, p.student_device, p.student_batch_size, template=p.student_template, max_length=p.student_max_length)
         return TeacherAndStudent(self.load_client(), scorer)
 
     def resource_key(self) -> Any:
         p = self.params
-        return (self.llm_key(), p.mode == "selective" and (p.student, p.student_device, p.student_max_length, p.student_batch_size))
+        return (self.llm_key(), p.mode == "selective" and (p.student, p.student_device, p.student_max_length, p.student_batch_size, p.student_template, p.ifd_form))
 
     # -- teacher calls ---------------------------------------------------------------------------
 
@@ -182,7 +178,7 @@ class ReflectionStage(UsesLLM, MapStage):
             if isinstance(got, str):
                 w.status["instruction"] = got
                 counters[f"reflection.llm_failed.instruction.{got}"] += 1
-                if self.params.on_failure == "drop":
+                if self.params.on_failure == "drop" or got == "length":
                     w.failure = (got, "instruction reflection failed")
                 continue
             new_x, new_y = got
@@ -204,7 +200,7 @@ class ReflectionStage(UsesLLM, MapStage):
             if isinstance(got, str):
                 counters[f"reflection.llm_failed.response.{got}"] += 1
                 w.status[key] = got
-                if self.params.on_failure == "drop" and w.failure is None:
+                if (self.params.on_failure == "drop" or got == "length") and w.failure is None:
                     w.failure = (got, "response reflection failed")
                 out.append(None)
             elif got[0].ok:
@@ -271,7 +267,8 @@ class ReflectionStage(UsesLLM, MapStage):
         if scorer is None:
             raise ValueError("reflection: selective mode needs a student scorer")
         scored = scorer.score([x for x, _ in unique], [y for _, y in unique], reverse=True) if unique else []
-        values = {pair: (float(s.ifd(p.ifd_form)), float(s.rifd(p.ifd_form))) for pair, s in zip(unique, scored, strict=True)}
+        form = ratio_of(p.ifd_form)
+        values = {pair: (float(s.ifd(form)), float(s.rifd(form))) for pair, s in zip(unique, scored, strict=True)}
         counters["reflection.student_pairs"] += len(unique)
         nan = (float("nan"), float("nan"))
         per_row: dict[int, dict[str, tuple[float, float]]] = {}
