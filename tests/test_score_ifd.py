@@ -203,7 +203,9 @@ def test_ifd_recipes_match_the_reference_computation(scorer: IFDScorer, alpaca: 
     from datacraft.stages.score.ifd import split_input
 
     frame = alpaca[[0, 1, 5, 8, 12, 16]]
-    stage = build_stage("ifd", {"ifd_form": form})
+    # max_length past every row: the templates, forms and ratios are compared exactly; the cut at the
+    # recipe's max_length (the direct loss cut to the conditioned one's length) is our rule, not Cherry's
+    stage = build_stage("ifd", {"ifd_form": form, "max_length": 2048})
     out = stage.run(frame).kept
     model, tok = scorer.model, scorer.tokenizer
     with_input = 0
