@@ -149,3 +149,17 @@ def test_real_model_in_beam(tmp_path: Path) -> None:
     for r in new.iter_rows(named=True):
         assert r["lineage"]["parent_ids"] == ["user_oriented_task_0:0", "user_oriented_task_0:0"]
         assert r["lineage"]["method"].startswith("multihop:hop1:") and r["messages"][1]["content"].strip()
+
+
+def test_binary_questions_get_the_solvers_yes_or_no(seeds: pl.DataFrame) -> None:
+    rules = [("Yes or No, inside <Answer>", lambda p: "Thinking it over.\n<Answer>no</Answer>"), *multihop_rules()]
+    kept, dropped, s = _run(seeds.head(1), ScriptedClient(rules), hops=1, choice_type="binary")
+    new = kept.filter(pl.col("source") == "multihop")
+    assert new.height == s.created > 0 and dropped.height == 0
+    for r in new.iter_rows(named=True):
+        assert r["messages"][1]["content"] == "No"
+        assert json.loads(r["meta"])["target_scores"] == {"Yes": 0, "No": 1}
+    unsure = [("Yes or No, inside <Answer>", lambda p: "<Answer>maybe</Answer>"), *multihop_rules()]
+    _, dropped, s = _run(seeds.head(1), ScriptedClient(unsure), hops=1, choice_type="binary")
+    assert dropped.height == s.created and set(dropped["drop_reason"]) == {"solver_parse_failed"}
+    assert s.counters["multihop.solver_parse_failed"] == s.created

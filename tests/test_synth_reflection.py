@@ -148,3 +148,20 @@ def test_real_teacher_and_student_in_beam(tmp_path: Path) -> None:
         info = json.loads(r["meta"])["reflection"] if isinstance(r["meta"], str) else r["meta"]["reflection"]
         assert r["lineage"]["method"].startswith("reflection:selective:") and math.isfinite(r["scores"]["ifd"])
         assert info["accepted"] is True
+
+
+def test_only_single_turn_sft_rows_are_reflected() -> None:
+    from datacraft.core.rows import batch_from_rows, make_row
+
+    qa = [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."}]
+    rows = [
+        make_row(qa, id="pair", chosen=[{"role": "assistant", "content": "Apple."}], rejected=[{"role": "assistant", "content": "No."}]),
+        make_row([*qa, {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Pear."}], id="multi"),
+        make_row([qa[0]], id="unanswered"),
+        make_row([qa[1], qa[0]], id="reversed"),
+        make_row(qa, id="single"),
+    ]
+    kept, _, stats = ReflectionStage({"mode": "response"}, client=teacher()).run_local([batch_from_rows(rows)])
+    assert stats[0].counters["reflection.skipped_not_single_turn"] == 4 and stats[0].counters["reflection.reflected"] == 1
+    by_id = {r["id"]: r for r in kept.iter_rows(named=True)}
+    assert by_id["pair"]["messages"] == rows[0]["messages"] and by_id["multi"]["messages"][-1]["content"] == "Pear."
