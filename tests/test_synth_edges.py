@@ -166,6 +166,7 @@ def test_has_response_looks_after_the_last_user_turn() -> None:
     from datacraft.stages.synthesize.generate import has_response
 
     assert has_response([{"role": "assistant", "content": "A greeting with no question before it."}])
+    assert has_response([{"role": "assistant", "content": "An opening remark."}, {"role": "assistant", "content": " "}])
     assert not has_response([{"role": "user", "content": "Q?"}])
     assert not has_response([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "  "}])
     assert has_response([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}])
@@ -208,3 +209,26 @@ def test_reflection_and_judge_close_the_client_they_hold() -> None:
     judge = DeitaJudge("quality", EngineConfig(), backend="engine", client=client)
     judge.close()
     assert client.closed == 1
+
+
+def test_fixed_order_and_mask_texts_name_the_positions_readably() -> None:
+    import random
+    import re
+
+    from datacraft.stages.synthesize.mosaic import _mask_rule, _permute_rule
+
+    seen = {"order": 0, "it": 0, "them": 0}
+    for seed in range(400):
+        instructions = [f"task {chr(97 + i)} " + "word " * i for i in range(3 if seed % 2 else 12)]
+        rule, text, order = _permute_rule(random.Random(seed), instructions)
+        if rule == "FIX":  # the stated order can be read back, with 12 instructions too (no ids run together)
+            seen["order"] += 1
+            assert [int(x) for x in re.findall(r"\d+", text)] == [p + 1 for p in order]
+        rule, text, masked = _mask_rule(random.Random(seed), instructions)
+        if rule == "FIX":
+            assert [int(x) for x in re.findall(r"\d+", text)] == [p + 1 for p in masked]
+            if "give no response to" in text:
+                pronoun = "it" if len(masked) == 1 else "them"
+                seen[pronoun] += 1
+                assert f"give no response to {pronoun}," in text
+    assert seen["order"] > 20 and seen["it"] > 3 and seen["them"] > 3

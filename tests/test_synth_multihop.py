@@ -163,3 +163,24 @@ def test_binary_questions_get_the_solvers_yes_or_no(seeds: pl.DataFrame) -> None
     _, dropped, s = _run(seeds.head(1), ScriptedClient(unsure), hops=1, choice_type="binary")
     assert dropped.height == s.created and set(dropped["drop_reason"]) == {"solver_parse_failed"}
     assert s.counters["multihop.solver_parse_failed"] == s.created
+
+
+def test_too_long_questions_are_sent_back_to_be_shortened_not_judged(seeds: pl.DataFrame) -> None:
+    client = ScriptedClient(multihop_rules())
+    kept, _, s = _run(seeds.head(1), client, hops=1, kg=False, reflection=True, max_chars=1, max_improve_relevance=2, max_improve_diversity=1)
+    prompts_sent = [_prompt(r) for call in client.calls for r in call]
+    assert not any("Rate how" in p for p in prompts_sent)  # every question is longer than 1 character
+    improve = [p for p in prompts_sent if "Improve the candidate" in p]
+    assert improve and all("much longer than the reference prompt" in p for p in improve)
+    new = kept.filter(pl.col("source") == "multihop")
+    assert new.height == s.counters["multihop.reflection.not_accepted"] > 0
+    for r in new.iter_rows(named=True):
+        meta = json.loads(r["meta"])
+        assert meta["reflection"]["accepted"] is False and meta["reflection"]["score"] is None
+        assert meta["reflection"]["attempts"] == (2 if meta["branch"] == "relevance" else 1)
+
+
+def test_personas_file_in_jsonl_or_text(tmp_path: Path) -> None:
+    path = tmp_path / "personas.jsonl"
+    path.write_text('{"persona": "A chemist who bakes."}\n\n{"text": "  A sailor learning Go.  "}\nA librarian in Oslo.\n{"other": 1}\n')
+    assert load_personas(str(path)) == ["A chemist who bakes.", "A sailor learning Go.", "A librarian in Oslo."]
