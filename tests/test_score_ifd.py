@@ -139,3 +139,23 @@ def test_losses_need_a_context_and_a_target(scorer: IFDScorer) -> None:
     no_context, no_target, both = target_losses(scorer.model, [([], target), (bos, []), (bos, target)])
     assert math.isnan(no_context) and math.isnan(no_target)
     assert both == pytest.approx(_direct_loss(scorer.model, bos, target), abs=1e-4)
+
+
+class _FixedLosses:
+    """The scorer's interface with given losses, so the stage's columns are checked without a model."""
+
+    def score(self, instructions: list[str], responses: list[str], reverse: bool = True) -> list:
+        return [scores_from_losses(2.0, 1.0, 3.0, 1.5) if reverse else scores_from_losses(2.0, 1.0) for _ in instructions]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("keep_losses", [False, True])
+def test_ifd_stage_declares_exactly_the_scores_it_writes(reverse: bool, keep_losses: bool) -> None:
+    batch = batch_from_rows([make_row([{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}], id="a")])
+    stage = build_stage("ifd", {"reverse": reverse, "keep_losses": keep_losses, "ifd_form": "loss_ratio"})
+    out = stage.process(batch, _FixedLosses()).kept
+    written = {c for c in out.columns if c.startswith("scores.")} - set(batch.columns)
+    assert written == stage.writes()  # a later stage may read (and the config check allows) each of them
+    assert out["scores.ifd"][0] == 2.0 and (not reverse or out["scores.rifd"][0] == 2.0)
+    if keep_losses and reverse:
+        assert out["scores.ifd_rloss_cond"][0] == 3.0 and out["scores.ifd_rloss_direct"][0] == 1.5

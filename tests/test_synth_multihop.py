@@ -53,6 +53,9 @@ def test_each_hop_step_is_one_batched_call(seeds: pl.DataFrame) -> None:
     new = kept.filter(pl.col("source") == "multihop")
     methods = set(new["lineage"].struct.field("method").to_list())
     assert {"multihop:hop1:reasoning", "multihop:hop1:persona", "multihop:hop2:constraint"} <= methods
+    per_method = new["lineage"].struct.field("method").str.strip_prefix("multihop:").value_counts()
+    assert s.extras["multihop_rows"] == dict(zip(per_method["method"], per_method["count"], strict=True))  # the report's counts per hop and op
+    assert {e["method"] for e in s.extras["examples"]} <= set(s.extras["multihop_rows"])
     by_id = {r["id"]: r for r in kept.iter_rows(named=True)}
     for r in new.iter_rows(named=True):
         meta = json.loads(r["meta"])

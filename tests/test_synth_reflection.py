@@ -165,3 +165,13 @@ def test_only_single_turn_sft_rows_are_reflected() -> None:
     assert stats[0].counters["reflection.skipped_not_single_turn"] == 4 and stats[0].counters["reflection.reflected"] == 1
     by_id = {r["id"]: r for r in kept.iter_rows(named=True)}
     assert by_id["pair"]["messages"] == rows[0]["messages"] and by_id["multi"]["messages"][-1]["content"] == "Pear."
+
+
+def test_only_selective_stages_with_the_same_student_share_a_resource() -> None:
+    """The shared resource holds the student only in selective mode: a response-mode stage on the
+    same teacher must not hand a selective one its student-less resource (or the reverse)."""
+    key = lambda **p: ReflectionStage(p).resource_key()  # noqa: E731
+    assert key(mode="selective") != key(mode="response")
+    assert key(mode="selective") != key(mode="selective", student="other/student")
+    assert key(mode="selective") == key(mode="selective")
+    assert key(mode="response") == key(mode="instruction", student="other/student") == key(mode="response", student_batch_size=2)
