@@ -132,6 +132,14 @@ def test_embedding_column_gives_the_computed_scores(static_head: tuple[Path, dic
     embedded, _, _ = build_stage("embed", {"text": "response", **STATIC}, context=ctx).run_local([rows])
     from_column, _, _ = build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([embedded])
     np.testing.assert_allclose(from_column["scores.pref_head"].to_numpy(), computed["scores.pref_head"].to_numpy(), atol=1e-4)
+    # the vectors scored are the column's, not embeddings computed again: other vectors, other scores
+    from datacraft.vectors.embedders import EMBEDDING_COLUMN
+
+    swapped = embedded.with_columns(pl.col(EMBEDDING_COLUMN).reverse())
+    from_swapped, _, _ = build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([swapped])
+    assert (np.abs(from_swapped["scores.pref_head"].to_numpy() - computed["scores.pref_head"].to_numpy()) > 1e-3).mean() > 0.8
+    with pytest.raises(ValueError, match="needs an `embed` stage"):
+        build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([rows])
 
 
 def test_agreement_for_returns_the_recorded_figure(tmp_path: Path) -> None:
