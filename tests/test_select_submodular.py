@@ -198,3 +198,18 @@ def test_deita_stage_reasons() -> None:
     np.fill_diagonal(s, 0)
     assert s.max() <= 0.9 + 1e-5
     _ = embedding_series
+
+
+def test_row_weights_scale_a_score_into_0_05_to_1() -> None:
+    """The weakest row keeps 1/20 of the best row's weight (never 0, so it can still cover others)."""
+    import polars as pl
+
+    from datacraft.stages.select.submodular import row_weights
+
+    frame = set_scores(pl.DataFrame({"id": list("abcd")}), {"quality": [1.0, 3.0, None, 2.0]})
+    np.testing.assert_allclose(row_weights(frame, "quality"), [0.05, 1.0, 0.05, 0.525])
+    np.testing.assert_allclose(row_weights(frame, "quality", power=2.0), [0.0025, 1.0, 0.0025, 0.275625])
+    np.testing.assert_allclose(row_weights(set_scores(frame, {"quality": [2.0] * 4}), "quality"), [1.0] * 4)
+    assert row_weights(frame, None) is None
+    with pytest.raises(ValueError, match="not found"):
+        row_weights(frame, "missing")
