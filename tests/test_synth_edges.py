@@ -232,3 +232,24 @@ def test_fixed_order_and_mask_texts_name_the_positions_readably() -> None:
                 seen[pronoun] += 1
                 assert f"give no response to {pronoun}," in text
     assert seen["order"] > 20 and seen["it"] > 3 and seen["them"] > 3
+
+
+def test_mosaic_markers_and_word_count_rules_are_stated_in_full() -> None:
+    import random
+    import re
+
+    from datacraft.stages.synthesize.mosaic import FormatOptions, Item, _mask_rule, draw
+
+    items = [Item(str(i), f"instruction number {i} " + "word " * i, f"answer {i}") for i in range(3)]
+    for seed in range(1500):
+        begin, end = draw(random.Random(seed), items, FormatOptions(version="format", p_tags=1.0)).tags
+        assert begin and end and begin != end  # each response can be cut out between its markers
+    counts = set()
+    instructions = [("word " * (i + 1)).strip() for i in range(12)]  # every word count differs: no ties
+    for seed in range(600):
+        rule, text, masked = _mask_rule(random.Random(seed), instructions)
+        if rule in ("WORD_LONG", "WORD_SHORT"):
+            n = len(masked)
+            counts.add(min(n, 2))
+            assert re.search(rf"\b{n} (longest |shortest |wordiest |briefest )?instruction{'s' if n > 1 else ''}\b", text), text
+    assert counts == {1, 2}
