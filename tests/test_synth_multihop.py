@@ -56,6 +56,8 @@ def test_each_hop_step_is_one_batched_call(seeds: pl.DataFrame) -> None:
     per_method = new["lineage"].struct.field("method").str.strip_prefix("multihop:").value_counts()
     assert s.extras["multihop_rows"] == dict(zip(per_method["method"], per_method["count"], strict=True))  # the report's counts per hop and op
     assert {e["method"] for e in s.extras["examples"]} <= set(s.extras["multihop_rows"])
+    created = {(r["messages"][0]["content"][:300], r["messages"][1]["content"][:300]) for r in new.iter_rows(named=True)}
+    assert s.extras["examples"] and all((e["question"], e["answer"]) in created for e in s.extras["examples"])
     by_id = {r["id"]: r for r in kept.iter_rows(named=True)}
     for r in new.iter_rows(named=True):
         meta = json.loads(r["meta"])
@@ -187,3 +189,16 @@ def test_personas_file_in_jsonl_or_text(tmp_path: Path) -> None:
     path = tmp_path / "personas.jsonl"
     path.write_text('{"persona": "A chemist who bakes."}\n\n{"text": "  A sailor learning Go.  "}\nA librarian in Oslo.\n{"other": 1}\n')
     assert load_personas(str(path)) == ["A chemist who bakes.", "A sailor learning Go.", "A librarian in Oslo."]
+
+
+def test_a_seed_without_a_question_is_counted_and_kept_as_is(seeds: pl.DataFrame) -> None:
+    from datacraft.core.rows import batch_from_rows, make_row
+
+    blank = batch_from_rows([make_row([{"role": "user", "content": "  "}, {"role": "assistant", "content": "An answer."}], id="blank"),
+                             make_row([{"role": "assistant", "content": "A greeting."}], id="no_user")])
+    frame = pl.concat([seeds.head(1), blank], how="diagonal_relaxed")
+    kept, dropped, s = _run(frame, ScriptedClient(multihop_rules()), hops=1)
+    assert s.counters["multihop.seed_unusable"] == 2 and dropped.height == 0
+    assert {"blank", "no_user"} <= set(kept["id"].to_list())
+    parents = {r["lineage"]["parent_ids"][0] for r in kept.filter(pl.col("source") == "multihop").iter_rows(named=True)}
+    assert parents == {seeds["id"][0]}
