@@ -94,6 +94,10 @@ def test_budget_stops_cleanly_and_spreads_over_seeds(seeds: pl.DataFrame) -> Non
     new = kept.filter(pl.col("source") == "multihop")
     per_seed = new["lineage"].struct.field("parent_ids").list.first().value_counts()
     assert per_seed.height == 3 and per_seed["count"].min() >= 6  # round-robin, not seed 1 first
+    kept, _, s = _run(seeds, ScriptedClient(multihop_rules()), max_rows=0)  # none at all: the seeds pass through
+    assert s.created == 0 and kept["id"].to_list() == seeds["id"].to_list()
+    with pytest.raises(ValueError, match="max_rows"):
+        MultiHopStage({"max_rows": -1})
 
 
 def test_failures_become_dropped_rows_with_reasons(seeds: pl.DataFrame) -> None:
