@@ -253,3 +253,24 @@ def test_mosaic_markers_and_word_count_rules_are_stated_in_full() -> None:
             counts.add(min(n, 2))
             assert re.search(rf"\b{n} (longest |shortest |wordiest |briefest )?instruction{'s' if n > 1 else ''}\b", text), text
     assert counts == {1, 2}
+
+
+def test_generate_records_how_each_response_was_made() -> None:
+    import json
+
+    from datacraft.core.rows import batch_from_rows, make_row
+    from datacraft.llm.config import EngineConfig
+    from datacraft.stages.synthesize.generate import GenerateStage
+
+    class Engine(ScriptedClient):  # an LLMClient's surface: its config, and fail_on_length (the stage's drop_on_length)
+        config = EngineConfig(model="scripted-engine")
+
+        def generate(self, requests: list, fail_on_length: bool = False) -> list:
+            return super().generate(requests)
+
+    rows = [make_row([{"role": "user", "content": "Name two primary colours."}], id="q")]
+    kept, _, _ = GenerateStage({}, client=Engine([("colours", lambda p: "Red and blue.")])).run_local([batch_from_rows(rows)])
+    row = kept.row(0, named=True)
+    assert row["messages"][-1] == {"role": "assistant", "content": "Red and blue."}
+    info = json.loads(row["meta"])["generate"]
+    assert info["finish_reason"] == "stop" and info["completion_tokens"] == 3 and info["cached"] is False and info["model"] == "scripted-engine"

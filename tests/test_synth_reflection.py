@@ -159,12 +159,14 @@ def test_only_single_turn_sft_rows_are_reflected() -> None:
         make_row([*qa, {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Pear."}], id="multi"),
         make_row([qa[0]], id="unanswered"),
         make_row([qa[1], qa[0]], id="reversed"),
-        make_row(qa, id="single"),
+        make_row(qa, id="single", task="fruit_names", source="seedset"),
     ]
     kept, _, stats = ReflectionStage({"mode": "response"}, client=teacher()).run_local([batch_from_rows(rows)])
     assert stats[0].counters["reflection.skipped_not_single_turn"] == 4 and stats[0].counters["reflection.reflected"] == 1
     by_id = {r["id"]: r for r in kept.iter_rows(named=True)}
     assert by_id["pair"]["messages"] == rows[0]["messages"] and by_id["multi"]["messages"][-1]["content"] == "Pear."
+    (new,) = [r for r in kept.iter_rows(named=True) if r["lineage"]["parent_ids"] == ["single"]]
+    assert (new["task"], new["source"]) == ("fruit_names", "seedset")  # the reflected row keeps its task and source
 
 
 def test_only_selective_stages_with_the_same_student_share_a_resource() -> None:
