@@ -100,6 +100,10 @@ def test_parse_failure_keeps_the_original_and_is_counted(rows: pl.DataFrame) -> 
     c = stats[0].counters
     assert c["reflection.parse_failed.response.placeholder"] == 1 and c["reflection.unchanged"] == 1 and c["reflection.reflected"] == 7
     assert c["reflection.parse_retries"] == 1  # only the one placeholder answer is asked again
+    client = teacher()
+    _, _, stats = ReflectionStage({"mode": "response", "parse_retries": 0}, client=client).run_local([rows])
+    assert "reflection.parse_retries" not in stats[0].counters and len(client.calls) == 1  # 0: never asked again
+    assert stats[0].counters["reflection.unchanged"] == 1
 
 
 def test_llm_failures_keep_or_drop(rows: pl.DataFrame) -> None:
