@@ -128,7 +128,9 @@ def test_embedding_column_gives_the_computed_scores(static_head: tuple[Path, dic
     folder, _ = static_head
     rows = prefhead.pair_rows(prefhead.load_pairs([AE_SLICE]).head(20))
     ctx = RunContext(cache_dir=str(tmp_path))
-    computed, _, _ = build_stage("pref_head", {"model": str(folder)}, context=ctx).run_local([rows])
+    computed, _, stats = build_stage("pref_head", {"model": str(folder)}, context=ctx).run_local([rows])
+    spread = stats[0].extras["score_spread"]
+    assert len(spread) == 1 and spread[0]["dimension"] == "pref_head" and spread[0]["n"] == rows.height  # the report's spread check
     embedded, _, _ = build_stage("embed", {"text": "response", **STATIC}, context=ctx).run_local([rows])
     from_column, _, _ = build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([embedded])
     np.testing.assert_allclose(from_column["scores.pref_head"].to_numpy(), computed["scores.pref_head"].to_numpy(), atol=1e-4)
