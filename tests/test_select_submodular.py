@@ -161,6 +161,14 @@ def test_taylor_budget_worked_example() -> None:
     assert taylor_softmax_budgets([2.0, 1.0, 0.0], [2, 100, 100], 10) == [2, 5, 3]
 
 
+
+def test_proportional_budget_may_take_every_row_but_no_more() -> None:
+    assert proportional_budgets([3, 5, 2], 10) == [3, 5, 2]  # a budget of all the rows keeps all of them
+    assert proportional_budgets([30, 50, 20], 10) == [3, 5, 2]
+    with pytest.raises(ValueError, match="fewer than the budget"):
+        proportional_budgets([3, 5, 2], 11)
+
+
 # ---------------------------------------------------------------------------------------------
 # Deita
 
