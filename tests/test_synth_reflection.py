@@ -181,3 +181,24 @@ def test_only_selective_stages_with_the_same_student_share_a_resource() -> None:
     assert key(mode="selective") != key(mode="selective", student="other/student")
     assert key(mode="selective") == key(mode="selective")
     assert key(mode="response") == key(mode="instruction", student="other/student") == key(mode="response", student_batch_size=2)
+
+
+def test_selective_mode_keeps_the_original_instruction_with_the_better_answer(rows: pl.DataFrame) -> None:
+    # the original instruction wins (higher IFD) and the reflected answer is easier to guess from (lower r-IFD): variant A
+    scorer = FakeScorer(lambda x, y: (0.5 if x.startswith("Explain") else 0.8, 0.5 if y.startswith("Better") else 0.7))
+    kept, dropped, stats = ReflectionStage({"mode": "selective"}, client=teacher(), scorer=scorer).run_local([rows])
+    _ledger(stats)
+    assert kept.height == 7 and dropped["drop_reason"].to_list() == ["response_not_reflected"]  # crepes
+    originals = {r["id"]: r["messages"] for r in rows.iter_rows(named=True)}
+    for r in kept.iter_rows(named=True):
+        info = json.loads(r["meta"])["reflection"]
+        assert r["lineage"]["method"] == "reflection:selective:A" and info["variant"] == "A"
+        assert r["messages"][0] == originals[r["lineage"]["parent_ids"][0]][0] and r["messages"][1]["content"].startswith("Better")
+        assert info["rejected_response"] == originals[r["lineage"]["parent_ids"][0]][1]["content"]
+
+
+def test_a_better_answer_under_the_new_answer_header_is_taken(rows: pl.DataFrame) -> None:
+    client = ScriptedClient([("[Better Answer]", lambda p: f"Critique.\n[New Answer] Better answer {short_hash(p)}.\n[End]")])
+    kept, _, stats = ReflectionStage({"mode": "response"}, client=client).run_local([rows.head(2)])
+    assert stats[0].counters["reflection.reflected"] == 2
+    assert all(r["messages"][-1]["content"].startswith("Better answer") for r in kept.iter_rows(named=True))
