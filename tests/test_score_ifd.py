@@ -131,6 +131,13 @@ def test_prompt_templates_and_start_token(scorer: IFDScorer) -> None:
     assert texts["alpaca"].startswith("Below is an instruction that describes a task. Write a response that appropriately")
     assert texts["vicuna"] == f"{VICUNA_SYSTEM} USER: Name a colour. ASSISTANT:"
     assert texts["none"] == "Name a colour.\n"
+    # r-IFD's "guess the instruction" query (docs/methods.md §2.2): the ask, the response, the request, in that order
+    other = copy.copy(scorer)
+    other.template = "none"
+    query = tok.decode(other.reverse_prompt_ids("Blue is a primary colour.", 8)[1:])
+    parts = ["Below is a response that was written for some instruction. Guess what that instruction was.",
+             "Response:\nBlue is a primary colour.", "Write the instruction that this response answers."]
+    assert all(p in query for p in parts) and [query.index(p) for p in parts] == sorted(query.index(p) for p in parts)
 
 
 def test_losses_need_a_context_and_a_target(scorer: IFDScorer) -> None:
