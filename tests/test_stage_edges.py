@@ -79,3 +79,5 @@ def test_decontaminate_default_is_8_gram_containment(tmp_path) -> None:  # noqa:
     stage = DecontaminateStage({"eval_path": str(tmp_path / "eval.jsonl")})
     result = stage.process(batch_from_rows(rows), stage.load())
     assert sorted(result.dropped["id"].to_list()) == ["half", "w8"] and result.kept["id"].to_list() == ["w7"]
+    matches = {m["id"]: m["overlap"] for m in result.extras["decontamination"]["matches"]}
+    assert matches == {"w8": 1.0, "half": 0.5}  # shared 8-grams / the fewer 8-grams of either side (w8: 1 of 1; half: 5 of the eval's 10)
