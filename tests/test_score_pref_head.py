@@ -53,6 +53,9 @@ def test_fit_beats_chance_on_held_out_instructions(static_head: tuple[Path, dict
     assert meta["held_out_accuracy"] >= 0.80
     assert meta["l2"] in prefhead.L2_GRID and meta["cv_log_loss"]
     assert meta["training_files"][0]["license"] == "Apache-2.0 (repo)" and not meta["restricted_training_data"]
+    # the model card says how the held-out pairs were chosen: by instruction, with the salted hash rule
+    split = meta["split"]
+    assert split["by"] == "instruction" and prefhead.SPLIT_SALT in split["rule"] and 0 < split["holdout"] < 1
 
 
 def test_fit_without_length_feature_still_learns(tmp_path: Path) -> None:
