@@ -143,6 +143,8 @@ def test_embedding_column_gives_the_computed_scores(static_head: tuple[Path, dic
     swapped = embedded.with_columns(pl.col(EMBEDDING_COLUMN).reverse())
     from_swapped, _, _ = build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([swapped])
     assert (np.abs(from_swapped["scores.pref_head"].to_numpy() - computed["scores.pref_head"].to_numpy()) > 1e-3).mean() > 0.8
+    empty, _, _ = build_stage("pref_head", {"model": str(folder)}, context=ctx).run_local([rows.head(0)])
+    assert empty.height == 0 and "scores.pref_head" in empty.columns
     with pytest.raises(ValueError, match="needs an `embed` stage"):
         build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([rows])
 
