@@ -90,6 +90,15 @@ def test_shared_resource_closed_once_by_its_last_holder() -> None:
     assert closed == [a] and shared.holders("k") == 0
 
 
+    class Index:  # a resource that is shut with teardown() instead
+        def teardown(self) -> None:
+            closed.append(self)
+
+    b = shared.acquire("index", Index)
+    shared.release("index")
+    assert closed == [a, b]
+
+
 def test_cache_root_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATACRAFT_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"

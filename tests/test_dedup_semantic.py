@@ -47,6 +47,9 @@ def test_groups_keep_best_by_score_and_detail() -> None:
     assert all(re.fullmatch(rf"near-duplicate of {re.escape(ids[1])} \(cos=(1\.0|0\.9\d+)\)", d) for d in dropped["drop_detail"])
     assert stats[0].extras["group_sizes"] == {"3": 1}
     assert stats[0].extras["examples"][0]["kept_id"] == ids[1]
+    # exact_max: 1 sends even 30 rows to the IVF index, which finds the same group here
+    approx, approx_dropped, _ = SemanticDedupStage({"threshold": 0.95, "exact_max": 1}).run_local([frame])
+    assert set(approx_dropped["id"]) == {ids[0], ids[2]} and approx.height == 28
 
 
 def test_transitive_groups_union_find() -> None:

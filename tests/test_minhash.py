@@ -50,3 +50,13 @@ def test_minhash_beam_matches_local() -> None:
     assert_ledger(frame.height, kept, dropped, stats)
     assert set(dropped["id"]) == set(local_dropped["id"])
     assert kept["id"].is_unique().all()
+
+
+def test_shingles_are_every_n_gram_of_the_normalised_text() -> None:
+    from datacraft.stages.dedup.minhash import shingle_lists
+
+    (words,) = shingle_lists(["The  cat sat\non the\tMAT"], "word", 3)
+    assert sorted(words) == sorted(["the cat sat", "cat sat on", "sat on the", "on the mat"])
+    assert shingle_lists(["two words"], "word", 3) == [["two words"]]  # shorter than n: the whole text
+    (chars,) = shingle_lists(["Ab  cd"], "char", 3)
+    assert sorted(chars) == sorted(["ab ", "b c", " cd"])  # runs of whitespace count as one space

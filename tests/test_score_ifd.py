@@ -131,6 +131,13 @@ def test_prompt_templates_and_start_token(scorer: IFDScorer) -> None:
     assert texts["alpaca"].startswith("Below is an instruction that describes a task. Write a response that appropriately")
     assert texts["vicuna"] == f"{VICUNA_SYSTEM} USER: Name a colour. ASSISTANT:"
     assert texts["none"] == "Name a colour.\n"
+    # r-IFD's "guess the instruction" query (docs/methods.md §2.2): the ask, the response, the request, in that order
+    other = copy.copy(scorer)
+    other.template = "none"
+    query = tok.decode(other.reverse_prompt_ids("Blue is a primary colour.", 8)[1:])
+    parts = ["Below is a response that was written for some instruction. Guess what that instruction was.",
+             "Response:\nBlue is a primary colour.", "Write the instruction that this response answers."]
+    assert all(p in query for p in parts) and [query.index(p) for p in parts] == sorted(query.index(p) for p in parts)
 
 
 def test_losses_need_a_context_and_a_target(scorer: IFDScorer) -> None:
@@ -229,3 +236,23 @@ def test_ifd_default_is_cherry_and_reflection_default_is_selective_rt() -> None:
     assert REVERSE_PROMPTS["official"].startswith("Below is the response to an instruction, please guess the corresponding instruction")
     r = build_stage("reflection", {}).params
     assert r.ifd_form == "selective_rt" and r.max_tokens == 2048 and r.student_max_length is None
+
+
+class _FixedLosses:
+    """The scorer's interface with given losses, so the stage's columns are checked without a model."""
+
+    def score(self, instructions: list[str], responses: list[str], reverse: bool = True, inputs: list[str] | None = None) -> list:
+        return [scores_from_losses(2.0, 1.0, 3.0, 1.5) if reverse else scores_from_losses(2.0, 1.0) for _ in instructions]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("keep_losses", [False, True])
+def test_ifd_stage_declares_exactly_the_scores_it_writes(reverse: bool, keep_losses: bool) -> None:
+    batch = batch_from_rows([make_row([{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}], id="a")])
+    stage = build_stage("ifd", {"reverse": reverse, "keep_losses": keep_losses, "ifd_form": "loss_ratio"})
+    out = stage.process(batch, _FixedLosses()).kept
+    written = {c for c in out.columns if c.startswith("scores.")} - set(batch.columns)
+    assert written == stage.writes()  # a later stage may read (and the config check allows) each of them
+    assert out["scores.ifd"][0] == 2.0 and (not reverse or out["scores.rifd"][0] == 2.0)
+    if keep_losses and reverse:
+        assert out["scores.ifd_rloss_cond"][0] == 3.0 and out["scores.ifd_rloss_direct"][0] == 1.5

@@ -53,6 +53,9 @@ def test_fit_beats_chance_on_held_out_instructions(static_head: tuple[Path, dict
     assert meta["held_out_accuracy"] >= 0.80
     assert meta["l2"] in prefhead.L2_GRID and meta["cv_log_loss"]
     assert meta["training_files"][0]["license"] == "Apache-2.0 (repo)" and not meta["restricted_training_data"]
+    # the model card says how the held-out pairs were chosen: by instruction, with the salted hash rule
+    split = meta["split"]
+    assert split["by"] == "instruction" and prefhead.SPLIT_SALT in split["rule"] and 0 < split["holdout"] < 1
 
 
 def test_fit_without_length_feature_still_learns(tmp_path: Path) -> None:
@@ -153,10 +156,22 @@ def test_embedding_column_gives_the_computed_scores(static_head: tuple[Path, dic
     folder, _ = static_head
     rows = prefhead.pair_rows(prefhead.load_pairs([AE_SLICE]).head(20))
     ctx = RunContext(cache_dir=str(tmp_path))
-    computed, _, _ = build_stage("pref_head", {"model": str(folder)}, context=ctx).run_local([rows])
+    computed, _, stats = build_stage("pref_head", {"model": str(folder)}, context=ctx).run_local([rows])
+    spread = stats[0].extras["score_spread"]
+    assert len(spread) == 1 and spread[0]["dimension"] == "pref_head" and spread[0]["n"] == rows.height  # the report's spread check
     embedded, _, _ = build_stage("embed", {"text": "response", **STATIC}, context=ctx).run_local([rows])
     from_column, _, _ = build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([embedded])
     np.testing.assert_allclose(from_column["scores.pref_head"].to_numpy(), computed["scores.pref_head"].to_numpy(), atol=1e-4)
+    # the vectors scored are the column's, not embeddings computed again: other vectors, other scores
+    from datacraft.vectors.embedders import EMBEDDING_COLUMN
+
+    swapped = embedded.with_columns(pl.col(EMBEDDING_COLUMN).reverse())
+    from_swapped, _, _ = build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([swapped])
+    assert (np.abs(from_swapped["scores.pref_head"].to_numpy() - computed["scores.pref_head"].to_numpy()) > 1e-3).mean() > 0.8
+    empty, _, _ = build_stage("pref_head", {"model": str(folder)}, context=ctx).run_local([rows.head(0)])
+    assert empty.height == 0 and "scores.pref_head" in empty.columns
+    with pytest.raises(ValueError, match="needs an `embed` stage"):
+        build_stage("pref_head", {"model": str(folder), "embedding": "column"}, context=ctx).run_local([rows])
 
 
 def test_agreement_for_returns_the_recorded_figure(tmp_path: Path) -> None:

@@ -178,15 +178,21 @@ def test_turn_methods_counted_and_the_worst_one_reported() -> None:
         make_row(_conv("PARTIAL q", "a", "NOLOGPROBS q2", "a2"), id="partial_then_parsed"),
         make_row(_conv("NOLOGPROBS q", "a", "PARTIAL q2", "a2"), id="parsed_then_partial"),
         make_row(_conv("q excellent", "a excellent"), id="exact"),
+        make_row(_conv("PARTIAL q", "a"), id="partial"),
+        make_row(_conv("q excellent", "a excellent", "PARTIAL q2", "a2"), id="exact_then_partial"),
     ]
     stage = _stage("quality")
     stage.client = PartialClient()
     kept, _, stats = stage.run_local([batch_from_rows(rows)])
     assert set(stage.client.roles) == {"user"}  # the judge prompt goes as a user turn
     methods = {r["id"]: meta_of(r["meta"]).get("quality_method") for r in kept.iter_rows(named=True)}
-    assert methods == {"partial_then_parsed": "parsed", "parsed_then_partial": "parsed", "exact": None}
+    assert methods == {"partial_then_parsed": "parsed", "parsed_then_partial": "parsed", "exact": None, "partial": "logprobs_partial",
+                       "exact_then_partial": "logprobs_partial"}
+    missing = {r["id"]: meta_of(r["meta"]).get("quality_missing_digits") for r in kept.iter_rows(named=True)}
+    assert missing == {"partial_then_parsed": None, "parsed_then_partial": None, "exact": None, "partial": [1, 2, 5, 6],
+                       "exact_then_partial": [1, 2, 5, 6]}  # only 3 and 4 were in the top-k
     counters = stats[0].counters
-    assert (counters["judge.turns.logprobs_partial"], counters["judge.turns.parsed"], counters["judge.turns.logprobs"]) == (2, 2, 1)
+    assert (counters["judge.turns.logprobs_partial"], counters["judge.turns.parsed"], counters["judge.turns.logprobs"]) == (4, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -161,6 +161,14 @@ def test_taylor_budget_worked_example() -> None:
     assert taylor_softmax_budgets([2.0, 1.0, 0.0], [2, 100, 100], 10) == [2, 5, 3]
 
 
+
+def test_proportional_budget_may_take_every_row_but_no_more() -> None:
+    assert proportional_budgets([3, 5, 2], 10) == [3, 5, 2]  # a budget of all the rows keeps all of them
+    assert proportional_budgets([30, 50, 20], 10) == [3, 5, 2]
+    with pytest.raises(ValueError, match="fewer than the budget"):
+        proportional_budgets([3, 5, 2], 11)
+
+
 # ---------------------------------------------------------------------------------------------
 # Deita
 
@@ -191,6 +199,8 @@ def test_deita_stage_reasons() -> None:
     assert kept.height == 60
     reasons = set(dropped["drop_reason"])
     assert reasons <= {"too similar", "not selected (budget)"} and "not selected (budget)" in reasons
+    too_similar = int((dropped["drop_reason"] == "too similar").sum())
+    assert stats[0].extras["deita"] == {"rows_in": 205, "selected": 60, "too_similar": too_similar, "threshold": 0.9}
     evol = kept[SCORE_PREFIX + "evol_score"].to_list()
     assert evol[0] == max(frame[SCORE_PREFIX + "complexity"] * frame[SCORE_PREFIX + "quality"])
     x = np.stack(kept["embedding"].to_list())
@@ -198,3 +208,18 @@ def test_deita_stage_reasons() -> None:
     np.fill_diagonal(s, 0)
     assert s.max() <= 0.9 + 1e-5
     _ = embedding_series
+
+
+def test_row_weights_scale_a_score_into_0_05_to_1() -> None:
+    """The weakest row keeps 1/20 of the best row's weight (never 0, so it can still cover others)."""
+    import polars as pl
+
+    from datacraft.stages.select.submodular import row_weights
+
+    frame = set_scores(pl.DataFrame({"id": list("abcd")}), {"quality": [1.0, 3.0, None, 2.0]})
+    np.testing.assert_allclose(row_weights(frame, "quality"), [0.05, 1.0, 0.05, 0.525])
+    np.testing.assert_allclose(row_weights(frame, "quality", power=2.0), [0.0025, 1.0, 0.0025, 0.275625])
+    np.testing.assert_allclose(row_weights(set_scores(frame, {"quality": [2.0] * 4}), "quality"), [1.0] * 4)
+    assert row_weights(frame, None) is None
+    with pytest.raises(ValueError, match="not found"):
+        row_weights(frame, "missing")

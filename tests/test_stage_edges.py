@@ -64,3 +64,20 @@ def test_decontaminate_reads_the_instruction_by_default() -> None:
     result = decontaminate_frame(batch_from_rows(rows), index)
     assert result.dropped["id"].to_list() == ["leak"] and result.kept["id"].to_list() == ["answer_only"]
     assert result.dropped["drop_detail"][0].startswith("overlaps eval e1 (100% of 4-grams)")
+
+
+def test_decontaminate_default_is_8_gram_containment(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from datacraft.stages.handoff.decontaminate import DecontaminateStage
+
+    words = ["describe", "the", "main", "causes", "of", "the", "french", "revolution", "and", "explain", "how", "they", "shaped", "modern", "european", "politics", "today"]
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"instruction": " ".join(words), "output": "x"}) + "\n")
+    rows = [make_row([{"role": "user", "content": " ".join(words[3 : 3 + k])}, {"role": "assistant", "content": "ok"}], id=f"w{k}") for k in (7, 8)]
+    rows.append(make_row([{"role": "user", "content": " ".join(words[:12]) + " please keep it brief and simple for children"},
+                          {"role": "assistant", "content": "ok"}], id="half"))
+    stage = DecontaminateStage({"eval_path": str(tmp_path / "eval.jsonl")})
+    result = stage.process(batch_from_rows(rows), stage.load())
+    assert sorted(result.dropped["id"].to_list()) == ["half", "w8"] and result.kept["id"].to_list() == ["w7"]
+    matches = {m["id"]: m["overlap"] for m in result.extras["decontamination"]["matches"]}
+    assert matches == {"w8": 1.0, "half": 0.5}  # shared 8-grams / the fewer 8-grams of either side (w8: 1 of 1; half: 5 of the eval's 10)

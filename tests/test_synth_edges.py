@@ -116,3 +116,161 @@ def test_reflection_ignores_the_system_turn() -> None:
     kept, _, stats = ReflectionStage({"mode": "response"}, client=teacher()).run_local([batch_from_rows([row])])
     assert stats[0].counters["reflection.reflected"] == 1 and "reflection.skipped_not_single_turn" not in stats[0].counters
     assert kept["messages"][0][-1]["content"].startswith("Better answer")
+
+
+def test_mosaic_rule_text_goes_before_or_after_the_instructions() -> None:
+    import random
+
+    from datacraft.stages.synthesize.mosaic import FormatOptions, Item, draw
+
+    items = [Item(str(i), f"instruction number {i} " + "word " * i, f"answer {i}") for i in range(4)]
+    draws = [draw(random.Random(seed), items, FormatOptions(version="both")) for seed in range(300)]
+    with_rule = [d for d in draws if d.rule_meta is not None]
+    after = sum(d.rule_after for d in with_rule)
+    assert len(with_rule) > 100 and 0.35 < after / len(with_rule) < 0.65  # a fair coin, as in Mosaic-IT
+    assert all(not d.rule_after for d in draws if d.rule_meta is None)
+
+
+def test_permute_rule_text_says_ties_keep_their_order_only_when_there_are_ties() -> None:
+    import random
+
+    from datacraft.stages.synthesize.mosaic import TIES_KEEP_ORDER, _permute_rule, has_ties
+
+    tied = ["same words here", "also three words", "a much longer instruction than the others"]
+    untied = ["one", "two words", "now three words"]
+    seen = set()
+    for seed in range(200):
+        rule, text, _ = _permute_rule(random.Random(seed), tied)
+        if rule == "LENGTH_WORD":
+            seen.add("tied")
+            assert has_ties(rule, tied) and text.endswith(TIES_KEEP_ORDER)
+        rule, text, _ = _permute_rule(random.Random(seed), untied)
+        if rule == "LENGTH_WORD":
+            seen.add("untied")
+            assert TIES_KEEP_ORDER not in text
+    assert seen == {"tied", "untied"}
+
+
+def test_dpo_rows_carry_the_pair_facts_in_meta() -> None:
+    import json
+
+    kept, _, _ = DPOPairsStage().run_local([_reflected_rows()])
+    for row in kept.iter_rows(named=True):
+        info = json.loads(row["meta"])["dpo"]
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert set(info) == {"length_ratio"} and info["length_ratio"] > 0
+        assert row["lineage"]["method"] == "dpo:reflection" and len(chosen) != len(rejected)
+
+
+def test_has_response_looks_after_the_last_user_turn() -> None:
+    from datacraft.stages.synthesize.generate import has_response
+
+    assert has_response([{"role": "assistant", "content": "A greeting with no question before it."}])
+    assert has_response([{"role": "assistant", "content": "An opening remark."}, {"role": "assistant", "content": " "}])
+    assert not has_response([{"role": "user", "content": "Q?"}])
+    assert not has_response([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "  "}])
+    assert has_response([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}])
+    assert not has_response([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}, {"role": "user", "content": "And?"}])
+    assert not has_response(None) and not has_response([])
+
+
+def test_multihop_use_case_is_the_rows_task_unless_given() -> None:
+    import polars as pl
+
+    frame = read_all(SEEDS)[0].head(2).with_columns(task=pl.lit("seedtask_xyz"))
+    client = ScriptedClient(multihop_rules())
+    _run(frame, client, hops=1)
+    persona = [p for call in client.calls for r in call if "seedtask_xyz" in (p := "\n".join(c for _, c in r.messages))]
+    assert persona, "the row's task reaches the prompts as the use case"
+    client = ScriptedClient(multihop_rules())
+    _run(frame, client, hops=1, use_case="given_use_case_q")
+    prompts_given = ["\n".join(c for _, c in r.messages) for call in client.calls for r in call]
+    assert any("given_use_case_q" in p for p in prompts_given) and not any("seedtask_xyz" in p for p in prompts_given)
+
+
+class _Closable:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_reflection_and_judge_close_the_client_they_hold() -> None:
+    from datacraft.llm.config import EngineConfig
+    from datacraft.stages.score.judge import DeitaJudge
+    from datacraft.stages.synthesize.reflection import TeacherAndStudent
+
+    client = _Closable()
+    TeacherAndStudent(client).close()
+    assert client.closed == 1
+    TeacherAndStudent(object()).close()  # a client without close() is fine
+    client = _Closable()
+    judge = DeitaJudge("quality", EngineConfig(), backend="engine", client=client)
+    judge.close()
+    assert client.closed == 1
+
+
+def test_fixed_order_and_mask_texts_name_the_positions_readably() -> None:
+    import random
+    import re
+
+    from datacraft.stages.synthesize.mosaic import _mask_rule, _permute_rule
+
+    seen = {"order": 0, "it": 0, "them": 0}
+    for seed in range(400):
+        instructions = [f"task {chr(97 + i)} " + "word " * i for i in range(3 if seed % 2 else 12)]
+        rule, text, order = _permute_rule(random.Random(seed), instructions)
+        if rule == "FIX":  # the stated order can be read back, with 12 instructions too (no ids run together)
+            seen["order"] += 1
+            assert [int(x) for x in re.findall(r"\d+", text)] == [p + 1 for p in order]
+        rule, text, masked = _mask_rule(random.Random(seed), instructions)
+        if rule == "FIX":
+            assert [int(x) for x in re.findall(r"\d+", text)] == [p + 1 for p in masked]
+            if "give no response to" in text:
+                pronoun = "it" if len(masked) == 1 else "them"
+                seen[pronoun] += 1
+                assert f"give no response to {pronoun}," in text
+    assert seen["order"] > 20 and seen["it"] > 3 and seen["them"] > 3
+
+
+def test_mosaic_markers_and_word_count_rules_are_stated_in_full() -> None:
+    import random
+    import re
+
+    from datacraft.stages.synthesize.mosaic import FormatOptions, Item, _mask_rule, draw
+
+    items = [Item(str(i), f"instruction number {i} " + "word " * i, f"answer {i}") for i in range(3)]
+    for seed in range(1500):
+        begin, end = draw(random.Random(seed), items, FormatOptions(version="format", p_tags=1.0)).tags
+        assert begin and end and begin != end  # each response can be cut out between its markers
+    counts = set()
+    instructions = [("word " * (i + 1)).strip() for i in range(12)]  # every word count differs: no ties
+    for seed in range(600):
+        rule, text, masked = _mask_rule(random.Random(seed), instructions)
+        if rule in ("WORD_LONG", "WORD_SHORT"):
+            n = len(masked)
+            counts.add(min(n, 2))
+            assert re.search(rf"\b{n} (longest |shortest |wordiest |briefest )?instruction{'s' if n > 1 else ''}\b", text), text
+    assert counts == {1, 2}
+
+
+def test_generate_records_how_each_response_was_made() -> None:
+    import json
+
+    from datacraft.core.rows import batch_from_rows, make_row
+    from datacraft.llm.config import EngineConfig
+    from datacraft.stages.synthesize.generate import GenerateStage
+
+    class Engine(ScriptedClient):  # an LLMClient's surface: its config, and fail_on_length (the stage's drop_on_length)
+        config = EngineConfig(model="scripted-engine")
+
+        def generate(self, requests: list, fail_on_length: bool = False) -> list:
+            return super().generate(requests)
+
+    rows = [make_row([{"role": "user", "content": "Name two primary colours."}], id="q")]
+    kept, _, _ = GenerateStage({}, client=Engine([("colours", lambda p: "Red and blue.")])).run_local([batch_from_rows(rows)])
+    row = kept.row(0, named=True)
+    assert row["messages"][-1] == {"role": "assistant", "content": "Red and blue."}
+    info = json.loads(row["meta"])["generate"]
+    assert info["finish_reason"] == "stop" and info["completion_tokens"] == 3 and info["cached"] is False and info["model"] == "scripted-engine"

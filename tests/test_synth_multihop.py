@@ -53,6 +53,11 @@ def test_each_hop_step_is_one_batched_call(seeds: pl.DataFrame) -> None:
     new = kept.filter(pl.col("source") == "multihop")
     methods = set(new["lineage"].struct.field("method").to_list())
     assert {"multihop:hop1:reasoning", "multihop:hop1:persona", "multihop:hop2:constraint"} <= methods
+    per_method = new["lineage"].struct.field("method").str.strip_prefix("multihop:").value_counts()
+    assert s.extras["multihop_rows"] == dict(zip(per_method["method"], per_method["count"], strict=True))  # the report's counts per hop and op
+    assert {e["method"] for e in s.extras["examples"]} <= set(s.extras["multihop_rows"])
+    created = {(r["messages"][0]["content"][:300], r["messages"][1]["content"][:300]) for r in new.iter_rows(named=True)}
+    assert s.extras["examples"] and all((e["question"], e["answer"]) in created for e in s.extras["examples"])
     by_id = {r["id"]: r for r in kept.iter_rows(named=True)}
     for r in new.iter_rows(named=True):
         meta = json.loads(r["meta"])
@@ -89,6 +94,10 @@ def test_budget_stops_cleanly_and_spreads_over_seeds(seeds: pl.DataFrame) -> Non
     new = kept.filter(pl.col("source") == "multihop")
     per_seed = new["lineage"].struct.field("parent_ids").list.first().value_counts()
     assert per_seed.height == 3 and per_seed["count"].min() >= 6  # round-robin, not seed 1 first
+    kept, _, s = _run(seeds, ScriptedClient(multihop_rules()), max_rows=0)  # none at all: the seeds pass through
+    assert s.created == 0 and kept["id"].to_list() == seeds["id"].to_list()
+    with pytest.raises(ValueError, match="max_rows"):
+        MultiHopStage({"max_rows": -1})
 
 
 def test_failures_become_dropped_rows_with_reasons(seeds: pl.DataFrame) -> None:
@@ -149,3 +158,51 @@ def test_real_model_in_beam(tmp_path: Path) -> None:
     for r in new.iter_rows(named=True):
         assert r["lineage"]["parent_ids"] == ["user_oriented_task_0:0", "user_oriented_task_0:0"]
         assert r["lineage"]["method"].startswith("multihop:hop1:") and r["messages"][1]["content"].strip()
+
+
+def test_binary_questions_get_the_solvers_yes_or_no(seeds: pl.DataFrame) -> None:
+    rules = [("Yes or No, inside <Answer>", lambda p: "Thinking it over.\n<Answer>no</Answer>"), *multihop_rules()]
+    kept, dropped, s = _run(seeds.head(1), ScriptedClient(rules), hops=1, choice_type="binary")
+    new = kept.filter(pl.col("source") == "multihop")
+    assert new.height == s.created > 0 and dropped.height == 0
+    for r in new.iter_rows(named=True):
+        assert r["messages"][1]["content"] == "No"
+        assert json.loads(r["meta"])["target_scores"] == {"Yes": 0, "No": 1}
+    unsure = [("Yes or No, inside <Answer>", lambda p: "<Answer>maybe</Answer>"), *multihop_rules()]
+    _, dropped, s = _run(seeds.head(1), ScriptedClient(unsure), hops=1, choice_type="binary")
+    assert dropped.height == s.created and set(dropped["drop_reason"]) == {"solver_parse_failed"}
+    assert s.counters["multihop.solver_parse_failed"] == s.created
+
+
+def test_too_long_questions_are_sent_back_to_be_shortened_not_judged(seeds: pl.DataFrame) -> None:
+    client = ScriptedClient(multihop_rules())
+    kept, _, s = _run(seeds.head(1), client, hops=1, kg=False, reflection=True, max_chars=1, max_improve_relevance=2, max_improve_diversity=1)
+    prompts_sent = [_prompt(r) for call in client.calls for r in call]
+    assert not any("Rate how" in p for p in prompts_sent)  # every question is longer than 1 character
+    improve = [p for p in prompts_sent if "Improve the candidate" in p]
+    assert improve and all("much longer than the reference prompt" in p for p in improve)
+    new = kept.filter(pl.col("source") == "multihop")
+    assert new.height == s.counters["multihop.reflection.not_accepted"] > 0
+    for r in new.iter_rows(named=True):
+        meta = json.loads(r["meta"])
+        assert meta["reflection"]["accepted"] is False and meta["reflection"]["score"] is None
+        assert meta["reflection"]["attempts"] == (2 if meta["branch"] == "relevance" else 1)
+
+
+def test_personas_file_in_jsonl_or_text(tmp_path: Path) -> None:
+    path = tmp_path / "personas.jsonl"
+    path.write_text('{"persona": "A chemist who bakes."}\n\n{"text": "  A sailor learning Go.  "}\nA librarian in Oslo.\n{"other": 1}\n')
+    assert load_personas(str(path)) == ["A chemist who bakes.", "A sailor learning Go.", "A librarian in Oslo."]
+
+
+def test_a_seed_without_a_question_is_counted_and_kept_as_is(seeds: pl.DataFrame) -> None:
+    from datacraft.core.rows import batch_from_rows, make_row
+
+    blank = batch_from_rows([make_row([{"role": "user", "content": "  "}, {"role": "assistant", "content": "An answer."}], id="blank"),
+                             make_row([{"role": "assistant", "content": "A greeting."}], id="no_user")])
+    frame = pl.concat([seeds.head(1), blank], how="diagonal_relaxed")
+    kept, dropped, s = _run(frame, ScriptedClient(multihop_rules()), hops=1)
+    assert s.counters["multihop.seed_unusable"] == 2 and dropped.height == 0
+    assert {"blank", "no_user"} <= set(kept["id"].to_list())
+    parents = {r["lineage"]["parent_ids"][0] for r in kept.filter(pl.col("source") == "multihop").iter_rows(named=True)}
+    assert parents == {seeds["id"][0]}

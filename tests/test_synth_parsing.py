@@ -74,6 +74,9 @@ def test_placeholders() -> None:
     assert is_placeholder("Your answer")
     assert is_placeholder("  ")
     assert is_placeholder("<your new instruction here>")
+    assert is_placeholder("None") and is_placeholder("...")
+    for short in ("None of them are prime.", "Nonetheless, yes.", "Wait... no."):  # short real answers, not the bare words
+        assert not is_placeholder(short), short
     for answer in _real_answers(10):
         assert not is_placeholder(answer)
 
@@ -86,6 +89,7 @@ def test_scores_choices_triples_items() -> None:
     assert parse_score("<Score 1>8</Score 1><Score 2>3</Score 2>", "Score 2") == 3
     choices = parse_choices("Thinking...\n<Choices>\ncorrect. Paris\nincorrect. Rome\nB) incorrect: Berlin\n</Choices>")
     assert [(c.text, c.correct) for c in choices] == [("Paris", True), ("Rome", False), ("Berlin", False)]
+    assert [(c.text, c.correct) for c in parse_choices("<Choices>\ncorrect. \nincorrect. Rome\n</Choices>")] == [("Rome", False)]  # an empty option is no option
     assert parse_triples("[finance, has, interest rate]\n(finance, includes, bonds)") == [
         ("finance", "has", "interest rate"),
         ("finance", "includes", "bonds"),

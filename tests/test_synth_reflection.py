@@ -100,6 +100,10 @@ def test_parse_failure_keeps_the_original_and_is_counted(rows: pl.DataFrame) -> 
     c = stats[0].counters
     assert c["reflection.parse_failed.response.placeholder"] == 1 and c["reflection.unchanged"] == 1 and c["reflection.reflected"] == 7
     assert c["reflection.parse_retries"] == 1  # only the one placeholder answer is asked again
+    client = teacher()
+    _, _, stats = ReflectionStage({"mode": "response", "parse_retries": 0}, client=client).run_local([rows])
+    assert "reflection.parse_retries" not in stats[0].counters and len(client.calls) == 1  # 0: never asked again
+    assert stats[0].counters["reflection.unchanged"] == 1
 
 
 def test_llm_failures_keep_or_drop(rows: pl.DataFrame) -> None:
@@ -148,3 +152,53 @@ def test_real_teacher_and_student_in_beam(tmp_path: Path) -> None:
         info = json.loads(r["meta"])["reflection"] if isinstance(r["meta"], str) else r["meta"]["reflection"]
         assert r["lineage"]["method"].startswith("reflection:selective:") and math.isfinite(r["scores"]["ifd"])
         assert info["accepted"] is True
+
+
+def test_only_single_turn_sft_rows_are_reflected() -> None:
+    from datacraft.core.rows import batch_from_rows, make_row
+
+    qa = [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."}]
+    rows = [
+        make_row(qa, id="pair", chosen=[{"role": "assistant", "content": "Apple."}], rejected=[{"role": "assistant", "content": "No."}]),
+        make_row([*qa, {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Pear."}], id="multi"),
+        make_row([qa[0]], id="unanswered"),
+        make_row([qa[1], qa[0]], id="reversed"),
+        make_row(qa, id="single", task="fruit_names", source="seedset"),
+    ]
+    kept, _, stats = ReflectionStage({"mode": "response"}, client=teacher()).run_local([batch_from_rows(rows)])
+    assert stats[0].counters["reflection.skipped_not_single_turn"] == 4 and stats[0].counters["reflection.reflected"] == 1
+    by_id = {r["id"]: r for r in kept.iter_rows(named=True)}
+    assert by_id["pair"]["messages"] == rows[0]["messages"] and by_id["multi"]["messages"][-1]["content"] == "Pear."
+    (new,) = [r for r in kept.iter_rows(named=True) if r["lineage"]["parent_ids"] == ["single"]]
+    assert (new["task"], new["source"]) == ("fruit_names", "seedset")  # the reflected row keeps its task and source
+
+
+def test_only_selective_stages_with_the_same_student_share_a_resource() -> None:
+    """The shared resource holds the student only in selective mode: a response-mode stage on the
+    same teacher must not hand a selective one its student-less resource (or the reverse)."""
+    key = lambda **p: ReflectionStage(p).resource_key()  # noqa: E731
+    assert key(mode="selective") != key(mode="response")
+    assert key(mode="selective") != key(mode="selective", student="other/student")
+    assert key(mode="selective") == key(mode="selective")
+    assert key(mode="response") == key(mode="instruction", student="other/student") == key(mode="response", student_batch_size=2)
+
+
+def test_selective_mode_keeps_the_original_instruction_with_the_better_answer(rows: pl.DataFrame) -> None:
+    # the original instruction wins (higher IFD) and the reflected answer is easier to guess from (lower r-IFD): variant A
+    scorer = FakeScorer(lambda x, y: (0.5 if x.startswith("Explain") else 0.8, 0.5 if y.startswith("Better") else 0.7))
+    kept, dropped, stats = ReflectionStage({"mode": "selective"}, client=teacher(), scorer=scorer).run_local([rows])
+    _ledger(stats)
+    assert kept.height == 7 and dropped["drop_reason"].to_list() == ["response_not_reflected"]  # crepes
+    originals = {r["id"]: r["messages"] for r in rows.iter_rows(named=True)}
+    for r in kept.iter_rows(named=True):
+        info = json.loads(r["meta"])["reflection"]
+        assert r["lineage"]["method"] == "reflection:selective:A" and info["variant"] == "A"
+        assert r["messages"][0] == originals[r["lineage"]["parent_ids"][0]][0] and r["messages"][1]["content"].startswith("Better")
+        assert info["rejected_response"] == originals[r["lineage"]["parent_ids"][0]][1]["content"]
+
+
+def test_a_better_answer_under_the_new_answer_header_is_taken(rows: pl.DataFrame) -> None:
+    client = ScriptedClient([("[Better Answer]", lambda p: f"Critique.\n[New Answer] Better answer {short_hash(p)}.\n[End]")])
+    kept, _, stats = ReflectionStage({"mode": "response"}, client=client).run_local([rows.head(2)])
+    assert stats[0].counters["reflection.reflected"] == 2
+    assert all(r["messages"][-1]["content"].startswith("Better answer") for r in kept.iter_rows(named=True))

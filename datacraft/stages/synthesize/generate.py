@@ -35,13 +35,17 @@ class GenerateParams(StageParams):
 def prompt_of(messages: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
     """The turns up to and including the last user turn; None when there is no user turn."""
     msgs = messages or []
-    last = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=-1)
+    last = _last_user(msgs)
     return [dict(m) for m in msgs[: last + 1]] if last >= 0 else None
+
+
+def _last_user(msgs: list[dict[str, str]]) -> int:
+    return max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=-1)
 
 
 def has_response(messages: list[dict[str, str]] | None) -> bool:
     msgs = messages or []
-    last = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=-1)
+    last = _last_user(msgs)
     return any(m["role"] == "assistant" and m["content"].strip() for m in msgs[last + 1 :])
 
 
