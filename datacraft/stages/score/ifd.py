@@ -140,7 +140,8 @@ def target_losses(model: Any, items: Sequence[tuple[Sequence[int], Sequence[int]
 class IFDScorer:
     """IFD / r-IFD of (instruction, response) pairs with a student causal LM (see module docstring)."""
 
-    def __init__(self, model: str = "embedded", device: str = "auto", max_length: int = 1024, batch_size: int = 8, template: str = "chat", dtype: str = "auto") -> None:
+    def __init__(self, model: str = "embedded", device: str = "auto", max_length: int = 1024, batch_size: int = 8, template: str = "chat", dtype: str = "auto", cache_dir: str | None = None) -> None:
+        from datacraft.llm.cache import ComputeCache
         from datacraft.llm.models import load_causal_lm
 
         if template not in ("chat", "vicuna", "alpaca", "none"):
@@ -152,6 +153,7 @@ class IFDScorer:
         tok = self.tokenizer
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.start_ids = [int(start)] if start is not None else []
+        self.computed = ComputeCache(cache_dir, ["ifd-losses", model, dtype, max_length, template])
 
     def prompt_ids(self, user: str) -> list[int]:
         """Token ids of `user` formatted as a prompt, up to where the reply starts."""
@@ -197,10 +199,15 @@ class IFDScorer:
         if len(instructions) != len(responses):
             raise ValueError("instructions and responses differ in length")
         per = 4 if reverse else 2
-        items = [it for x, y in zip(instructions, responses, strict=True) for it in self.items(x, y, reverse)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        losses = target_losses(self.model, items, self.batch_size, pad)
-        return [scores_from_losses(*losses[k * per : (k + 1) * per]) for k in range(len(instructions))]
+
+        def compute(todo: list[tuple[str, str, bool]]) -> list[list[float]]:
+            items = [it for x, y, _ in todo for it in self.items(x, y, reverse)]
+            losses = target_losses(self.model, items, self.batch_size, pad)
+            return [losses[k * per : (k + 1) * per] for k in range(len(todo))]
+
+        rows = self.computed.map([(x, y, reverse) for x, y in zip(instructions, responses, strict=True)], compute)
+        return [scores_from_losses(*losses) for losses in rows]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +243,7 @@ class IFDStage(MapStage[IFDParams, "IFDScorer"]):
 
     def load(self) -> IFDScorer:
         p = self.params
-        return IFDScorer(p.model, p.device, p.max_length, p.batch_size, p.template, p.dtype)
+        return IFDScorer(p.model, p.device, p.max_length, p.batch_size, p.template, p.dtype, cache_dir=self.context.cache_dir)
 
     def process(self, batch: pl.DataFrame, resource: IFDScorer) -> StageResult:
         p = self.params
@@ -253,7 +260,8 @@ class IFDStage(MapStage[IFDParams, "IFDScorer"]):
         metas = [{"ifd_unscorable": "empty response or prompt longer than max_length"} if scores["ifd"][i] is None else None for i in range(batch.height)]
         out = update_meta(set_scores(batch, scores), metas)
         ifd = np.array([np.nan if v is None else v for v in scores["ifd"]])
-        counters = {"ifd.above_1": float(np.sum(ifd > 1)), "ifd.unscorable": float(np.isnan(ifd).sum()), "ifd.rows": float(batch.height)}
+        counters = {"ifd.above_1": float(np.sum(ifd > 1)), "ifd.unscorable": float(np.isnan(ifd).sum()), "ifd.rows": float(batch.height),
+                    **resource.computed.pop_counters("ifd")}
         extras = {"score_spread": [spread("ifd", scores["ifd"])]}
         if p.max_ifd is None:
             return StageResult(kept=out, counters=counters, extras=extras)
