@@ -45,3 +45,16 @@ def test_stages_lists_full_defaults_and_one_in_detail() -> None:
         assert part in detail.output, part
     unknown = CliRunner().invoke(app, ["stages", "no_such_stage"])
     assert unknown.exit_code == 1
+
+
+def test_progress_log_line_has_totals_rate_and_eta() -> None:
+    from datacraft.core.progress import ProgressLog
+
+    log = ProgressLog(["read", "complexity", "select"], start=100.0)
+    log.record("read", 1000, 900)
+    log.record("complexity", 300, 300)
+    line = log.line(160.0)  # 60 s in: complexity at 5 rows/s, 600 of the 900 read rows to go → 120 s
+    assert line == ("progress 0:01:00: read 1,000 rows (16.7/s); complexity 300/900 rows (5.0/s, ETA 0:02:00); "
+                    "select 0/300 rows (0.0/s)")
+    log.record("unknown", 5, 5)  # a label outside the run is ignored
+    assert "unknown" not in log.line(160.0)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -88,7 +90,19 @@ def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
         tasks = {label: bar.add_task(label, total=None, counts="waiting") for label in labels}
         seen: dict[str, list[int]] = {label: [0, 0] for label in labels}
 
+        plain = progress.ProgressLog(labels, time.monotonic())
+        stop = threading.Event()
+        every = float(os.environ.get("DATACRAFT_PROGRESS_SECONDS", "30"))
+
+        def log_lines() -> None:  # no terminal (a log file, CI): one line every `every` seconds
+            while not stop.wait(every):
+                console.print(plain.line(time.monotonic()), soft_wrap=True, highlight=False)
+
+        if not console.is_terminal and every > 0:
+            threading.Thread(target=log_lines, name="datacraft-progress", daemon=True).start()
+
         def sink(stage: str, rows_in: int, rows_kept: int) -> None:
+            plain.record(stage, rows_in, rows_kept)
             if stage in tasks:
                 seen[stage][0] += rows_in
                 seen[stage][1] += rows_kept
@@ -99,6 +113,7 @@ def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
             report = run_config(config, beam_args)
         finally:
             progress.set_sink(None)
+            stop.set()
     Console().print(report_table(report))
     if not report["ledger_ok"]:
         console.print("[bold red]ledger does not balance:[/] " + "; ".join(report["ledger_problems"]))
