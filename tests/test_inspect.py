@@ -127,3 +127,14 @@ def test_why_command(run: tuple[Path, dict[str, Any]]) -> None:
     res = CliRunner().invoke(app, ["why", str(out), info["hop2_id"], "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["seeds"] == [info["seed_id"]]
     assert CliRunner().invoke(app, ["why", str(out), "nope-nope"]).exit_code == 1
+
+
+def test_inspect_id_exit_codes(run: tuple[Path, dict[str, Any]]) -> None:
+    from typer.testing import CliRunner
+
+    from datacraft.cli.main import app
+
+    out, info = run
+    assert CliRunner().invoke(app, ["inspect", str(out), "--id", info["short_id"]]).exit_code == 0
+    missing = CliRunner().invoke(app, ["inspect", str(out), "--id", "nope-nope"])
+    assert missing.exit_code == 1 and "nope-nope" in missing.output

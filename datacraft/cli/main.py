@@ -3,7 +3,8 @@
     datacraft run CONFIG [-i INPUT] [-o OUT] [--set k=v]... [--overwrite] [-- BEAM OPTIONS]
     datacraft filter INPUT -o OUT [--dedup exact|near|semantic] [--min SCORE=V] [--select N|P%] …
     datacraft inspect FILE [--id ID]
-    datacraft stages
+    datacraft stages [NAME]
+    datacraft --version
     … plus the commands other modules register (serve, dedup-calibrate, train, publish, report, why).
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +36,40 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console(stderr=True)
+DISTRIBUTION = "datacraft-curate"  # the PyPI name; `datacraft` on PyPI is an unrelated project
+
+
+def _value_label(self: Any, ctx: Any) -> str | None:
+    """Help shows a value placeholder (`-o OUTPUT`) and nothing for flags, not typer's `<str>` / `<bool>`."""
+    if self.metavar is not None:
+        return self.metavar
+    if getattr(self, "is_flag", False) or isinstance(self, typer.core.TyperArgument):
+        return None
+    return (self.name or "value").strip("_").upper()
+
+
+typer.core.TyperOption.display_type_rich = _value_label
+typer.core.TyperArgument.display_type_rich = _value_label
+
+
+def version_text() -> str:
+    """`datacraft <version> (PyPI distribution datacraft-curate)`."""
+    from datacraft import __version__
+
+    return f"datacraft {__version__} (PyPI distribution {DISTRIBUTION})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
+    """Curate instruction-tuning data for LLMs."""
 
 
 _DEBUG = False  # `--debug`: errors show their traceback
@@ -65,7 +102,19 @@ def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
         tasks = {label: bar.add_task(label, total=None, counts="waiting") for label in labels}
         seen: dict[str, list[int]] = {label: [0, 0] for label in labels}
 
+        plain = progress.ProgressLog(labels, time.monotonic())
+        stop = threading.Event()
+        every = float(os.environ.get("DATACRAFT_PROGRESS_SECONDS", "30"))
+
+        def log_lines() -> None:  # no terminal (a log file, CI): one line every `every` seconds
+            while not stop.wait(every):
+                console.print(plain.line(time.monotonic()), soft_wrap=True, highlight=False)
+
+        if not console.is_terminal and every > 0:
+            threading.Thread(target=log_lines, name="datacraft-progress", daemon=True).start()
+
         def sink(stage: str, rows_in: int, rows_kept: int) -> None:
+            plain.record(stage, rows_in, rows_kept)
             if stage in tasks:
                 seen[stage][0] += rows_in
                 seen[stage][1] += rows_kept
@@ -76,6 +125,7 @@ def _run_with_progress(config: Any, beam_args: list[str]) -> dict[str, Any]:
             report = run_config(config, beam_args)
         finally:
             progress.set_sink(None)
+            stop.set()
     Console().print(report_table(report))
     if not report["ledger_ok"]:
         console.print("[bold red]ledger does not balance:[/] " + "; ".join(report["ledger_problems"]))
@@ -289,33 +339,74 @@ def inspect(
                 Console().print_json(data=explanation)
             else:
                 Console().print(render_explanation(explanation))
+            if not explanation.get("found"):
+                raise typer.Exit(1)
             return
         Console().print(describe_file(path, rows))
     except FileNotFoundError as err:  # also an unfinished run folder: its rows are partial
         _fail(str(err))
 
 
-@app.command(epilog="Example: datacraft stages")
-def stages() -> None:
-    """List the registered stages and their parameters (with defaults)."""
+def _param_rows(cls: Any) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) for each parameter of a stage, defaults in full."""
+    rows = []
+    for key, field in cls.Params.model_fields.items():
+        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        ann = field.annotation
+        kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+        rows.append((key, kind, default, field.description or ""))
+    return rows
+
+
+def _stage_detail(name: str) -> None:
+    """Print one stage: its docstring, parameters with types and defaults, what it reads and writes, an example."""
+    from rich.table import Table
+
+    from datacraft.stages.registry import stage_class
+
+    cls = stage_class(name)
+    out = Console()
+    out.print(f"[bold]{name}[/] ({cls.kind}): {(cls.__doc__ or '').strip()}")
+    table = Table(title="parameters")
+    for column in ("name", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in _param_rows(cls):
+        table.add_row(*row)
+    out.print(table)
+    try:
+        stage = cls()
+        out.print(f"reads: {', '.join(sorted(stage.reads())) or '—'}")
+        out.print(f"writes: {', '.join(sorted(stage.writes())) or '—'}")
+    except Exception as err:  # a required parameter: reads/writes depend on it
+        out.print(f"reads / writes: depend on the parameters ({type(err).__name__})")
+    out.print(f"example config:\n  stages:\n    - name: {name}")
+
+
+@app.command(epilog="Examples: datacraft stages ; datacraft stages complexity")
+def stages(
+    name: Annotated[str | None, typer.Argument(help="show one stage in detail: parameters, types, reads / writes")] = None,
+) -> None:
+    """List the registered stages and their parameters (with defaults), or one stage in detail."""
     from rich.table import Table
 
     from datacraft.stages.registry import stage_class, stage_names
 
-    table = Table(title="stages")
+    if name is not None:
+        if name not in stage_names():
+            _fail(f"unknown stage {name!r}; registered: {', '.join(stage_names())}", code=1)
+        _stage_detail(name)
+        return
+    table = Table(title="stages (datacraft stages NAME for one in detail)")
     table.add_column("name")
     table.add_column("kind")
-    table.add_column("parameters (default)")
-    for name in stage_names():
+    table.add_column("parameters (default)", overflow="fold")
+    for stage_name in stage_names():
         try:
-            cls = stage_class(name)
+            cls = stage_class(stage_name)
         except Exception as err:  # a stage whose optional dependency is missing
-            table.add_row(name, "?", f"unavailable: {err}")
+            table.add_row(stage_name, "?", f"unavailable: {err}")
             continue
-        params = ", ".join(
-            f"{k}={'…' if f.is_required() else repr(f.get_default(call_default_factory=True))[:30]}" for k, f in cls.Params.model_fields.items()
-        )
-        table.add_row(name, cls.kind, params)
+        table.add_row(stage_name, cls.kind, ", ".join(f"{key}={default}" for key, _, default, _ in _param_rows(cls)))
     Console().print(table)
 
 

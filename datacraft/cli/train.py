@@ -151,7 +151,7 @@ def publish_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `train sft|dpo` and `publish` to the datacraft app."""
-    train_app = typer.Typer(help="Train on a finished run with TRL (SFT / DPO); needs the extra: pip install 'datacraft\\[train]'.",
+    train_app = typer.Typer(help="Train on a finished run with TRL (SFT / DPO); needs the extra: pip install 'datacraft-curate\\[train]'.",
                             no_args_is_help=True)
     for kind in ("sft", "dpo"):
         train_app.command(kind)(train_command(kind))

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +119,41 @@ class LLMCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ComputeCache:
+    """Content-addressed results of in-process model computations (judge logits, IFD losses, rewards).
+
+    Stored in the run's LLM cache file under keys that cannot collide with request keys, so a resumed
+    run repeats no forward pass. `namespace` is everything besides the item that decides the value
+    (computation kind, model, dtype, lengths); with no `cache_dir` every item is computed."""
+
+    def __init__(self, cache_dir: str | None, namespace: Sequence[Any]) -> None:
+        self.cache = LLMCache(cache_dir) if cache_dir else None
+        self.namespace = ["compute", *namespace]
+        self.hits = 0
+        self.computed = 0
+
+    def map(self, items: Sequence[Any], compute: Callable[[list[Any]], Sequence[Any]]) -> list[Any]:
+        """`compute(items)` for the items not cached yet, cached values for the rest, in order."""
+        keys = [content_hash(self.namespace, item, length=32) for item in items]
+        found = {k: v["value"] for k, v in self.cache.get_many(keys).items()} if self.cache is not None else {}
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        if missing:
+            values = list(compute([items[i] for i in missing]))
+            new = {keys[i]: value for i, value in zip(missing, values, strict=True)}
+            if self.cache is not None:
+                self.cache.put_many({k: {"value": v} for k, v in new.items()})
+            found.update(new)
+        self.hits += len(items) - len(missing)
+        self.computed += len(missing)
+        return [found[k] for k in keys]
+
+    def pop_counters(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}.cache_hits": float(self.hits), f"{prefix}.computed": float(self.computed)}
+        self.hits = self.computed = 0
+        return out
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()

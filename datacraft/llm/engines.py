@@ -185,7 +185,7 @@ class VLLMEngine:
         try:
             import vllm
         except ImportError as err:
-            raise RuntimeError("engine 'vllm' needs vLLM: pip install 'datacraft[vllm]'") from err
+            raise RuntimeError("engine 'vllm' needs vLLM: pip install 'datacraft-curate[vllm]'") from err
         self.config = config
         self.model = config.model
         self._vllm = vllm

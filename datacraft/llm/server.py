@@ -48,16 +48,16 @@ class _SamplingFields(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = None
-    seed: int | None = None
+    top_k: int | None = Field(None, ge=-1, description="-1 or 0: off (vLLM's convention)")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=16)
     stream: bool = False
 
     def sampling(self, max_tokens: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
-            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k if self.top_k and self.top_k > 0 else None,
             seed=self.seed, stop=tuple(stop), logprobs=logprobs, top_logprobs=top_logprobs,
         )
 
@@ -208,6 +208,7 @@ def create_app(
 
     config = config or EngineConfig()
     name = served_name or config.model
+    known_models = {name, config.model}
     state: dict[str, MicroBatcher] = {}
 
     @contextlib.asynccontextmanager
@@ -233,6 +234,8 @@ def create_app(
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "datacraft"}]}
 
     async def answer(body: ChatRequest | CompletionRequest, render: Any, with_logprobs: bool) -> Any:
+        if body.model and body.model not in known_models:
+            return _error(404, f"model {body.model!r} not found; this server serves {name!r}", "not_found_error")
         if body.stream:
             return _error(400, "streaming is not supported by this server")
         if body.n != 1:
@@ -269,7 +272,8 @@ def serve(
     import uvicorn
 
     config = EngineConfig(engine="transformers", model=model, batch_size=batch_size, device=device, cache=False)
-    uvicorn.run(create_app(config, max_wait_ms=max_wait_ms), host=host, port=port, log_level="info")
+    # SIGTERM / Ctrl-C: stop within a few seconds even with requests queued (they are answered 503 by uvicorn)
+    uvicorn.run(create_app(config, max_wait_ms=max_wait_ms), host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -272,7 +272,7 @@ def render_card(
     body = f"""
 # {name}
 
-Instruction-tuning data curated with [datacraft](https://pypi.org/project/datacraft/), in TRL's formats
+Instruction-tuning data curated with [datacraft](https://pypi.org/project/datacraft-curate/), in TRL's formats
 (SFT: conversational `messages`; DPO: `prompt` / `chosen` / `rejected` message lists).
 
 ```python

@@ -194,10 +194,12 @@ class IFDScorer:
     """IFD / r-IFD of (instruction, response) pairs with a student causal LM (see module docstring).
 
     Sequences are built as the reference code does: the whole text (prompt + target) is tokenized
-    once and the first `len(tokenize(prompt))` tokens are the context (`text.rfind(target)` masking)."""
+    once and the first `len(tokenize(prompt))` tokens are the context (`text.rfind(target)` masking).
+    Losses are cached by content in `cache_dir` (a resumed run makes no forward pass twice)."""
 
     def __init__(self, model: str = "embedded", device: str = "auto", max_length: int = 1024, batch_size: int = 8, template: str = "chat",
-                 dtype: str = "auto", direct_prefix: str = "", reverse_prompt: str = "official") -> None:
+                 dtype: str = "auto", direct_prefix: str = "", reverse_prompt: str = "official", cache_dir: str | None = None) -> None:
+        from datacraft.llm.cache import ComputeCache
         from datacraft.llm.models import load_causal_lm
 
         if template not in ("chat", "vicuna", "alpaca", "none"):
@@ -211,13 +213,14 @@ class IFDScorer:
         tok = self.tokenizer
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.start_ids = [int(start)] if start is not None else []
+        self.computed = ComputeCache(cache_dir, ["ifd-losses", model, dtype, max_length, template, direct_prefix, reverse_prompt])
 
     @classmethod
     def for_recipe(cls, form: str, model: str = "embedded", device: str = "auto", batch_size: int = 8, dtype: str = "auto", *,
-                   template: str | None = None, max_length: int | None = None, reverse_prompt: str = "official") -> IFDScorer:
+                   template: str | None = None, max_length: int | None = None, reverse_prompt: str = "official", cache_dir: str | None = None) -> IFDScorer:
         """A scorer with a paper's recipe (`RECIPES`); legacy forms default to chat / 1024."""
         r = RECIPES.get(form, Recipe("chat", 1024, ratio_of(form)))  # type: ignore[arg-type]
-        return cls(model, device, max_length or r.max_length, batch_size, template or r.template, dtype, r.direct_prefix, reverse_prompt)
+        return cls(model, device, max_length or r.max_length, batch_size, template or r.template, dtype, r.direct_prefix, reverse_prompt, cache_dir)
 
     def prompt_text(self, user: str, given: str = "") -> tuple[str, bool]:
         """`user` (and its input) formatted as a prompt up to where the reply starts; True when the
@@ -289,10 +292,15 @@ class IFDScorer:
             raise ValueError("instructions and responses differ in length")
         per = 4 if reverse else 2
         given = inputs or [""] * len(instructions)
-        items = [it for x, y, g in zip(instructions, responses, given, strict=True) for it in self.items(x, y, reverse, g)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        losses = target_losses(self.model, items, self.batch_size, pad)
-        return [scores_from_losses(*losses[k * per : (k + 1) * per]) for k in range(len(instructions))]
+
+        def compute(todo: list[tuple[str, str, str, bool]]) -> list[list[float]]:
+            items = [it for x, y, g, _ in todo for it in self.items(x, y, reverse, g)]
+            losses = target_losses(self.model, items, self.batch_size, pad)
+            return [losses[k * per : (k + 1) * per] for k in range(len(todo))]
+
+        rows = self.computed.map([(x, y, g, reverse) for x, y, g in zip(instructions, responses, given, strict=True)], compute)
+        return [scores_from_losses(*losses) for losses in rows]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +337,8 @@ class IFDStage(MapStage[IFDParams, "IFDScorer"]):
 
     def load(self) -> IFDScorer:
         p = self.params
-        return IFDScorer.for_recipe(p.ifd_form, p.model, p.device, p.batch_size, p.dtype, template=p.template, max_length=p.max_length, reverse_prompt=p.reverse_prompt)
+        return IFDScorer.for_recipe(p.ifd_form, p.model, p.device, p.batch_size, p.dtype, template=p.template, max_length=p.max_length,
+                                    reverse_prompt=p.reverse_prompt, cache_dir=self.context.cache_dir)
 
     def process(self, batch: pl.DataFrame, resource: IFDScorer) -> StageResult:
         p = self.params
@@ -348,7 +357,8 @@ class IFDStage(MapStage[IFDParams, "IFDScorer"]):
         metas = [{"ifd_unscorable": "empty response or prompt longer than max_length"} if scores["ifd"][i] is None else None for i in range(batch.height)]
         out = update_meta(set_scores(batch, scores), metas)
         ifd = np.array([np.nan if v is None else v for v in scores["ifd"]])
-        counters = {"ifd.above_1": float(np.sum(ifd > 1)), "ifd.unscorable": float(np.isnan(ifd).sum()), "ifd.rows": float(batch.height)}
+        counters = {"ifd.above_1": float(np.sum(ifd > 1)), "ifd.unscorable": float(np.isnan(ifd).sum()), "ifd.rows": float(batch.height),
+                    **resource.computed.pop_counters("ifd")}
         extras = {"score_spread": [spread("ifd", scores["ifd"])]}
         if p.max_ifd is None:
             return StageResult(kept=out, counters=counters, extras=extras)

@@ -208,6 +208,7 @@ class DeitaJudge:
         self._tokenizer: Any = None
         self._digit_sets: list[list[int]] = []
         self._counters: dict[str, float] = {}
+        self._computed: Any = None
 
     # -- lifecycle
     def setup(self) -> None:
@@ -225,10 +226,14 @@ class DeitaJudge:
     def close(self) -> None:
         if self.client is not None and hasattr(self.client, "close"):
             self.client.close()
+        if self._computed is not None:
+            self._computed.close()
 
     def pop_counters(self) -> dict[str, float]:
         out = dict(self._counters)
         self._counters.clear()
+        if self._computed is not None:
+            out.update(self._computed.pop_counters("judge"))
         if self.client is not None and hasattr(self.client, "pop_counters"):
             out.update(self.client.pop_counters())
         return out
@@ -244,8 +249,21 @@ class DeitaJudge:
         prompts = [self.prompt(i, r) for i, r in pairs]
         if not prompts:
             return []
+        if self.backend == "logits":
+            values = self._logits_cache().map(prompts, lambda todo: [s.value for s in self._score_logits(todo)])
+            return [JudgeScore(v, "logits") for v in values]
         self.setup()
-        return self._score_logits(prompts) if self.backend == "logits" else self._score_engine(prompts)
+        return self._score_engine(prompts)
+
+    def _logits_cache(self) -> Any:
+        """Scores by prompt content, so a resumed run makes no forward pass it already made."""
+        if self._computed is None:
+            from datacraft.llm.cache import ComputeCache
+
+            cfg = self.config
+            use = self.cache_dir if getattr(cfg, "cache", True) else None
+            self._computed = ComputeCache(use, ["judge-logits", cfg.model, cfg.dtype, self.template, self.max_length, self.digit_token_ids])
+        return self._computed
 
     # -- logits backend
     def _resolve_digit_ids(self) -> list[list[int]]:
@@ -282,6 +300,7 @@ class DeitaJudge:
     def _score_logits(self, prompts: list[str]) -> list[JudgeScore]:
         import torch
 
+        self.setup()
         encoded = [self._encode_prompt(p) for p in prompts]
         order = np.argsort([len(e) for e in encoded], kind="stable")
         out: list[JudgeScore | None] = [None] * len(prompts)

@@ -67,13 +67,21 @@ def render_conversation(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -
 class RewardScorer:
     """Batched, padding-aware reward scores of conversations (no generation)."""
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8, max_length: int = 2048, label_index: int | None = None) -> None:
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8, max_length: int = 2048, label_index: int | None = None, cache_dir: str | None = None) -> None:
+        from datacraft.llm.cache import ComputeCache
+
         self.model, self.tokenizer = load_reward_model(model, device, dtype)
         self.batch_size = batch_size
         self.max_length = max_length
         self.label_index = label_index
+        self.computed = ComputeCache(cache_dir, ["reward", model, dtype, max_length, label_index])
 
     def score(self, conversations: Sequence[Sequence[Mapping[str, str]]]) -> np.ndarray:
+        """One reward per conversation; cached by content, so a resumed run repeats no forward pass."""
+        items = [[[m.get("role"), m.get("content")] for m in c] for c in conversations]
+        return np.asarray(self.computed.map(items, lambda todo: self._score([[{"role": r, "content": t} for r, t in c] for c in todo]).tolist()), dtype=float)
+
+    def _score(self, conversations: Sequence[Sequence[Mapping[str, str]]]) -> np.ndarray:
         import torch
 
         texts = [render_conversation(self.tokenizer, c) for c in conversations]
@@ -127,7 +135,7 @@ class RewardModelStage(MapStage[RewardParams, "RewardScorer"]):
 
     def load(self) -> RewardScorer:
         p = self.params
-        return RewardScorer(p.model, p.device, p.dtype, p.batch_size, p.max_length, p.label_index)
+        return RewardScorer(p.model, p.device, p.dtype, p.batch_size, p.max_length, p.label_index, cache_dir=self.context.cache_dir)
 
     def process(self, batch: pl.DataFrame, resource: RewardScorer) -> StageResult:
         msgs = batch["messages"].to_list()
