@@ -114,7 +114,7 @@ def test_vllm_raw_prompts_use_generate_and_keep_request_order(fake_vllm):
 
 def test_vllm_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(RuntimeError, match="datacraft\\[vllm\\]"):
+    with pytest.raises(RuntimeError, match="datacraft-curate\\[vllm\\]"):
         create_engine(EngineConfig(engine="vllm"))
 
 

@@ -10,9 +10,11 @@ import pytest
 
 from datacraft.core.rows import batch_from_rows, make_row
 from datacraft.io.readers import read_all
+from datacraft.llm.cache import ComputeCache
 from datacraft.stages.registry import build_stage
 from datacraft.stages.score.ifd import (
     ALPACA_HEADER,
+    REVERSE_PROMPTS,
     VICUNA_SYSTEM,
     IFDScorer,
     ratios,
@@ -134,10 +136,15 @@ def test_prompt_templates_and_start_token(scorer: IFDScorer) -> None:
     # r-IFD's "guess the instruction" query (docs/methods.md §2.2): the ask, the response, the request, in that order
     other = copy.copy(scorer)
     other.template = "none"
-    query = tok.decode(other.reverse_prompt_ids("Blue is a primary colour.", 8)[1:])
+    query, _ = other._reverse_prefix("Blue is a primary colour.", 8)
+    parts = ["Below is the response to an instruction, please guess the corresponding instruction for the given response.",
+             "Blue is a primary colour.", "Generate the instruction for the above response."]  # Selective RT's wording
+    assert all(p in query for p in parts) and [query.index(p) for p in parts] == sorted(query.index(p) for p in parts)
+    other.reverse_prompt = REVERSE_PROMPTS["ours"]
+    ours, _ = other._reverse_prefix("Blue is a primary colour.", 8)
     parts = ["Below is a response that was written for some instruction. Guess what that instruction was.",
              "Response:\nBlue is a primary colour.", "Write the instruction that this response answers."]
-    assert all(p in query for p in parts) and [query.index(p) for p in parts] == sorted(query.index(p) for p in parts)
+    assert all(p in ours for p in parts) and [ours.index(p) for p in parts] == sorted(ours.index(p) for p in parts)
 
 
 def test_losses_need_a_context_and_a_target(scorer: IFDScorer) -> None:
@@ -227,7 +234,7 @@ def test_ifd_recipes_match_the_reference_computation(scorer: IFDScorer, alpaca: 
 
 
 def test_ifd_default_is_cherry_and_reflection_default_is_selective_rt() -> None:
-    from datacraft.stages.score.ifd import RECIPES, REVERSE_PROMPTS
+    from datacraft.stages.score.ifd import RECIPES
 
     p = build_stage("ifd", {}).params
     assert p.ifd_form == "cherry" and p.template is None and p.max_length is None and p.reverse_prompt == "official"
@@ -240,6 +247,8 @@ def test_ifd_default_is_cherry_and_reflection_default_is_selective_rt() -> None:
 
 class _FixedLosses:
     """The scorer's interface with given losses, so the stage's columns are checked without a model."""
+
+    computed = ComputeCache(None, ["fixed"])
 
     def score(self, instructions: list[str], responses: list[str], reverse: bool = True, inputs: list[str] | None = None) -> list:
         return [scores_from_losses(2.0, 1.0, 3.0, 1.5) if reverse else scores_from_losses(2.0, 1.0) for _ in instructions]

@@ -133,7 +133,7 @@ def test_multi_turn_rows_scored_per_turn_and_combined() -> None:
         make_row(_conv("NOLOGPROBS", "x"), id="parsed"),
     ]
     batch = batch_from_rows(rows)
-    kept_q, dropped_q, stats_q = _stage("quality").run_local([batch])
+    kept_q, dropped_q, stats_q = _stage("quality", missing_digits="renormalize").run_local([batch])  # Deita's 3.0 default: test_paper_recipes
     assert dropped_q["id"].to_list() == ["failed"] and dropped_q["drop_reason"][0] == "llm_error"
     by_id = {r["id"]: r for r in kept_q.iter_rows(named=True)}
     q_turns = meta_of(by_id["multi"]["meta"])["quality_scores"]
@@ -181,7 +181,7 @@ def test_turn_methods_counted_and_the_worst_one_reported() -> None:
         make_row(_conv("PARTIAL q", "a"), id="partial"),
         make_row(_conv("q excellent", "a excellent", "PARTIAL q2", "a2"), id="exact_then_partial"),
     ]
-    stage = _stage("quality")
+    stage = _stage("quality", missing_digits="renormalize")
     stage.client = PartialClient()
     kept, _, stats = stage.run_local([batch_from_rows(rows)])
     assert set(stage.client.roles) == {"user"}  # the judge prompt goes as a user turn

@@ -200,7 +200,7 @@ def test_deita_stage_reasons() -> None:
     reasons = set(dropped["drop_reason"])
     assert reasons <= {"too similar", "not selected (budget)"} and "not selected (budget)" in reasons
     too_similar = int((dropped["drop_reason"] == "too similar").sum())
-    assert stats[0].extras["deita"] == {"rows_in": 205, "selected": 60, "too_similar": too_similar, "threshold": 0.9}
+    assert stats[0].extras["deita"] == {"rows_in": 205, "selected": 60, "too_similar": too_similar, "threshold": 0.9, "sort": "deita"}
     evol = kept[SCORE_PREFIX + "evol_score"].to_list()
     assert evol[0] == max(frame[SCORE_PREFIX + "complexity"] * frame[SCORE_PREFIX + "quality"])
     x = np.stack(kept["embedding"].to_list())
