@@ -180,3 +180,16 @@ def version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def installed_peers(requested: str, dists: dict[str, str], versions: dict[str, str | None], skipped: dict[str, str]) -> list[str]:
+    """The peers named in `requested` (comma-separated) whose distribution (`dists[name]`) is
+    installed; their versions go into `versions`, the others into `skipped` with the reason."""
+    chosen = []
+    for name in [p for p in requested.split(",") if p]:
+        if version(dists[name]) is None:
+            skipped[name] = f"{dists[name]} not installed (pip install -e '.[bench]')"
+            continue
+        versions[name] = version(dists[name])
+        chosen.append(name)
+    return chosen

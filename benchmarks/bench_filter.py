@@ -36,7 +36,7 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import alternate, emit, loadavg, robust_record, version  # noqa: E402
+from _common import alternate, emit, installed_peers, loadavg, robust_record, version  # noqa: E402
 
 from datacraft.stages.score.heuristics import _STOPWORDS, REFUSAL_PATTERNS  # noqa: E402
 
@@ -219,12 +219,8 @@ def main() -> None:
         sides = {"datacraft": lambda: run_datacraft(src, tmp / "datacraft")["rows_out"], "polars": lambda: run_polars(src, tmp / "polars")}
         warmups = {"datacraft": lambda: run_datacraft(warm, tmp / "datacraft"), "polars": lambda: run_polars(warm, tmp / "polars")}
         versions, skipped = {"datacraft": version("datacraft"), "polars": pl.__version__}, {}
-        for name in [p for p in args.peers.split(",") if p]:
-            dist, fn = PEERS[name]
-            if version(dist) is None:
-                skipped[name] = f"{dist} not installed (pip install -e '.[bench]')"
-                continue
-            versions[name] = version(dist)
+        for name in installed_peers(args.peers, {k: v[0] for k, v in PEERS.items()}, versions, skipped):
+            fn = PEERS[name][1]
             sides[name] = lambda fn=fn, name=name: fn(src, tmp / name)
             warmups[name] = lambda fn=fn, name=name: fn(warm, tmp / name)
         load0 = loadavg()

@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import alternate, emit, loadavg, robust_record, version  # noqa: E402
+from _common import alternate, emit, installed_peers, loadavg, robust_record, version  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sft"
 THRESHOLD, NUM_PERM, NGRAM, BANDS = 0.7, 128, 5, 16
@@ -215,12 +215,8 @@ def main() -> None:
         sides: dict[str, Callable[[], set[int]]] = {"datacraft": lambda: run_datacraft(src)}
         warmups: dict[str, Callable[[], Any]] = {"datacraft": lambda: run_datacraft(warm)}
         versions, skipped = {"datacraft": version("datacraft")}, {}
-        for name in [p for p in args.peers.split(",") if p]:
-            dist, fn = PEERS[name]
-            if version(dist) is None:
-                skipped[name] = f"{dist} not installed (pip install -e '.[bench]')"
-                continue
-            versions[name] = version(dist)
+        for name in installed_peers(args.peers, {k: v[0] for k, v in PEERS.items()}, versions, skipped):
+            fn = PEERS[name][1]
             extra = (tmp / name,) if name in ("datatrove", "text_dedup") else ()
             sides[name] = lambda fn=fn, extra=extra: fn(src, *extra)
             warmups[name] = lambda fn=fn, extra=extra: fn(warm, *extra)

@@ -35,7 +35,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import alternate, emit, loadavg, peak_rss_gb, robust_record, version  # noqa: E402
+from _common import alternate, emit, installed_peers, loadavg, peak_rss_gb, robust_record, version  # noqa: E402
 
 from datacraft.stages.dedup.semantic import threshold_edges  # noqa: E402
 from datacraft.vectors.embedders import encode_sorted, load_embedder  # noqa: E402
@@ -169,12 +169,8 @@ def main() -> None:
     peers = {"semhash": (lambda v, i: labels_semhash(v, i, embedder.model if hasattr(embedder, "model") else embedder, args), "semhash"),
              "faiss_ivf": (lambda v, i: labels_faiss_ivf(v, args), "faiss-cpu"), "faiss_hnsw": (lambda v, i: labels_faiss_hnsw(v, args), "faiss-cpu")}
     versions, skipped = {"datacraft": version("datacraft")}, {}
-    for name in [p for p in args.peers.split(",") if p]:
-        fn, dist = peers[name]
-        if version(dist) is None:
-            skipped[name] = f"{dist} not installed (pip install -e '.[bench]')"
-            continue
-        versions[name] = version(dist)
+    for name in installed_peers(args.peers, {k: v[1] for k, v in peers.items()}, versions, skipped):
+        fn = peers[name][0]
         sides[name] = lambda fn=fn: fn(x, ids)
         warmups[name] = lambda fn=fn: fn(x[:w], ids[:w])
     load0 = loadavg()
