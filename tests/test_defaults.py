@@ -58,3 +58,29 @@ def test_minhash_signature_matches_the_mersenne_prime_universal_hash() -> None:
     sig = signatures(texts, num_perm=16, seed=3)
     for row, text in zip(sig, texts, strict=True):
         assert row.tolist() == _reference_minhash(text, 16, 3)
+
+
+EDGES = [
+    # stage, parameter, value, accepted: the bounds the stage help states
+    ("reflection", "parse_retries", 0, True),  # 0: never re-ask (configs/default.yaml uses it)
+    ("reflection", "parse_retries", -1, False),
+    ("select", "epsilon", 0.5, True),  # stochastic greedy's ε lies in (0, 1)
+    ("select", "epsilon", 0.0, False),
+    ("select", "epsilon", 1.0, False),
+    ("semantic_dedup", "exact_max", 1, True),  # 1 sends every input to the IVF index
+    ("semantic_dedup", "exact_max", 0, False),
+    ("near_dedup", "num_perm", 8, True),
+    ("near_dedup", "num_perm", 7, False),
+]
+
+
+@pytest.mark.parametrize(("stage", "param", "value", "accepted"), EDGES, ids=[f"{s}.{p}={v}" for s, p, v, _ in EDGES])
+def test_parameter_bounds(stage: str, param: str, value: object, accepted: bool) -> None:
+    from pydantic import ValidationError
+
+    params = stage_class(stage).Params
+    if accepted:
+        assert getattr(params.model_validate({param: value}), param) == value
+    else:
+        with pytest.raises(ValidationError, match=param):
+            params.model_validate({param: value})
