@@ -1,11 +1,11 @@
 """Same input, same config, same output (issue 20): each shipped config without an LLM stage runs on
 its input shuffled and split over several files and batches — twice in-process with two different
 splits, once with Beam's `multi_processing` — and every run keeps the same ids and drops the same
-rows with the same reasons and details. `output_digest` is the figure the report quotes."""
+rows with the same reasons and details. The report's `output_digest` (kept ids, drops by id / stage / reason / detail, read-stage drops by
+reason) is equal across all of them."""
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 
 from datacraft.pipeline.config import load_config
 from datacraft.pipeline.run import run_config
+from datacraft.report.summary import output_digest
 
 from .conftest import ROOT
 
@@ -46,16 +47,6 @@ def run_outputs(out: Path) -> tuple[list[str], pl.DataFrame]:
     return kept, dropped
 
 
-def output_digest(kept: list[str], dropped: pl.DataFrame) -> str:
-    """sha256 (first 16 hex) of the kept ids and every drop's id, stage, reason and detail."""
-    h = hashlib.sha256()
-    for i in kept:
-        h.update(f"k\t{i}\n".encode())
-    for row in dropped.iter_rows():
-        h.update(("d\t" + "\t".join(str(v) for v in row) + "\n").encode())
-    return h.hexdigest()[:16]
-
-
 def run_split(name: str, tmp: Path, tag: str, seed: int, parts: int, batch_size: int, beam_args: list[str] | None = None) -> tuple[list[str], pl.DataFrame, dict]:
     path = CONFIGS / f"{name}.yaml"
     src = ROOT / load_config(str(path)).input.path
@@ -72,18 +63,19 @@ def check_config(name: str, tmp: Path, multi_processing: bool = True) -> str:
     on a third) give the same kept ids and the same dropped rows; returns the output digest."""
     kept, dropped, report = run_split(name, tmp, "a", seed=1, parts=3, batch_size=64)
     assert kept, f"{name}: nothing kept"
-    digest = output_digest(kept, dropped)
+    digest = report["output_digest"]
+    assert digest == output_digest([str(f) for f in sorted((tmp / "a" / "data").glob("*"))], [str(f) for f in sorted((tmp / "a" / "dropped").glob("*"))])
     runs = [("b", 2, 4, 37, None)]
     if multi_processing:
         runs.append(("mp", 3, 5, 50, MULTI_PROCESSING))
     for tag, seed, parts, batch, args in runs:
-        kept2, dropped2, _ = run_split(name, tmp, tag, seed, parts, batch, args)
+        kept2, dropped2, report2 = run_split(name, tmp, tag, seed, parts, batch, args)
         assert kept2 == kept, f"{name} [{tag}]: {len(set(kept) ^ set(kept2))} kept ids differ"
         # a malformed input line is named by its file and line, which the re-split moves: compare those by reason
         same = dropped.filter(pl.col("drop_stage") != "read"), dropped2.filter(pl.col("drop_stage") != "read")
         reasons = [d.filter(pl.col("drop_stage") == "read")["drop_reason"].sort().to_list() for d in (dropped, dropped2)]
         assert same[1].equals(same[0]) and reasons[1] == reasons[0], f"{name} [{tag}]: dropped rows differ"
-        assert output_digest(kept2, same[1]) == output_digest(kept, same[0])
+        assert report2["output_digest"] == digest, f"{name} [{tag}]: output digest differs"
     return digest
 
 
@@ -109,3 +101,21 @@ def test_same_run_twice_writes_byte_identical_dropped(tmp_path: Path) -> None:
         run_config(config)
         outs.append({f.name: f.read_bytes() for f in sorted((tmp_path / tag / "dropped").glob("*"))})
     assert outs[0] and outs[0] == outs[1]
+
+
+def test_output_digest_depends_on_outcome_not_on_shard_order(tmp_path: Path) -> None:
+    """Kept ids, drop reasons and details change the digest; shard order and read-drop positions do not."""
+    pl.DataFrame({"id": ["b", "a"]}).write_parquet(tmp_path / "k1.parquet")
+    pl.DataFrame({"id": ["c"]}).write_parquet(tmp_path / "k2.parquet")
+    drops = {"id": ["x", "f.jsonl:3"], "drop_stage": ["filter", "read"], "drop_reason": ["where", "malformed_json"],
+             "drop_detail": ["length<3", "line 3"]}
+    pl.DataFrame(drops).write_parquet(tmp_path / "d.parquet")
+    k1, k2, d = (str(tmp_path / n) for n in ("k1.parquet", "k2.parquet", "d.parquet"))
+    base = output_digest([k1, k2], [d])
+    assert output_digest([k2, k1], [d]) == base
+    pl.DataFrame({**drops, "id": ["x", "g.jsonl:9"], "drop_detail": ["length<3", "line 9"]}).write_parquet(tmp_path / "d2.parquet")
+    assert output_digest([k1, k2], [str(tmp_path / "d2.parquet")]) == base
+    for change in ({"drop_reason": ["other", "malformed_json"]}, {"drop_detail": ["length<4", "line 3"]}):
+        pl.DataFrame({**drops, **change}).write_parquet(tmp_path / "d3.parquet")
+        assert output_digest([k1, k2], [str(tmp_path / "d3.parquet")]) != base
+    assert output_digest([k1], [d]) != base

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from datacraft.core.graph import MAIN_BRANCH, branch_tails
-from datacraft.core.run_folder import BRANCHES_DIR, DATA_DIR, STATS_FILE, writing
+from datacraft.core.run_folder import BRANCHES_DIR, DATA_DIR, DROPPED_DIR, STATS_FILE, writing
 from datacraft.io.readers import READ_STAGE
 from datacraft.io.writers import to_datasets_folder
 from datacraft.pipeline.config import PipelineConfig, dump_config, load_config
-from datacraft.report.summary import build_report, lineage_counts, write_report
+from datacraft.report.summary import build_report, lineage_counts, output_digest, write_report
 
 
 def check_output_names(config: PipelineConfig) -> None:
@@ -106,6 +106,8 @@ def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], te
         main_tail=tails[MAIN_BRANCH],
     )
     report.update(branch_sections(out_dir, tails, report["stages"]))
+    report["output_digest"] = output_digest([os.path.join(out_dir, f) for f in report["output"]["files"]],
+                                            [str(f) for f in sorted(Path(out_dir, DROPPED_DIR).rglob("*")) if f.is_file()])
     report["timings"] = timings
     t_report = time.perf_counter()
     write_report(out_dir, report, html=config.output.html_report)

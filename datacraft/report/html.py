@@ -112,7 +112,8 @@ def header_html(report: Mapping[str, Any], facts: RunFacts) -> str:
     out_path = out.get("path") if isinstance(out, Mapping) else out
     meta = " · ".join(
         f"<span><b>{esc(k)}</b> {esc(truncate(v, 90))}</span>"
-        for k, v in (("input", inp), ("output", out_path), ("started", started), ("config", report.get("config_hash")))
+        for k, v in (("input", inp), ("output", out_path), ("started", started), ("config", report.get("config_hash")),
+                     ("output digest", report.get("output_digest")))
         if v
     )
     return (

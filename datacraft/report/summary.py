@@ -1,6 +1,6 @@
 """The run report: per-stage funnel (in / kept / created / dropped by reason), counters, timings.
 
-`build_report` orders the merged ledger entries (`datacraft.core.ledger`) them as the pipeline runs and checks the ledger (`in + created == kept +
+`build_report` orders the merged ledger entries (`datacraft.core.ledger`) as the pipeline runs them and checks the ledger (`in + created == kept +
 sum(dropped)` for every stage, and each stage's `in` equals the previous stage's `kept`);
 `write_report` writes `report.json` (and `report.html` when the renderer is available);
 `report_table` renders the funnel for the terminal.
@@ -8,17 +8,21 @@ sum(dropped)` for every stage, and each stage's `in` equals the previous stage's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from datacraft.core.ledger import LedgerEntry, ledger_problems
 from datacraft.core.run_folder import REPORT_JSON
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +69,63 @@ def build_report(
 DATASETS_METADATA = {"dataset_info.json", "state.json", "dataset_dict.json"}
 
 
-def lineage_counts(files: list[str]) -> dict[str, int]:
-    """Rows per `lineage.method` in written shards (Parquet or JSONL), most frequent first."""
+def read_shard_columns(path: str, columns: list[str]) -> pl.DataFrame | None:
+    """`columns` of one written shard (Parquet, JSONL or a `datasets` Arrow stream); None for a file
+    that holds no rows. A column the shard lacks is absent from the result."""
     import polars as pl
 
+    if path.endswith(".parquet"):
+        have = pl.read_parquet_schema(path)
+        return pl.read_parquet(path, columns=[c for c in columns if c in have])
+    if path.endswith(".jsonl") or (path.endswith(".json") and os.path.basename(path) not in DATASETS_METADATA):
+        frame = pl.read_ndjson(path) if os.path.getsize(path) else pl.DataFrame()
+        return frame.select([c for c in columns if c in frame.columns])
+    if path.endswith(".arrow"):  # a `datasets` folder's shards are Arrow IPC streams
+        import pyarrow as pa
+
+        with pa.memory_map(path) as source:
+            table = pa.ipc.open_stream(source).read_all()
+        return pl.from_arrow(table.select([c for c in columns if c in table.column_names]))
+    return None
+
+
+def lineage_counts(files: list[str]) -> dict[str, int]:
+    """Rows per `lineage.method` in written shards (Parquet or JSONL), most frequent first."""
     counts: dict[str, int] = {}
     for f in files:
-        if f.endswith(".parquet"):
-            frame = pl.read_parquet(f, columns=["lineage"]) if "lineage" in pl.read_parquet_schema(f) else pl.DataFrame()
-        elif f.endswith(".jsonl") or (f.endswith(".json") and os.path.basename(f) not in DATASETS_METADATA):
-            frame = pl.read_ndjson(f) if os.path.getsize(f) else pl.DataFrame()
-        elif f.endswith(".arrow"):  # a `datasets` folder's shards are Arrow IPC streams
-            import pyarrow as pa
-
-            with pa.memory_map(f) as source:
-                table = pa.ipc.open_stream(source).read_all()
-            frame = pl.from_arrow(table.select(["lineage"])) if "lineage" in table.column_names else pl.DataFrame()
-        else:
-            continue
-        if frame.height == 0 or "lineage" not in frame.columns:
+        frame = read_shard_columns(f, ["lineage"])
+        if frame is None or frame.height == 0 or "lineage" not in frame.columns:
             continue
         methods = frame["lineage"].struct.field("method").fill_null("seed")
         for method, n in methods.value_counts().iter_rows():
             counts[method] = counts.get(method, 0) + int(n)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+DROP_COLUMNS = ["id", "drop_stage", "drop_reason", "drop_detail"]
+
+
+def output_digest(data_files: list[str], dropped_files: list[str], read_stage: str = "read") -> str:
+    """sha256 (first 16 hex) of a run's outcome: the kept ids, each drop's id, stage, reason and
+    detail, and the reasons of the read stage's drops (a malformed line is named by its file and
+    line, which a different split of the same input moves). Independent of shard order, so two
+    runs of one config on one input can be compared by eye."""
+    import polars as pl
+
+    kept = sorted(i for f in data_files if (fr := read_shard_columns(f, ["id"])) is not None and "id" in fr.columns
+                  for i in fr["id"].to_list())
+    frames = [fr for f in dropped_files if (fr := read_shard_columns(f, DROP_COLUMNS)) is not None and fr.height]
+    dropped = (pl.concat([fr.select([pl.col(c).cast(pl.Utf8) if c in fr.columns else pl.lit(None, pl.Utf8).alias(c) for c in DROP_COLUMNS])
+                          for fr in frames]) if frames else pl.DataFrame(schema=dict.fromkeys(DROP_COLUMNS, pl.Utf8)))
+    h = hashlib.sha256()
+    for i in kept:
+        h.update(f"k\t{i}\n".encode())
+    is_read = pl.col("drop_stage") == read_stage
+    for row in dropped.filter(~is_read).sort(DROP_COLUMNS, nulls_last=True).iter_rows():
+        h.update(("d\t" + "\t".join("" if v is None else str(v) for v in row) + "\n").encode())
+    for reason in sorted(str(r) for r in dropped.filter(is_read)["drop_reason"].to_list()):
+        h.update(f"r\t{reason}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def write_report(run_dir: str | Path, report: Mapping[str, Any], html: bool = True) -> Path:
@@ -105,7 +142,8 @@ def write_report(run_dir: str | Path, report: Mapping[str, Any], html: bool = Tr
 
 
 def report_table(report: Mapping[str, Any]) -> Table:
-    table = Table(title=f"{report['name']} — {report['rows_in']} in → {report['rows_out']} out ({report['seconds']:.1f} s)")
+    digest = f" · digest {report['output_digest']}" if report.get("output_digest") else ""
+    table = Table(title=f"{report['name']} — {report['rows_in']} in → {report['rows_out']} out ({report['seconds']:.1f} s){digest}")
     for col in ("stage", "in", "created", "kept", "dropped", "why dropped", "s"):
         table.add_column(col, justify="left" if col in ("stage", "why dropped") else "right")
     for s in report["stages"]:
