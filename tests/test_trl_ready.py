@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-import polars as pl
 import pytest
 from trl.data_utils import is_conversational, maybe_extract_prompt
 
@@ -84,9 +83,10 @@ def test_mixed_rows_keep_both_layouts_readable(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sft_trainer_takes_a_step_on_written_data(tmp_path: Path) -> None:
     """One real SFTTrainer step of the embedded model on `data/` as written (no column renamed)."""
-    from datacraft.llm.models import resolve_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from datacraft.llm.models import resolve_model
 
     out = _run(tmp_path, "selfinstruct_60.jsonl", "sft")
     ds = _load(out).select_columns(["messages"]).select(range(4))

@@ -25,6 +25,7 @@ from datacraft.core.run_folder import BRANCHES_DIR, DATA_DIR, STATS_FILE, writin
 from datacraft.io.readers import READ_STAGE
 from datacraft.io.writers import to_datasets_folder
 from datacraft.pipeline.config import PipelineConfig, dump_config, load_config
+from datacraft.report.spread import score_uses
 from datacraft.report.summary import build_report, lineage_counts, write_report
 
 
@@ -107,6 +108,7 @@ def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], te
     )
     report.update(branch_sections(out_dir, tails, report["stages"]))
     report["timings"] = timings
+    report["score_uses"] = score_uses((s.label, s.name, s.params.model_dump(mode="json")) for s in config.build_stages())
     t_report = time.perf_counter()
     write_report(out_dir, report, html=config.output.html_report)
     report["timings"]["report_s"] = round(time.perf_counter() - t_report, 3)
