@@ -29,7 +29,9 @@ def _run(tmp_path: Path, corpus: str, name: str) -> Path:
 
 
 def _load(out: Path) -> datasets.Dataset:
-    return datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (out / "data").glob("*.parquet")), split="train")
+    files = sorted(str(p) for p in (out / "data").glob("*.parquet"))
+    # a cache of its own: `datasets` may reuse the cache of earlier files with the same names
+    return datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(out.parent / "hf_cache"))
 
 
 def test_sft_rows_load_into_trl_without_preference_columns(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ class InputConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="read at most this many records per file (a dry look)")
     split: str = "train"
     task_field: str = Field("task", description="record field that holds the task label (mixtures)")
+    license: str | None = Field(None, description="the input's license, a Hub license id (apache-2.0, cc-by-4.0, …): the published card's license")
 
     def read_options(self) -> Any:
         from datacraft.io.readers import ReadOptions
@@ -131,9 +132,9 @@ class PipelineConfig(_Strict):
 
 
 def config_hash(config: PipelineConfig) -> str:
-    """Hash of what decides the result: where it is written, whether it overwrites and which runner
-    runs it are left out, so the same curation gives the same hash wherever it runs."""
-    data = config.model_dump(mode="json", exclude={"output": {"path", "overwrite"}, "runner": True})
+    """Hash of what decides the result: where it is written, whether it overwrites, which runner
+    runs it and the input's license (card metadata) are left out, so the same curation gives the same hash wherever it runs."""
+    data = config.model_dump(mode="json", exclude={"input": {"license"}, "output": {"path", "overwrite"}, "runner": True})
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -266,7 +266,7 @@ def export_frame(
         splits = split_frame(out, test_size, seed)
         files[config] = {s: write_shards(f, folder, config, s, shard_rows) for s, f in splits.items()}
         rows[config] = {s: f.height for s, f in splits.items()}
-        columns[config] = TRL_COLUMNS["dpo" if kind == "dpo" else sft_style]
+        columns[config] = list(out.columns)
     return ExportResult(folder, files, rows, columns, concat_batches([d for d in drops if d.height]) if any(d.height for d in drops) else empty_batch(), report)
 
 
