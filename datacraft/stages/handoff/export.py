@@ -44,6 +44,12 @@ TRL_COLUMNS: dict[str, list[str]] = {
     "prompt_completion": ["prompt", "completion"],
     "dpo": ["prompt", "chosen", "rejected"],
 }
+def trl_columns(columns: Sequence[str]) -> list[str]:
+    """The columns TRL reads among written ones (the rest, id / task / source / scores, ride along)."""
+    known = {c for cols in TRL_COLUMNS.values() for c in cols}
+    return [c for c in columns if c in known]
+
+
 #: extra columns kept next to the TRL columns (those present in the frame)
 DEFAULT_KEEP = ("id", "task", "source", "scores")
 
