@@ -82,3 +82,40 @@ def test_hash_changes_with_the_config(tmp_path: Path) -> None:
     a, b = load_config(path), load_config(path)
     c = load_config(path, ["filter.where=length.response >= 4"])
     assert a.hash() == b.hash() != c.hash()
+
+
+def test_every_problem_is_listed_in_one_error(tmp_path: Path) -> None:
+    """Unknown keys, a wrong type, an unknown stage and a bad stage parameter: all in one error,
+    each with its file:line and key (not one per run)."""
+    text = """\
+input:
+  path: tests/data/alpaca_llamafactory_200.jsonl
+  batch_size: lots
+stages:
+  - name: heuristix
+  - name: filter
+    wher: "length.response >= 3"
+  - name: exact_dedup
+    text: 7
+output:
+  path: out/x
+  colour: blue
+"""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "6 problems" in msg  # the five above and filter's missing `where`
+    for line, key in ((3, "input.batch_size"), (12, "output.colour: unknown key"), (5, "stages[0].name"),
+                      (6, "stages[1].where: Field required"), (7, "stages[1].wher: unknown key"), (9, "stages[2].text")):
+        assert f"c.yaml:{line}: {key}" in msg, (line, key, msg)
+
+
+def test_every_missing_score_is_listed(tmp_path: Path) -> None:
+    text = BASE.replace('where: "length.response >= 3"', 'where: "qualty >= 3"').replace(
+        "output:", '  - {name: filter, id: f2, where: "complexty >= 1"}\noutput:')
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    msg = str(err.value)
+    assert "2 problems" in msg and "c.yaml:6: stages[1].where" in msg and "c.yaml:7: stages[2].where" in msg
+    assert "'qualty'" in msg and "'complexty'" in msg

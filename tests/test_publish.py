@@ -6,16 +6,21 @@ build and test this project, so the test asserts the calls (create_repo, upload_
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from unittest import mock
 
 import datasets
+import polars as pl
 import pytest
 import yaml
 from huggingface_hub import DatasetCard
 
+from datacraft.pipeline.config import load_config
+from datacraft.pipeline.run import run_config
 from datacraft.train.publish import (
+    CardOptions,
     PublishError,
     build_publish_folder,
     check_repo_id,
@@ -24,7 +29,7 @@ from datacraft.train.publish import (
     size_category,
     validate_card,
 )
-from tests._train_fixtures import make_run_folder
+from tests._train_fixtures import DATA, make_run_folder
 
 FAKE_TOKEN = "hf_fakeTOKEN0123456789abcdefghijklmnop"
 
@@ -41,7 +46,7 @@ def test_built_folder_loads_with_datasets_and_card_validates(run_folder: tuple[P
     folder = plan.folder
     assert validate_card(folder) == []
     meta = parse_card_yaml(folder)
-    assert meta["license"] == "other" and meta["task_categories"] == ["text-generation"]
+    assert meta["license"] == "unknown" and meta["task_categories"] == ["text-generation"]  # the fixture's input has none
     assert meta["size_categories"] == ["n<1K"]
     assert [c["config_name"] for c in meta["configs"]] == ["sft", "dpo"]
     assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "sft/train-*"}, {"split": "test", "path": "sft/test-*"}]
@@ -183,7 +188,8 @@ def test_publish_a_real_run_folder(tmp_path: Path) -> None:
     kept = report["stages"][-1]["kept"]
     plan = build_publish_folder(out, "alice/filtered", tmp_path / "hub", test_size=0.1)
     assert validate_card(plan.folder) == []
-    ds = datasets.load_dataset(str(plan.folder), "sft")
+    # a fresh cache: `datasets` keys a local folder's cache by its files' names, not their contents
+    ds = datasets.load_dataset(str(plan.folder), "sft", cache_dir=str(tmp_path / "hf_cache"))
     assert ds["train"].num_rows + ds["test"].num_rows == kept
     body = (plan.folder / "README.md").read_text()
     assert f"`{config.hash()}`" in body and "| exact_dedup | " in body and "images/score_length.response.png" in body
@@ -199,3 +205,44 @@ def test_refuses_to_overwrite_a_foreign_folder(run_folder: tuple[Path, dict[str,
     assert (foreign / "notes.txt").read_text() == "keep me"
     build_publish_folder(run, "alice/curated", tmp_path / "hub")
     build_publish_folder(run, "alice/curated", tmp_path / "hub")  # a rebuild of our own folder is fine
+
+
+def test_card_lists_every_column_and_says_how_to_set_an_unknown_license(run_folder: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    run, _ = run_folder
+    plan = build_publish_folder(run, "alice/curated", tmp_path / "hub")
+    text = (plan.folder / "README.md").read_text()
+    for config in ("sft", "dpo"):
+        written = pl.read_parquet(str(plan.folder / config / "*.parquet")).columns
+        assert plan.export.columns[config] == written and {"id", "scores"} <= set(written)
+        for column in written:
+            assert f"- `{column}`:" in text, column
+    assert parse_card_yaml(plan.folder)["license"] == "unknown"
+    assert "License: **unknown**" in text and "input: {license: <Hub license id>}" in text and "--license" in text
+
+
+def test_card_license_comes_from_the_input(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_run_folder(run, with_preference=False)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("input: {path: tests/data/alpaca_llamafactory_200.jsonl}",
+                                                  "input: {path: tests/data/alpaca_llamafactory_200.jsonl, license: apache-2.0}"))
+    plan = build_publish_folder(run, "alice/curated", tmp_path / "hub")
+    assert parse_card_yaml(plan.folder)["license"] == "apache-2.0"
+    assert "from input.license in the run's config" in (plan.folder / "README.md").read_text()
+    assert validate_card(plan.folder) == []
+    # the user's --license wins
+    plan = build_publish_folder(run, "alice/curated", tmp_path / "hub", options=CardOptions(license="mit"))
+    assert parse_card_yaml(plan.folder)["license"] == "mit"
+
+
+def test_card_license_from_a_license_field_of_the_rows(tmp_path: Path) -> None:
+    """Rows that carry their own `license` field (a real DPO corpus, each record tagged)."""
+    src = tmp_path / "in.jsonl"
+    lines = (DATA / "llamafactory_dpo_60.jsonl").read_text().splitlines()[:20]
+    src.write_text("".join(json.dumps({**json.loads(line), "license": "Apache-2.0"}) + "\n" for line in lines))
+    out = tmp_path / "run"
+    run_config(load_config(data={"name": "lic", "input": {"path": str(src)}, "stages": [{"name": "heuristics"}],
+                                 "output": {"path": str(out)}}))
+    plan = build_publish_folder(out, "alice/curated", tmp_path / "hub")
+    assert parse_card_yaml(plan.folder)["license"] == "apache-2.0"
+    assert "the `license` field of the input rows" in (plan.folder / "README.md").read_text()

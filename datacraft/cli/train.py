@@ -110,7 +110,7 @@ def publish_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="build the exact folder, upload nothing (no token needed)")] = False,
     folder: Annotated[Path | None, typer.Option("--folder", help="where to build the folder (default: OUT-hub)")] = None,
     private: Annotated[bool, typer.Option("--private", help="create the repo as private")] = False,
-    license: Annotated[str, typer.Option("--license", help="Hub license id, e.g. apache-2.0, mit, cc-by-4.0")] = "other",  # noqa: A002
+    license: Annotated[str | None, typer.Option("--license", help="Hub license id, e.g. apache-2.0, mit, cc-by-4.0 (default: the input's, from input.license or the rows' license field; else unknown)")] = None,  # noqa: A002
     language: Annotated[list[str] | None, typer.Option("--language", help="ISO language code (repeatable)")] = None,
     task_category: Annotated[list[str] | None, typer.Option("--task-category", help="Hub task category (repeatable)")] = None,
     pretty_name: Annotated[str | None, typer.Option("--pretty-name")] = None,

@@ -30,6 +30,8 @@ import polars as pl
 import pyarrow as pa
 
 SCORE_PREFIX = "scores."
+#: the name of `messages` in written files of preference rows only (TRL's explicit prompt)
+PROMPT_COLUMN = "prompt"
 MESSAGE_DTYPE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
 MESSAGES_DTYPE = pl.List(MESSAGE_DTYPE)
 LINEAGE_DTYPE = pl.Struct({"parent_ids": pl.List(pl.Utf8), "method": pl.Utf8})
@@ -316,11 +318,23 @@ def is_preference_expr() -> pl.Expr:
 
 
 def to_output_frame(df: pl.DataFrame, keep_embedding: bool = False) -> pl.DataFrame:
-    """Batch layout → written layout: `scores.*` packed into a `scores` struct; private columns removed."""
+    """Batch layout → written layout: `scores.*` packed into a `scores` struct; private columns removed.
+
+    TRL-ready: a frame of SFT rows only leaves out `chosen` / `rejected` (all null: TRL's SFTTrainer
+    takes such a column for the conversation), and a frame of preference rows only names its
+    prompt `prompt` (TRL's explicit-prompt preference format) instead of `messages`. Mixed frames
+    keep both, as before; `from_output_frame` reads every variant back."""
     df = conform(df)
     cols = score_columns(df)
     private = [c for c in df.columns if c.startswith("_") or (c == "embedding" and not keep_embedding)]
     out = df.drop(private)
+    if out.height:
+        no_pref = out["chosen"].null_count() == out.height and out["rejected"].null_count() == out.height
+        all_pref = out["chosen"].null_count() == 0 and out["rejected"].null_count() == 0
+        if no_pref:
+            out = out.drop("chosen", "rejected")
+        elif all_pref:
+            out = out.rename({"messages": PROMPT_COLUMN})
     if cols:
         out = out.with_columns(
             pl.struct([pl.col(c).fill_nan(None).alias(c[len(SCORE_PREFIX) :]) for c in cols]).alias("scores")
@@ -330,12 +344,25 @@ def to_output_frame(df: pl.DataFrame, keep_embedding: bool = False) -> pl.DataFr
 
 def from_output_frame(df: pl.DataFrame) -> pl.DataFrame:
     """Written layout → batch layout (the inverse of `to_output_frame`)."""
+    if PROMPT_COLUMN in df.columns and "messages" not in df.columns:
+        df = df.rename({PROMPT_COLUMN: "messages"})
     if "scores" in df.columns and isinstance(df.schema["scores"], pl.Struct):
         fields = [f.name for f in df.schema["scores"].fields]
         df = df.with_columns(
             [pl.col("scores").struct.field(f).cast(pl.Float64).alias(SCORE_PREFIX + f) for f in fields]
         ).drop("scores")
     return conform(df)
+
+
+def is_written_layout(columns: Iterable[str]) -> bool:
+    """Whether these columns are datacraft's written layout (SFT rows, preference rows or both)."""
+    names = set(columns)
+    return {"id", "lineage"} <= names and ("messages" in names or {PROMPT_COLUMN, "chosen", "rejected"} <= names)
+
+
+def written_messages(row: Mapping[str, Any]) -> Any:
+    """A written row's conversation (its prompt, for a file of preference rows only)."""
+    return row.get("messages") if row.get("messages") is not None else row.get(PROMPT_COLUMN)
 
 
 def row_to_output(row: Mapping[str, Any]) -> dict[str, Any]:

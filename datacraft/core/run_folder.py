@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from datacraft.core.paths import is_jsonl
-from datacraft.core.rows import SCORE_PREFIX
+from datacraft.core.rows import SCORE_PREFIX, written_messages
 
 DATA_DIR = "data"
 DROPPED_DIR = "dropped"
@@ -80,8 +80,8 @@ def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def row_texts(row: Mapping[str, Any]) -> tuple[str, str]:
     """(instruction, response) of a written-layout row; rows dropped at read show their raw record."""
-    users = _turns(row.get("messages"), "user")
-    answers = _turns(row.get("chosen"), "assistant") or _turns(row.get("messages"), "assistant")
+    users = _turns(written_messages(row), "user")
+    answers = _turns(row.get("chosen"), "assistant") or _turns(written_messages(row), "assistant")
     if not users and not answers:
         raw = _meta(row).get("raw")
         return (str(raw) if raw else ""), ""

@@ -20,7 +20,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from datacraft.core.rows import SCORE_PREFIX, make_row, meta_of
+from datacraft.core.rows import (
+    PROMPT_COLUMN,
+    SCORE_PREFIX,
+    is_written_layout,
+    make_row,
+    meta_of,
+    written_messages,
+)
 
 FORMATS = ("alpaca", "sharegpt", "messages", "completion", "preference", "datacraft")
 
@@ -61,7 +68,7 @@ class FormatDetectionError(ValueError):
 def detect_format(record: Mapping[str, Any]) -> str | None:
     """The format of one record from its keys, or None when no known format fits."""
     keys = set(record)
-    if "lineage" in keys and "messages" in keys:
+    if is_written_layout(keys):
         return "datacraft"
     if {"prompt", "chosen", "rejected"} <= keys:
         return "preference"
@@ -246,7 +253,7 @@ def _from_datacraft(record: Mapping[str, Any]) -> dict[str, Any]:
         if record.get(key) is not None and not isinstance(record[key], str):
             raise RecordError(key, f"expected a string, got {type(record[key]).__name__}")
     row = make_row(
-        _messages(record.get("messages"), "messages", "user"),
+        _messages(written_messages(record), "messages" if "messages" in record else PROMPT_COLUMN, "user"),
         id=record.get("id"),
         task=record.get("task"),
         source=record.get("source"),

@@ -24,7 +24,14 @@ import numpy as np
 import polars as pl
 
 from datacraft.core.paths import is_jsonl, is_parquet
-from datacraft.core.rows import batch_from_rows, concat_batches, from_output_frame, make_row, with_drop
+from datacraft.core.rows import (
+    batch_from_rows,
+    concat_batches,
+    from_output_frame,
+    is_written_layout,
+    make_row,
+    with_drop,
+)
 from datacraft.core.run_folder import DATA_DIR, REPORT_JSON, is_run_folder, require_finished
 from datacraft.io.formats import FORMATS, RecordError, describe_unknown, detect_format, to_row
 
@@ -550,7 +557,7 @@ def _records_from_arrow_batches(batches: Iterator[Any], task: ReadTask, options:
             frame = frame.head(max(0, options.limit - row_no))
             if frame.height == 0:
                 break
-        if {"id", "messages", "lineage"} <= set(frame.columns) and options.format in ("auto", "datacraft"):
+        if is_written_layout(frame.columns) and options.format in ("auto", "datacraft"):
             try:
                 kept = from_output_frame(frame)
             except (pl.exceptions.PolarsError, TypeError, ValueError):

@@ -54,6 +54,7 @@ class InputConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="read at most this many records per file (a dry look)")
     split: str = "train"
     task_field: str = Field("task", description="record field that holds the task label (mixtures)")
+    license: str | None = Field(None, description="the input's license, a Hub license id (apache-2.0, cc-by-4.0, …): the published card's license")
 
     def read_options(self) -> Any:
         from datacraft.io.readers import ReadOptions
@@ -131,9 +132,9 @@ class PipelineConfig(_Strict):
 
 
 def config_hash(config: PipelineConfig) -> str:
-    """Hash of what decides the result: where it is written, whether it overwrites and which runner
-    runs it are left out, so the same curation gives the same hash wherever it runs."""
-    data = config.model_dump(mode="json", exclude={"output": {"path", "overwrite"}, "runner": True})
+    """Hash of what decides the result: where it is written, whether it overwrites, which runner
+    runs it and the input's license (card metadata) are left out, so the same curation gives the same hash wherever it runs."""
+    data = config.model_dump(mode="json", exclude={"input": {"license"}, "output": {"path", "overwrite"}, "runner": True})
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -180,19 +181,30 @@ def _fmt_path(path: tuple[Any, ...]) -> str:
     return out or "<root>"
 
 
-def _raise_validation(err: ValidationError, source: str, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = ()) -> None:
+def _validation_messages(err: ValidationError, source: str, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = ()) -> list[str]:
+    """One `file:line: key.path: what` line per pydantic error."""
     msgs = []
     for e in err.errors():
         path = (*prefix, *e["loc"])
         what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         msgs.append(f"{_where(source, lines, path)}: {_fmt_path(path)}: {what}")
-    raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
+    return msgs
 
 
-def _check_graph_keys(spec: Mapping[str, Any], i: int, earlier: set[str], source: str, lines: dict[tuple[Any, ...], int]) -> None:
+def _raise_problems(problems: list[str]) -> None:
+    """One ConfigError listing every problem found (a lone problem as one line)."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"invalid config ({len(problems)} problems):\n  " + "\n  ".join(problems))
+
+
+def _graph_key_problems(spec: Mapping[str, Any], i: int, earlier: set[str], source: str, lines: dict[tuple[Any, ...], int]) -> list[str]:
     """`from` names an earlier stage (or `read`), `branch` is a plain name, `slice` a positive count."""
+    problems: list[str] = []
+
     def fail(key: str, what: str) -> None:
-        raise ConfigError(f"{_where(source, lines, ('stages', i, key))}: stages[{i}].{key}: {what}")
+        problems.append(f"{_where(source, lines, ('stages', i, key))}: stages[{i}].{key}: {what}")
 
     label = spec.get("id") or spec["name"]
     if label == READ_LABEL:
@@ -207,30 +219,43 @@ def _check_graph_keys(spec: Mapping[str, Any], i: int, earlier: set[str], source
     cut = spec.get("slice")
     if cut is not None and (isinstance(cut, bool) or not isinstance(cut, int) or cut < 1):
         fail("slice", f"{cut!r}: the number of rows that go through the stage (>= 1)")
+    return problems
 
 
-def validate_stages(config: PipelineConfig, source: str = "<config>", lines: dict[tuple[Any, ...], int] | None = None) -> None:
+def stage_problems(stages: Any, source: str = "<config>", lines: dict[tuple[Any, ...], int] | None = None) -> list[str]:
+    """Every problem of the `stages:` list: a missing or unknown name, a repeated label, a bad
+    graph key, an unknown or mistyped parameter — all of them, each with file:line and key."""
     lines = lines or {}
+    if not isinstance(stages, list):
+        return []  # the top-level validation names it
+    problems: list[str] = []
     seen: set[str] = set()
-    for i, spec in enumerate(config.stages):
+    for i, spec in enumerate(stages):
+        if not isinstance(spec, dict):
+            continue  # the top-level validation names it
         if "name" not in spec:
-            raise ConfigError(f"{_where(source, lines, ('stages', i))}: stages[{i}]: missing 'name'")
+            problems.append(f"{_where(source, lines, ('stages', i))}: stages[{i}]: missing 'name'")
+            continue
         label = spec.get("id") or spec["name"]
         if label in seen:
-            raise ConfigError(
-                f"{_where(source, lines, ('stages', i))}: stages[{i}]: a second stage labelled {label!r}; give it an 'id'"
-            )
-        _check_graph_keys(spec, i, seen, source, lines)
+            problems.append(f"{_where(source, lines, ('stages', i))}: stages[{i}]: a second stage labelled {label!r}; give it an 'id'")
+        problems += _graph_key_problems(spec, i, seen, source, lines)
         seen.add(label)
         try:
             cls = stage_class(spec["name"])
         except UnknownStageError as err:
-            raise ConfigError(f"{_where(source, lines, ('stages', i, 'name'))}: stages[{i}].name: {err}") from None
-        params = stage_params(spec)
+            problems.append(f"{_where(source, lines, ('stages', i, 'name'))}: stages[{i}].name: {err}")
+            continue
         try:
-            cls.Params.model_validate(params)
+            cls.Params.model_validate(stage_params(spec))
         except ValidationError as err:
-            _raise_validation(err, source, lines, ("stages", i))
+            problems += _validation_messages(err, source, lines, ("stages", i))
+    return problems
+
+
+def validate_stages(config: PipelineConfig, source: str = "<config>", lines: dict[tuple[Any, ...], int] | None = None) -> None:
+    """Raise one ConfigError listing every problem of the config's stages."""
+    _raise_problems(stage_problems(config.stages, source, lines))
 
 
 def input_columns(config: PipelineConfig) -> set[str] | None:
@@ -260,9 +285,11 @@ def _param_of(spec: Mapping[str, Any], column: str) -> str | None:
 def check_columns(config: PipelineConfig, available: set[str] | None, source: str = "<config>",
                   lines: dict[tuple[Any, ...], int] | None = None) -> None:
     """Walk the stages in order: every column a stage reads must come from the input or an earlier
-    stage's writes. `available=None` (input not peekable): scores are not checked."""
+    stage's writes (every stage's first missing column is listed, in one error). `available=None`
+    (input not peekable): scores are not checked."""
     lines = lines or {}
     have_at = {READ_LABEL: set(BASE_COLUMNS) if available is None else set(available)}
+    problems: list[str] = []
     for i, (spec, stage, plan) in enumerate(zip(config.stages, config.build_stages(), config.plan(), strict=True)):
         have = have_at[plan.source]
         missing = sorted(c for c in stage.reads() - have if not (available is None and c.startswith(SCORE_PREFIX)))
@@ -276,11 +303,12 @@ def check_columns(config: PipelineConfig, available: set[str] | None, source: st
             what = f"score {name!r}" if col.startswith(SCORE_PREFIX) else f"column {name!r}"
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             known = ", ".join(sorted(pool)) or "none"
-            raise ConfigError(
+            problems.append(
                 f"{_where(source, lines, path)}: {_fmt_path(path)}: stage {stage.label!r} reads {what}, which neither the input "
                 f"nor an earlier stage writes{hint} (available: {known})"
             )
         have_at[plan.label] = have | stage.writes()
+    _raise_problems(problems)
 
 
 def parse_value(text: str) -> Any:
@@ -340,11 +368,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{source}: the top level must be a mapping")
     data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
     lines = _line_index(text) if text else {}
+    problems: list[str] = []
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as err:
-        _raise_validation(err, source, lines)
-    validate_stages(config, source, lines)
+        problems = _validation_messages(err, source, lines)
+    _raise_problems(problems + stage_problems(data.get("stages"), source, lines))
     if check_inputs:
         check_columns(config, input_columns(config), source, lines)
     return config

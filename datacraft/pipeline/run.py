@@ -25,6 +25,7 @@ from datacraft.core.run_folder import BRANCHES_DIR, DATA_DIR, DROPPED_DIR, STATS
 from datacraft.io.readers import READ_STAGE
 from datacraft.io.writers import to_datasets_folder
 from datacraft.pipeline.config import PipelineConfig, dump_config, load_config
+from datacraft.report.spread import score_uses
 from datacraft.report.summary import build_report, lineage_counts, output_digest, write_report
 
 
@@ -109,6 +110,7 @@ def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], te
     report["output_digest"] = output_digest([os.path.join(out_dir, f) for f in report["output"]["files"]],
                                             [str(f) for f in sorted(Path(out_dir, DROPPED_DIR).rglob("*")) if f.is_file()])
     report["timings"] = timings
+    report["score_uses"] = score_uses((s.label, s.name, s.params.model_dump(mode="json")) for s in config.build_stages())
     t_report = time.perf_counter()
     write_report(out_dir, report, html=config.output.html_report)
     report["timings"]["report_s"] = round(time.perf_counter() - t_report, 3)

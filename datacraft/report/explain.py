@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from datacraft.core.rows import written_messages
 from datacraft.core.run_folder import (
     DROPPED,
     MISSING,
@@ -160,7 +161,7 @@ def render_explanation(expl: Mapping[str, Any]) -> Any:
     for key in ("task", "source"):
         if row.get(key):
             body.add_row(key, str(row[key]))
-    for m in row.get("messages") or []:
+    for m in written_messages(row) or []:
         body.add_row(str(m.get("role")), truncate(m.get("content"), 600))
     for key in ("chosen", "rejected"):
         for m in row.get(key) or []:

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from datacraft.core.ledger import LedgerEntry
-from datacraft.core.rows import SCORE_PREFIX
+from datacraft.core.rows import PROMPT_COLUMN, SCORE_PREFIX
 from datacraft.core.run_folder import (
     KEPT,
     REPORT_JSON,
@@ -35,7 +35,7 @@ EXAMPLES_PER_REASON = 3
 MAX_POINTS = 3000
 MAX_SCORE_VALUES = 2_000_000
 MAX_ROWS_PER_ROW_PATH = 20_000
-_ROW_COLUMNS = ["id", "scores", "embedding", "messages", "chosen", "meta", "drop_stage", "drop_reason", "drop_detail"]
+_ROW_COLUMNS = ["id", "scores", "embedding", "messages", PROMPT_COLUMN, "chosen", "meta", "drop_stage", "drop_reason", "drop_detail"]
 
 
 @dataclass

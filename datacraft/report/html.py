@@ -35,6 +35,7 @@ from datacraft.report.charts import (
 )
 from datacraft.report.facts import RunFacts, collect_facts, stage_balance
 from datacraft.report.format import esc, fmt_int, fmt_num, fmt_seconds
+from datacraft.report.spread import score_spreads
 
 _RESOURCES = "resources/report"
 
@@ -196,20 +197,31 @@ def drops_section(report: Mapping[str, Any], facts: RunFacts) -> str:
 def scores_section(facts: RunFacts) -> str:
     if not any(len(v) for v in facts.scores_all.values()):
         return _section("scores", "Scores", '<div class="card note">No row in this run carries a score.</div>')
-    cards = []
+    spreads = score_spreads(facts.scores_all, facts.scores_kept, facts.report.get("score_uses") or {})
+    cards, constant = [], []
     for name in sorted(facts.scores_all):
         before = facts.scores_all[name]
-        if not len(before):
+        spread = spreads[name]
+        if not spread["n"]:
             continue
+        if spread["constant"] and not spread["warning"]:
+            constant.append(f"{esc(name)} = {spread['min']:.3g}")
+            continue  # a histogram of one value carries no information
         after = facts.scores_kept.get(name, np.empty(0))
         sub = (
             f"median {np.median(before):.3g} → {np.median(after):.3g} · {len(after):,}/{len(before):,} kept"
             if len(after)
             else f"median {np.median(before):.3g} · none kept"
         )
+        sub += f" · std {spread['std']:.3g} · p10–p90 {spread['p10']:.3g}–{spread['p90']:.3g}"
+        if spread["used_as"]:
+            sub += f" · used as {esc(', '.join(spread['used_as']))}"
+        warn = f'<div class="note warn">⚠ {esc(spread["warning"])}</div>' if spread["warning"] else ""
         trust = f'<div class="note">How much to trust it: {esc(summary_for(name))}</div>'
-        cards.append(_card(name, f'<div class="chart">{histogram_svg(name, before, after)}</div>{trust}', "", sub))
-    return _section("scores", "Score distributions", f'<div class="grid">{"".join(cards)}</div>',
+        cards.append(_card(name, f'{warn}<div class="chart">{histogram_svg(name, before, after)}</div>{trust}', "", sub))
+    hidden = (f'<div class="card note">Constant on every row (histogram hidden): {", ".join(constant)}.</div>'
+              if constant else "")
+    return _section("scores", "Score distributions", f'{hidden}<div class="grid">{"".join(cards)}</div>',
                     "Grey: every row that had the score (kept and dropped). Indigo: the rows kept.")
 
 
@@ -487,9 +499,9 @@ def build_page(facts: RunFacts) -> str:
     )
 
 
-def render_html(run_dir: str) -> str:
-    """Render `run_dir/report.html` from the run folder and return its path."""
-    facts = collect_facts(run_dir)
+def render_html(run_dir: str, facts: RunFacts | None = None) -> str:
+    """Render `run_dir/report.html` from the run folder (or its facts, already collected) and return its path."""
+    facts = facts or collect_facts(run_dir)
     page = build_page(facts)
     path = os.path.join(run_dir, REPORT_HTML)
     tmp = path + ".tmp"

@@ -128,14 +128,30 @@ def output_digest(data_files: list[str], dropped_files: list[str], read_stage: s
     return h.hexdigest()[:16]
 
 
-def write_report(run_dir: str | Path, report: Mapping[str, Any], html: bool = True) -> Path:
+def write_report(run_dir: str | Path, report: dict[str, Any], html: bool = True) -> Path:
+    """Write report.json (adding each score's spread, `scores`, the first time) and report.html."""
     path = Path(run_dir) / REPORT_JSON
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    if html:
+    facts = None
+    if "scores" not in report or html:
+        from datacraft.report.facts import collect_facts
+        from datacraft.report.spread import score_spreads
+
+        try:
+            facts = collect_facts(str(run_dir))
+        except Exception as err:  # the data is written; a report that cannot be read back must not fail the run
+            log.warning("the run's scores could not be summarised: %s", err)
+        if facts is not None and "scores" not in report:
+            report["scores"] = score_spreads(facts.scores_all, facts.scores_kept, report.get("score_uses") or {})
+            path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+            facts.report = report
+            for warning in (s["warning"] for s in report["scores"].values() if s.get("warning")):
+                log.warning("%s", warning)
+    if html and facts is not None:
         from datacraft.report.html import render_html
 
         try:
-            render_html(str(run_dir))
+            render_html(str(run_dir), facts)
         except Exception as err:  # the data is written; a broken plot must not fail the run
             log.warning("report.html could not be rendered: %s", err)
     return path

@@ -225,11 +225,50 @@ def configs_metadata(export: ExportResult) -> list[dict[str, Any]]:
     return out
 
 
+#: what each column of the published shards holds (the card's "Columns" section)
+COLUMN_DOCS = {
+    "id": "stable row id (the source id, a content hash, or for synthesized rows a hash of parents + method)",
+    "messages": "the conversation, `[{role, content}]` (TRL's conversational SFT format)",
+    "prompt": "the prompt turns, `[{role, content}]`",
+    "completion": "the answer turn, `[{role, content}]`",
+    "chosen": "the preferred answer, `[{role, content}]`",
+    "rejected": "the dispreferred answer, `[{role, content}]`",
+    "task": "mixture / task label (null when the input had none)",
+    "source": "where the row came from (input file or synthesis stage)",
+    "scores": "the scores datacraft computed, name → float (see Score distributions)",
+}
+
+
+def derive_license(config_text: str, rows: pl.DataFrame) -> tuple[str | None, str]:
+    """The input's license and where it was found: `input.license` of the run's config, else a
+    `license` field all the rows that carry one agree on; (None, why) when unknown."""
+    try:
+        config = yaml.safe_load(config_text) if config_text else None
+    except yaml.YAMLError:
+        config = None
+    given = ((config or {}).get("input") or {}).get("license") if isinstance(config, dict) else None
+    if isinstance(given, str) and given:
+        return given, "input.license in the run's config"
+    found: set[str] = set()
+    if "meta" in rows.columns:
+        for meta in rows["meta"].drop_nulls().to_list():
+            record = json.loads(meta) if isinstance(meta, str) else meta
+            value = record.get("license", record.get("record.license")) if isinstance(record, dict) else None
+            if isinstance(value, str) and value:
+                found.add(value.lower())
+    if len(found) == 1:
+        return found.pop(), "the `license` field of the input rows"
+    if found:
+        return None, f"the input rows carry {len(found)} different licenses ({', '.join(sorted(found)[:5])})"
+    return None, "the run's config has no input.license and the input rows carry no license field"
+
+
 @dataclass
 class CardOptions:
-    """Card metadata chosen by the user (license etc.) — the rest is computed from the run."""
+    """Card metadata chosen by the user (license etc.) — the rest is computed from the run.
+    `license=None`: derived from the input (`derive_license`), else `unknown` with how to set it."""
 
-    license: str = "other"
+    license: str | None = None
     language: list[str] = field(default_factory=lambda: ["en"])
     task_categories: list[str] = field(default_factory=lambda: ["text-generation"])
     pretty_name: str | None = None
@@ -242,9 +281,17 @@ def render_card(
 ) -> DatasetCard:
     """README.md: YAML metadata + body (funnel, histograms, lineage, config + hash)."""
     n_rows = sum(sum(v.values()) for v in export.rows.values())
-    kinds = sorted({"dpo" if cols == ["prompt", "chosen", "rejected"] else "sft" for cols in export.columns.values()})
+    kinds = sorted({"dpo" if "chosen" in cols else "sft" for cols in export.columns.values()})
+    if options.license:
+        license_id, license_md = options.license, f"License: `{options.license}` (given with `--license`)."
+    else:
+        license_id, why = derive_license(config_text, rows)
+        license_md = (f"License: `{license_id}` (from {why}; the input's own license terms apply to its rows)." if license_id else
+                      f"License: **unknown** — {why}. Set it with `input: {{license: <Hub license id>}}` in the config "
+                      "or `datacraft publish … --license <id>` (e.g. apache-2.0, cc-by-4.0).")
+        license_id = license_id or "unknown"
     data = DatasetCardData(
-        license=options.license,
+        license=license_id,
         language=options.language or None,
         task_categories=options.task_categories,
         size_categories=[size_category(n_rows)],
@@ -263,6 +310,8 @@ def render_card(
         for config, splits in export.rows.items()
         for split, n in splits.items()
     )
+    all_columns = list(dict.fromkeys(c for cols in export.columns.values() for c in cols))
+    columns_md = "\n".join(f"- `{c}`: {COLUMN_DOCS.get(c, 'carried over from the run')}" for c in all_columns)
     hist_md = "\n\n".join(f"![{score}]({path})\n\n*{score}*: {summary_for(score)}" for score, path in images.items()) or "_No scores were computed in this run._"
     decon = export.decontamination
     decon_md = (
@@ -283,6 +332,12 @@ from datasets import load_dataset
 | config | split | rows | columns |
 |---|---|---:|---|
 {split_table}
+
+{license_md}
+
+## Columns
+
+{columns_md}
 
 ## Curation funnel
 

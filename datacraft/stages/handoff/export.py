@@ -44,6 +44,12 @@ TRL_COLUMNS: dict[str, list[str]] = {
     "prompt_completion": ["prompt", "completion"],
     "dpo": ["prompt", "chosen", "rejected"],
 }
+def trl_columns(columns: Sequence[str]) -> list[str]:
+    """The columns TRL reads among written ones (the rest, id / task / source / scores, ride along)."""
+    known = {c for cols in TRL_COLUMNS.values() for c in cols}
+    return [c for c in columns if c in known]
+
+
 #: extra columns kept next to the TRL columns (those present in the frame)
 DEFAULT_KEEP = ("id", "task", "source", "scores")
 
@@ -266,7 +272,7 @@ def export_frame(
         splits = split_frame(out, test_size, seed)
         files[config] = {s: write_shards(f, folder, config, s, shard_rows) for s, f in splits.items()}
         rows[config] = {s: f.height for s, f in splits.items()}
-        columns[config] = TRL_COLUMNS["dpo" if kind == "dpo" else sft_style]
+        columns[config] = list(out.columns)
     return ExportResult(folder, files, rows, columns, concat_batches([d for d in drops if d.height]) if any(d.height for d in drops) else empty_batch(), report)
 
 

@@ -65,8 +65,6 @@ class TrainStage(GlobalStage[TrainParams, None]):
                                "max_length": p.max_length, "num_train_epochs": p.epochs}
         if p.max_steps:
             trl["max_steps"] = p.max_steps
-        if p.kind == "dpo":
-            trl["truncation_mode"] = "keep_end"
         return TrainConfig(kind=p.kind, model=p.model, output_dir=self.output_dir(), sft_style=p.sft_style,
                            test_size=p.test_size, seed=self.context.seed, lora=p.lora, torch_threads=p.torch_threads,
                            trl={**trl, **p.trl})

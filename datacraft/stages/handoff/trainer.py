@@ -17,7 +17,9 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +32,7 @@ from datacraft.stages.handoff.export import (
     DecontaminateParams,
     ExportResult,
     export_frame,
+    trl_columns,
     write_dropped_jsonl,
 )
 
@@ -173,16 +176,41 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+#: TrainingArguments names transformers 5 deprecates (a FutureWarning each time) → their current names
+_RENAMED = {"gradient_checkpointing": "activation_checkpointing", "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
+def _current_names(values: dict[str, Any]) -> dict[str, Any]:
+    """The user's values under current argument names, and activation checkpointing set explicitly:
+    TRL's configs default the deprecated `gradient_checkpointing` to True, which warns unless the new
+    name is given. Off on CPU (memory is not the limit there; recompute is), TRL's default elsewhere."""
+    out = dict(values)
+    for old, new in _RENAMED.items():
+        if old in out:
+            out.setdefault(new, out.pop(old))
+    out.setdefault("activation_checkpointing", not on_cpu())
+    return out
+
+
+@contextmanager
+def _quiet_library_internals() -> Iterator[None]:
+    """peft (PeftModel.__init__) and TRL (models/utils) read the model's `is_gradient_checkpointing`,
+    which transformers 5 deprecates: a FutureWarning no argument of ours can avoid. Only that one
+    is silenced; every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def trl_args(config: TrainConfig) -> Any:
     """SFTConfig / DPOConfig from datacraft defaults + the user's `trl:` section (CPU: no bf16)."""
     from trl import DPOConfig, SFTConfig
 
-    values: dict[str, Any] = {**_TRL_DEFAULTS, **config.trl, "output_dir": config.output_dir, "seed": config.seed}
+    values: dict[str, Any] = _current_names({**_TRL_DEFAULTS, **config.trl, "output_dir": config.output_dir, "seed": config.seed})
     if on_cpu():
         values.setdefault("use_cpu", True)
         values.setdefault("bf16", False)
         values.setdefault("model_init_kwargs", {"dtype": "float32"})
-        values.setdefault("gradient_checkpointing", False)  # memory is not the limit on CPU; recompute is
     cls = SFTConfig if config.kind == "sft" else DPOConfig
     try:
         return cls(**values)
@@ -209,14 +237,13 @@ def trl_cli_config(config: TrainConfig, model_path: str, result: ExportResult) -
         "model_name_or_path": model_path,
         "output_dir": config.output_dir,
         "seed": config.seed,
-        "datasets": [{"path": "parquet", "data_files": files["train"], "split": "train", "columns": result.columns[config.kind]}],
+        "datasets": [{"path": "parquet", "data_files": files["train"], "split": "train", "columns": trl_columns(result.columns[config.kind])}],
     }
-    out.update({**_TRL_DEFAULTS, **config.trl})
+    out.update(_current_names({**_TRL_DEFAULTS, **config.trl}))
     if on_cpu():
         out.setdefault("use_cpu", True)
         out.setdefault("bf16", False)
         out.setdefault("dtype", "float32")
-        out.setdefault("gradient_checkpointing", False)
     out.pop("model_init_kwargs", None)  # ModelConfig's fields (dtype, …) carry it on the CLI
     if config.lora.enabled:
         out.update(
@@ -347,14 +374,16 @@ def train(config: TrainConfig, rows: pl.DataFrame | None = None, prepared: Expor
     result = prepared or prepare_data(config, rows)
     model_path = resolve_model(config.model)
     losses: list[float] = []
-    trainer = build_trainer(config, result, model_path, [_loss_callback(losses)])
+    with _quiet_library_internals():
+        trainer = build_trainer(config, result, model_path, [_loss_callback(losses)])
     if len(trainer.train_dataset) == 0:
         raise TrainError(
             f"TRL dropped every {config.kind} row while tokenizing (prompts longer than trl.max_length="
-            f"{trainer.args.max_length}): raise max_length or set trl.truncation_mode: keep_end"
+            f"{trainer.args.max_length}): raise max_length"
         )
     t0 = time.perf_counter()
-    trainer.train()
+    with _quiet_library_internals():
+        trainer.train()
     seconds = time.perf_counter() - t0
     eval_loss = None
     if trainer.eval_dataset is not None:

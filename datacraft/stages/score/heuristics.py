@@ -11,8 +11,12 @@ Writes `scores.*` columns:
     alpha_ratio                           letters / non-space characters of the response (low = code, tables, junk)
     stopword_ratio                        English function words / words (a cheap English language-id signal)
     refusal                               1.0 when the response matches refusal / AI-boilerplate patterns
+    short_answer_ok                       1.0 when the instruction asks for a short answer (fill in the blank,
+                                          classify / sentiment / true-false, pick from options, a number,
+                                          one word, extractive QA ending in "Answer:"): "3" or "fog." is right there
 
-No row is dropped here; pair it with `filter` (e.g. `where: "refusal == 0 and length.response >= 3"`).
+No row is dropped here; pair it with `filter`. The shipped configs keep a short answer to a
+short-answer instruction: `where: "length.response >= 3 or (short_answer_ok == 1 and length.response >= 1)"`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,17 @@ REFUSAL_PATTERNS = (
     r"i don't have (?:personal )?(?:opinions|feelings|emotions|access to real-time)",
     r"openai(?:'s)? (?:policy|guidelines|content policy)",
 )
+#: instructions whose right answer is a word, a label or a number (matched on the instruction, case-insensitive)
+SHORT_ANSWER_PATTERNS = (
+    r"fill in the blank", r"_{3,}", r"complete the (?:sentence|phrase|word)",
+    r"\bsentiment\b", r"\bclassify\b", r"\bcategori[sz]e\b", r"\btrue,? (?:or )?false\b", r"\byes or no\b",
+    r"which of the following", r"\b(?:choose|select|pick) (?:a|one|the)\b", r"output should be one of", r"\boptions?:",
+    r"\boutput (?:\d|the word|only|one|a number|yes|true)", r"\b(?:one|single|a) word\b", r"\bhow many\b",
+    r"\bwhat (?:year|number|is the (?:value|result|sum|product))\b", r"\bconvert\b.*\bto\b", r"\bspell",
+    r"answer:\s*$", r", or [^.?!\n]{1,40}\?", r"\blabel\b", r"\bacronym\b", r"\bphone number\b",
+    r"\boutput the (?:word|domain|name|number|label|answer)\b",
+    r"(?m:^\s*(?:is|are|does|do|did|was|were|which)\b[^\n]{0,100}\?\s*$)",  # a yes / no or pick-one question line
+)
 _STOPWORDS = r"(?i)\b(?:the|and|of|to|a|in|is|that|for|it|with|as|on|be|this|are|was|by|or|an|at|from|not|you|can|have|will|which|we|they)\b"
 _WORD = r"\S+"
 
@@ -49,6 +64,7 @@ ALL_SCORES = (
     "alpha_ratio",
     "stopword_ratio",
     "refusal",
+    "short_answer_ok",
 )
 
 
@@ -63,6 +79,7 @@ def add_heuristics(frame: pl.DataFrame, names: list[str], extra_patterns: list[s
     Shared intermediates (word counts, response tokens, non-space characters) are computed once."""
     ins, res = pl.col("_ins"), pl.col("_res")
     refusal = "(?i)(?:" + "|".join((*REFUSAL_PATTERNS, *extra_patterns)) + ")"
+    short = "(?is)(?:" + "|".join(SHORT_ANSWER_PATTERNS) + ")"
     lines = res.str.split("\n").list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
     frame = frame.with_columns(
         ins.str.count_matches(_WORD).alias("_ins_words"),
@@ -81,6 +98,7 @@ def add_heuristics(frame: pl.DataFrame, names: list[str], extra_patterns: list[s
         "alpha_ratio": pl.when(non_space > 0).then(res.str.count_matches(r"[^\W\d_]") / non_space).otherwise(0.0),
         "stopword_ratio": pl.when(res_words > 0).then((res.str.count_matches(_STOPWORDS) / res_words).clip(0.0, 1.0)).otherwise(0.0),
         "refusal": res.str.contains(refusal).cast(pl.Float64),
+        "short_answer_ok": ins.str.contains(short).cast(pl.Float64),
     }
     return frame.with_columns([exprs[n].cast(pl.Float64).alias(SCORE_PREFIX + n) for n in names]).drop(
         "_ins_words", "_res_words", "_res_tokens", "_non_space"
