@@ -143,7 +143,7 @@ def _health(port: int) -> dict[str, Any] | None:
 
 def test_disconnected_clients_are_cancelled_queued_and_running() -> None:
     """One row per batch: B waits behind A. B's client leaves → B never starts; A's client leaves →
-    A stops generating at the next step."""
+    A stops generating at the next step; so does a streamed C."""
     app = create_app(EngineConfig(batch_size=1, cache=False))
     with ServerThread(app) as running:
         stats = app.state.scheduler.stats
@@ -160,6 +160,11 @@ def test_disconnected_clients_are_cancelled_queued_and_running() -> None:
         assert stats["tokens"] == tokens < 100  # no token after the cancel; far from A's 400
         assert stats["prefills"] == 1  # B was never started
         assert len(app.state.scheduler.waiting) == 0 and app.state.scheduler.jobs == []
+        c = _open_post(running.port, "/v1/chat/completions", _long(stream=True))
+        assert c.recv(1000).startswith(b"HTTP/1.1 200")
+        _until(lambda: stats["tokens"] >= tokens + 2)
+        c.close()  # a streamed response: the next write finds the client gone
+        _until(lambda: stats["cancelled_running"] == 2, 10)
 
 
 # -- 3. fairness -----------------------------------------------------------------------------------

@@ -293,7 +293,7 @@ class StepScheduler(_Scheduler):
             import xgrammar as xgr
 
             job.matcher.fill_next_token_bitmask(job.bitmask)
-            xgr.apply_token_bitmask_inplace(scores.unsqueeze(0), job.bitmask)
+            xgr.apply_token_bitmask_inplace(scores.unsqueeze(0), job.bitmask.to(scores.device, non_blocking=True))
         elif job.ignore_eos and self.eos is not None:
             scores[self.eos] = float("-inf")
         if sp.temperature <= 0:

@@ -276,7 +276,11 @@ def create_app(
         events: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
 
         def sink(index: int) -> Callable[[str, Any], None]:
-            return lambda kind, payload: loop.call_soon_threadsafe(events.put_nowait, (index, kind, payload))
+            def put(kind: str, payload: Any) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone, nobody waits
+                    loop.call_soon_threadsafe(events.put_nowait, (index, kind, payload))
+
+            return put
 
         requests = body.choices(body.to_request(default_max_tokens))
         jobs = [Job(r, sink(i), stream=body.stream, ignore_eos=body.ignore_eos, grammar=grammar) for i, r in enumerate(requests)]
