@@ -8,7 +8,7 @@
 Sides alternate (free, json, free, json, …) after one untimed warm-up each (the grammar is compiled
 in the warm-up). tok/s = completion tokens / wall seconds of the round. The last line is one JSON
 object: the median tok/s of each side, `ratio_json_vs_free` (the median of the paired ratios, < 1:
-constraints cost), the share of answers that parse as the schema on each side, and loadavg.
+constraints cost), the same per CPU second (steadier on a shared machine), the share of answers that parse as the schema on each side, and loadavg.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def main() -> None:
     outputs = {k: v[1:] for k, v in outputs.items()}  # the first run of each side was the warm-up
     rates = {k: [sum(r.completion_tokens for r in out) / t.wall for out, t in zip(outputs[k], trials[k], strict=True)] for k in sides}
     paired_ratios = [j / f for f, j in zip(rates["free"], rates["json"], strict=True)]
+    # tokens per CPU second: on a shared machine steadier than wall time
+    cpu_rates = {k: [sum(r.completion_tokens for r in out) / t.cpu for out, t in zip(outputs[k], trials[k], strict=True)] for k in sides}
     import torch
 
     emit({
@@ -105,6 +107,9 @@ def main() -> None:
         "tok_s_json": round(statistics.median(rates["json"]), 2),
         "ratio_json_vs_free": round(statistics.median(paired_ratios), 3),
         "ratios": [round(r, 3) for r in paired_ratios],
+        "tok_per_cpu_s_free": round(statistics.median(cpu_rates["free"]), 2),
+        "tok_per_cpu_s_json": round(statistics.median(cpu_rates["json"]), 2),
+        "cpu_ratio_json_vs_free": round(statistics.median(j / f for f, j in zip(cpu_rates["free"], cpu_rates["json"], strict=True)), 3),
         "tokens_per_round": {k: [sum(r.completion_tokens for r in out) for out in outputs[k]] for k in sides},
         "schema_valid_share": {k: round(sum(parses(r) for out in outputs[k] for r in out) / (n * pairs), 3) for k in sides},
         "grammar_setup_s": round(compile_s, 2),
