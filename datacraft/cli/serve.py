@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(8000, help="TCP port"),
         batch_size: int = typer.Option(8, min=1, help="most requests per engine call"),
         device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 …"),
-        max_wait_ms: float = typer.Option(10.0, min=0, help="how long a batch waits to fill up"),
+        max_wait_ms: float = typer.Option(10.0, min=0, help="how long a batch waits to fill up (engines without step-level batching)"),
     ) -> None:
         """Serve a model through an OpenAI-compatible API (chat and raw completions), so several workers share it.
 

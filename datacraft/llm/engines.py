@@ -79,12 +79,15 @@ class TransformersEngine:
             return self.tokenizer.apply_chat_template(request.message_dicts(), tokenize=False, add_generation_prompt=True)
         return "".join(f"{role}: {content}\n" for role, content in request.messages) + "assistant:"
 
+    def encode(self, request: Request) -> list[int]:
+        """The prompt's token ids: a chat template writes its own special tokens, a raw prompt gets the tokenizer's (BOS)."""
+        return self.tokenizer(self.render(request), add_special_tokens=request.prompt is not None)["input_ids"]
+
     def generate(self, requests: list[Request], on_results: OnResults | None = None) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
         groups: dict[SamplingParams, list[tuple[int, list[int]]]] = defaultdict(list)
         for i, request in enumerate(requests):
-            # a chat template writes its own special tokens; a raw prompt gets the tokenizer's (BOS)
-            ids = self.tokenizer(self.render(request), add_special_tokens=request.prompt is not None)["input_ids"]
+            ids = self.encode(request)
             if self.max_len and len(ids) + request.sampling.max_tokens > self.max_len:
                 results[i] = error_result(f"prompt_too_long: {len(ids)} prompt tokens + max_tokens > {self.max_len}")
                 _notify(on_results, [i], [results[i]])  # type: ignore[list-item]
