@@ -210,6 +210,21 @@ def test_deita_stage_reasons() -> None:
     _ = embedding_series
 
 
+
+def test_deita_report_counts_the_rows_in_kept_and_too_similar() -> None:
+    """The `deita` extras (shown in the report) count exactly what the stage kept and dropped."""
+    frame = embedded("alpaca_llamafactory_200.jsonl", "instruction").head(40)
+    rng = np.random.default_rng(2)
+    frame = set_scores(frame, {"complexity": rng.uniform(1, 6, 40), "quality": rng.uniform(1, 6, 40)})
+    from datacraft.core.rows import concat_batches
+
+    frame = concat_batches([frame, frame.head(3).with_columns(frame["id"].head(3) + ":dup")])
+    kept, dropped, stats = DeitaSelectStage({"budget": 30, "threshold": 0.9, "text": "instruction"}).run_local([frame])
+    info = stats[0].extras["deita"]
+    too_similar = int((dropped["drop_reason"] == "too similar").sum())
+    assert too_similar >= 3 and kept.height == 30
+    assert (info["rows_in"], info["selected"], info["too_similar"]) == (43, 30, too_similar)
+
 def test_row_weights_scale_a_score_into_0_05_to_1() -> None:
     """The weakest row keeps 1/20 of the best row's weight (never 0, so it can still cover others)."""
     import polars as pl

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from datacraft.io.readers import read_all
+from datacraft.llm.types import Request, Result
 from datacraft.stages.synthesize import prompts
 from datacraft.stages.synthesize.reflection import ReflectionStage, choose_variant, split_input
 
@@ -202,3 +203,26 @@ def test_a_better_answer_under_the_new_answer_header_is_taken(rows: pl.DataFrame
     kept, _, stats = ReflectionStage({"mode": "response"}, client=client).run_local([rows.head(2)])
     assert stats[0].counters["reflection.reflected"] == 2
     assert all(r["messages"][-1]["content"].startswith("Better answer") for r in kept.iter_rows(named=True))
+
+
+
+class _FailOneInstructionReflection(ScriptedClient):
+    """The teacher fails only the instruction reflection of the crepes row; its answer is still reflected."""
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        out = super().generate(requests)
+        return [Result(error="llm_error: injected failure", finish_reason="error")
+                if "[New Instruction]" in "\n".join(c for _, c in r.messages) and "crepes" in "\n".join(c for _, c in r.messages) else o
+                for r, o in zip(requests, out, strict=True)]
+
+
+def test_a_failed_instruction_reflection_is_named_in_the_row_meta(rows: pl.DataFrame) -> None:
+    """The row whose instruction reflection failed says why (not `not_run`) in meta.reflection."""
+    client = _FailOneInstructionReflection(teacher("no such marker").rules)
+    kept, _, stats = ReflectionStage({"mode": "recycled"}, client=client).run_local([rows])
+    _ledger(stats)
+    meta = {i: json.loads(m) if isinstance(m, str) else m for i, m in zip(kept["id"], kept["meta"], strict=True)}
+    statuses = sorted(m["reflection"]["instruction_status"] for m in meta.values())
+    assert statuses == ["llm_error"] + ["ok"] * 7
+    crepes = next(m["reflection"] for m in meta.values() if "crepes" in m["reflection"]["original_instruction"])
+    assert crepes["instruction_status"] == "llm_error" and crepes["response_status"] == "ok"
