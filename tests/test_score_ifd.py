@@ -265,3 +265,13 @@ def test_ifd_stage_declares_exactly_the_scores_it_writes(reverse: bool, keep_los
     assert out["scores.ifd"][0] == 2.0 and (not reverse or out["scores.rifd"][0] == 2.0)
     if keep_losses and reverse:
         assert out["scores.ifd_rloss_cond"][0] == 3.0 and out["scores.ifd_rloss_direct"][0] == 1.5
+
+
+def test_declared_scores_follow_reverse_and_keep_losses() -> None:
+    """`writes()` is what later stages may read: the four losses only with `keep_losses`, r-IFD only with `reverse`."""
+    from datacraft.stages.score.ifd import IFDStage
+
+    assert IFDStage({"reverse": False}).writes() == {"scores.ifd"}
+    assert IFDStage({"reverse": True, "keep_losses": True}).writes() == {
+        "scores.ifd", "scores.rifd", "scores.ifd_loss_cond", "scores.ifd_loss_direct", "scores.ifd_rloss_cond", "scores.ifd_rloss_direct"}
+    assert IFDStage({"reverse": False, "keep_losses": True}).writes() == {"scores.ifd", "scores.ifd_loss_cond", "scores.ifd_loss_direct"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -282,3 +283,26 @@ def test_reward_stage_scores_batched_and_preference_margin(tiny_reward_model: st
     cut = float(np.median(r))
     kept2, dropped2, _ = build_stage("reward", {"model": tiny_reward_model, "min_score": cut}).run_local([frame])
     assert (kept2["scores.reward"] >= cut).all() and set(dropped2["drop_reason"].to_list()) == {"below_min_score"}
+
+
+def test_reward_with_several_labels_is_the_last_labels_probability(tmp_path: Path) -> None:
+    """A 3-label head: the default score is P(last label); `label_index` picks another; they sum to 1.
+    (Random, untrained weights: plumbing only.)"""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from datacraft.llm.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("embedded"))
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, num_labels=3, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    path = tmp_path / "rm3"
+    LlamaForSequenceClassification(config).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    rows, _ = read_all(str(DATA / "alpaca_llamafactory_200.jsonl"))
+    frame = rows.head(4)
+    score = {i: build_stage("reward", {"model": str(path), **({} if i is None else {"label_index": i})}).run_local([frame])[0]["scores.reward"].to_numpy()
+             for i in (None, 0, 1, 2)}
+    assert np.allclose(score[None], score[2]) and not np.allclose(score[None], score[0])
+    assert np.allclose(score[0] + score[1] + score[2], 1.0, atol=1e-5)

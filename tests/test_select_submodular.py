@@ -238,3 +238,19 @@ def test_row_weights_scale_a_score_into_0_05_to_1() -> None:
     assert row_weights(frame, None) is None
     with pytest.raises(ValueError, match="not found"):
         row_weights(frame, "missing")
+
+
+def test_deita_on_no_rows_keeps_and_drops_nothing() -> None:
+    frame = embedded("alpaca_llamafactory_200.jsonl", "instruction").head(0)
+    kept, dropped, stats = DeitaSelectStage({"budget": 10}).run_local([frame])
+    assert kept.height == 0 and (dropped is None or dropped.height == 0) and stats[0].n_in == 0
+
+
+def test_log_det_selection_uses_a_unit_ridge_by_default() -> None:
+    """The stage's log-det default is det(L_S + I) (the ridge 1.0), not graph cut's λ 0.4."""
+    frame = embedded("alpaca_llamafactory_200.jsonl", "instruction").head(60)
+    kept, _, _ = SubmodularSelectStage({"function": "log_det", "budget": 8, "text": "instruction"}).run_local([frame])
+    x = np.stack(frame["embedding"].to_list()).astype(np.float64)
+    ref = log_det_greedy(x, 8, lam=1.0)
+    assert set(kept["id"].to_list()) == {frame["id"][int(i)] for i in ref.indices}
+    assert set(kept["id"].to_list()) != {frame["id"][int(i)] for i in log_det_greedy(x, 8, lam=0.4).indices}

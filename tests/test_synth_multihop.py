@@ -206,3 +206,18 @@ def test_a_seed_without_a_question_is_counted_and_kept_as_is(seeds: pl.DataFrame
     assert {"blank", "no_user"} <= set(kept["id"].to_list())
     parents = {r["lineage"]["parent_ids"][0] for r in kept.filter(pl.col("source") == "multihop").iter_rows(named=True)}
     assert parents == {seeds["id"][0]}
+
+
+def test_similar_personas_use_the_injected_embedder(seeds: pl.DataFrame) -> None:
+    """`persona_select: similar` ranks personas with the embedder given to the stage (no model load)."""
+    seen: list[str] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        return _fake_embed(texts)
+
+    stage = MultiHopStage({"hops": 1, "personas": 1, "persona_select": "similar", "kg": False, "ops": ["reasoning"]},
+                          client=ScriptedClient(multihop_rules()), embed=embed)
+    kept, _, stats = stage.run_local([seeds.head(1)])
+    assert set(load_personas()) <= set(seen)  # every persona embedded once, by the injected function
+    assert stats[0].created >= 1 and any("persona" in m for m in kept["lineage"].struct.field("method").drop_nulls().to_list())
