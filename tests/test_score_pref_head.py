@@ -215,6 +215,11 @@ def test_weak_pairs_order_generators_by_win_rate_and_skip_held_out_instructions(
     top = weak.filter(pl.col("pair_id").str.starts_with("weak:gpt4_1106_preview>alpaca-7b:"))["target"]
     np.testing.assert_allclose(top.to_numpy(), 1 / (1 + (2.591 / 97.409) / (50 / 50)), atol=1e-9)
     assert weak["target"].min() > 0.5 and weak["target"].max() < 1.0
+    bal = prefhead.weak_pairs(answers, rates, lambda x: not prefhead.is_held_out(x), balance=0.7)
+    short, long_ = (pl.min_horizontal(*(bal[c].str.len_chars() for c in ("chosen", "rejected"))),
+                    pl.max_horizontal(*(bal[c].str.len_chars() for c in ("chosen", "rejected"))))
+    assert 0 < bal.height < weak.height and (bal.select(short >= 0.7 * long_).to_series()).all()
+    assert set(bal["pair_id"]) < set(weak["pair_id"])
 
 
 def test_cross_fit_leaves_each_folds_weak_pairs_out(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         weak_answers: Annotated[list[str], typer.Option("--weak-answers", help="answers of AlpacaEval-rated generators (ids `<generator>:<n>`): "
                                                         "weak pairs, the stronger generator's answer preferred, from training-side instructions only")] = [],  # noqa: B006
         weak_weight: Annotated[float, typer.Option(help="weight of one weak pair relative to a labelled one")] = 1.0,
+        weak_balanced: Annotated[bool, typer.Option(help="only weak pairs whose answers are within 30%% in length")] = False,
         cross_fit: Annotated[int, typer.Option(help="also record accuracy cross-fitted over every instruction with this many folds (0: off)")] = 0,
     ) -> None:
         """Fit a Bradley–Terry head on MiniLM embeddings of preference pairs, split by instruction; print its held-out accuracy."""
@@ -62,6 +63,7 @@ def register(app: typer.Typer) -> None:
         try:
             meta = fit_from_files(pairs, output, features=names, holdout=holdout, l2=l2, licenses=licenses,
                                   embedder={"kind": embedder, "model": embedder_model}, weak_answers=weak_answers, weak_weight=weak_weight,
+                                  weak_balance=0.7 if weak_balanced else None,
                                   cross_fit_folds=cross_fit)
         except (FileNotFoundError, ValueError) as err:
             console.print(f"[bold red]error:[/] {err}")

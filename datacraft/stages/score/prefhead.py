@@ -164,17 +164,21 @@ def load_answers(paths: Sequence[str | Path]) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema={k: pl.Utf8 for k in ("instruction", "generator", "response", "file")})
 
 
-def weak_pairs(answers: pl.DataFrame, win_rates: dict[str, float], allowed: Callable[[str], bool]) -> pl.DataFrame:
+def weak_pairs(answers: pl.DataFrame, win_rates: dict[str, float], allowed: Callable[[str], bool], balance: float | None = None) -> pl.DataFrame:
     """Every pair of two rated generators' answers to one instruction (only instructions `allowed`), the
     stronger generator's answer as `chosen`; `target` = P(chosen ≻ rejected) under Bradley–Terry on the
     win rates' logits, a soft label (0.5 + how sure the leaderboard is; near 0.5 for close generators).
-    Columns as `load_pairs` (dataset `weak:<file>`) plus `target`."""
+    `balance`: keep only pairs whose shorter answer has ≥ `balance` × the longer's characters (the
+    length-balanced pairs, where length says nothing). Columns as `load_pairs` (dataset `weak:<file>`) plus `target`."""
     logit = {g: float(np.log(r / (100.0 - r))) for g, r in win_rates.items()}
     rated = answers.filter(pl.col("generator").is_in(list(logit)) & pl.col("instruction").map_elements(allowed, return_dtype=pl.Boolean))
     rated = rated.with_columns(pl.col("generator").replace_strict(logit, return_dtype=pl.Float64).alias("strength"),
                                pl.col("instruction").map_elements(instruction_key, return_dtype=pl.Utf8).alias("key"))
     a = rated.join(rated.select("key", "generator", "response", "strength"), on="key", suffix="_b")
     a = a.filter(pl.col("strength") > pl.col("strength_b"))
+    if balance is not None:
+        n, m = pl.col("response").str.len_chars(), pl.col("response_b").str.len_chars()
+        a = a.filter(pl.min_horizontal(n, m) >= balance * pl.max_horizontal(n, m))
     return a.select(
         pl.format("weak:{}>{}:{}", "generator", "generator_b", "key").alias("pair_id"),
         pl.format("weak:{}", pl.col("file").str.replace(r"\.part\d+\.jsonl$|\.jsonl$", "")).alias("dataset"),
@@ -548,13 +552,14 @@ def fit_from_files(
     cache_dir: str | None = None,
     weak_answers: Sequence[str | Path] = (),
     weak_weight: float = 1.0,
+    weak_balance: float | None = None,
     win_rates: dict[str, float] | None = None,
     cross_fit_folds: int = 0,
 ) -> dict[str, Any]:
     """Fit a head on preference files, split by instruction; write it to `out_dir`; return its metadata.
     `embedder`: {"kind", "model"} (default: sentence-transformers, the embedded MiniLM). `weak_answers`:
     answer files of rated generators (`win_rates`, default AlpacaEval's): their weak pairs of training-side
-    instructions join the fit (`weak_weight` each). `cross_fit_folds` > 1 also records cross-fitted
+    instructions join the fit (`weak_weight` each; only length-balanced ones with `weak_balance`, see `weak_pairs`). `cross_fit_folds` > 1 also records cross-fitted
     accuracy over every instruction (`cross_fit`), all pairs and length-balanced ones."""
     emb = dict(embedder or {"kind": "sentence-transformers", "model": "embedded"})
     t0 = time.perf_counter()
@@ -569,7 +574,7 @@ def fit_from_files(
     weak_all = fit_weak = None
     if weak_answers:
         # weak pairs of every instruction (cross_fit leaves each fold's out); the fit gets the training side's only
-        frame = weak_pairs(load_answers(weak_answers), win_rates or ALPACA_EVAL_WIN_RATES, lambda _: True)
+        frame = weak_pairs(load_answers(weak_answers), win_rates or ALPACA_EVAL_WIN_RATES, lambda _: True, weak_balance)
         wc, wr = pair_views(frame, heuristics="heuristics" in features, formats="format" in features, embedder=emb, cache_dir=cache_dir)
         weak_all = WeakPairs(wc, wr, [instruction_key(x) for x in frame["instruction"].to_list()], frame["target"].to_numpy())
         side = ~with_split(frame, holdout)["held_out"].to_numpy()
@@ -598,7 +603,7 @@ def fit_from_files(
         "held_out_accuracy": round(pair_accuracy(margin[held]), 4) if held.any() else None,
         "held_out_length_accuracy": round(pair_accuracy(length[held]), 4) if held.any() else None,
         "held_out_by_dataset": per_dataset,
-        **({"weak_training_files": weak_files, "win_rates": dict(win_rates or ALPACA_EVAL_WIN_RATES)} if weak_answers else {}),
+        **({"weak_training_files": weak_files, "weak_balance": weak_balance, "win_rates": dict(win_rates or ALPACA_EVAL_WIN_RATES)} if weak_answers else {}),
         **({"cross_fitted": cross_fit_figures(cross_fit(chosen, rejected, keys, features, k=cross_fit_folds, weak=weak_all, weak_weight=weak_weight, l2=l2),
                                               chosen.chars, rejected.chars, cross_fit_folds)} if cross_fit_folds > 1 else {}),
         "fit_seconds": round(time.perf_counter() - t0, 1),
