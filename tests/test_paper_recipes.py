@@ -246,3 +246,25 @@ def test_aide_options_cut_to_three_answer_check_resolves_and_no_row_cap() -> Non
     c = stats[0].counters
     assert c["multihop.answer_check.no"] == new.height and c["multihop.answer_check.yes"] == new.height
     assert c["multihop.answer_check.resolved"] == new.height
+
+
+def test_reflection_takes_a_cut_answer_only_when_its_section_closed_before_the_cut() -> None:
+    """Cut after `[End]`: the section is whole, so it is taken. Cut inside the section: not taken; with
+    `keep_original` the original stays and nothing is dropped."""
+    from datacraft.stages.synthesize.reflection import ReflectionStage
+
+    def better(prompt: str) -> str:
+        if "Cut me" in prompt:
+            return "[Better Answer] A much better answer that"
+        return "[Better Answer] A complete better answer. [End]\nAnd then the model rambled on until"
+
+    rows = [make_row([{"role": "user", "content": q}, {"role": "assistant", "content": "short"}], id=q) for q in ("Cut me off.", "Keep me.")]
+    client = _Truncating([("Better Answer", better), ("", better)], "")  # every answer hits max_tokens
+    kept, dropped, stats = ReflectionStage({"mode": "response", "keep_original": True}, client=client).run_local([batch_from_rows(rows)])
+    assert dropped is None or dropped.height == 0
+    assert kept.height == 3 and stats[0].created == 1
+    assert stats[0].counters["reflection.cut_after_sections"] == 1 and stats[0].counters["reflection.llm_failed.response.length"] == 1
+    new = kept.filter(pl.col("lineage").struct.field("method") == "reflection:response")
+    assert new["messages"][0][1]["content"] == "A complete better answer."
+    _, dropped, _ = ReflectionStage({"mode": "response"}, client=client).run_local([batch_from_rows(rows)])
+    assert dropped["drop_reason"].to_list() == ["length"] and dropped["id"].to_list() == ["Cut me off."]

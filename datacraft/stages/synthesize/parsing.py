@@ -130,11 +130,12 @@ def _header_re(name: str) -> str:
     return rf"\[\s*{pat}\s*\]\s*:?|^[ \t]*(?:\*\*)?{pat}(?:\*\*)?[ \t]*:(?:\*\*)?"
 
 
-def bracket_sections(text: str, name: str, stop_names: tuple[str, ...] = SECTION_NAMES) -> list[str]:
+def bracket_sections(text: str, name: str, stop_names: tuple[str, ...] = SECTION_NAMES, closed_only: bool = False) -> list[str]:
     """All `[Name] … [End]` bodies; also accepts `Name:` / `**Name:**` headers at a line start.
 
     A section ends at `[End]`, at the next header of one of `stop_names`, or at the end of the text
-    (content lines such as `Ingredients:` do not end it).
+    (content lines such as `Ingredients:` do not end it). `closed_only` leaves out a section that
+    runs to the end of the text: in an answer cut at max_tokens that one may be cut too.
     """
     start_re = re.compile(_header_re(name), re.IGNORECASE | re.MULTILINE)
     stop_re = re.compile("|".join([r"\[\s*end[^\]]*\]", *(_header_re(n) for n in stop_names)]), re.IGNORECASE | re.MULTILINE)
@@ -142,15 +143,16 @@ def bracket_sections(text: str, name: str, stop_names: tuple[str, ...] = SECTION
     for m in start_re.finditer(text):
         start = m.end()
         stop = stop_re.search(text, start)
-        out.append(text[start : stop.start() if stop else len(text)])
+        if stop or not closed_only:
+            out.append(text[start : stop.start() if stop else len(text)])
     return out
 
 
-def extract_bracket(text: str, *names: str) -> Parsed:
+def extract_bracket(text: str, *names: str, closed_only: bool = False) -> Parsed:
     """The first real `[Name] … [End]` section for any of `names` (tried in order)."""
     candidates: list[str] = []
     for n in names:
-        candidates.extend(bracket_sections(text, n))
+        candidates.extend(bracket_sections(text, n, closed_only=closed_only))
     return _first_valid(candidates)
 
 

@@ -20,8 +20,9 @@ Parsing is tolerant (see `parsing.py`); a failed parse is retried once (`parse_r
 with another seed), then the original field is kept and the failure counted in the report
 (`reflection.parse_failed.<field>.<status>`), never silently. A failed LLM call keeps the original
 too (`on_failure: keep_original`) or drops the row (`drop`). A teacher answer cut at `max_tokens`
-(finish_reason `length`; default 2048 as the official code) is never taken: the row is dropped with
-reason `length`.
+(finish_reason `length`; default 2048 as the official code) is taken only when every section the
+stage reads closed with `[End]` before the cut (counted `reflection.cut_after_sections`); otherwise
+the row it would replace is dropped with reason `length` (with `keep_original` the original stays).
 
 Reads: `messages` (first user turn = instruction, incl. the Alpaca input; last assistant turn),
 `meta.input`. Writes: `messages` (reflected), `lineage` (parent = the original row, method
@@ -159,10 +160,17 @@ class ReflectionStage(UsesLLM, MapStage):
             results = self.ask([messages[i] for i in todo], self.sampling(temperature=temp, seed_offset=attempt))
             again = []
             for i, res in zip(todo, results, strict=True):
-                if not res.ok:
+                cut = res.finish_reason == "length" and bool(res.text)
+                if not res.ok and not cut:
                     out[i] = failure_reason(res)
                     continue
-                parsed = [extract_bracket(res.text, *names) for names in sections]
+                # an answer cut at max_tokens counts only when every section closed before the cut
+                parsed = [extract_bracket(res.text, *names, closed_only=cut) for names in sections]
+                if cut:
+                    if not all(p.ok for p in parsed):
+                        out[i] = failure_reason(res)
+                        continue
+                    counters["reflection.cut_after_sections"] += 1
                 out[i] = parsed
                 if not all(p.ok for p in parsed):
                     again.append(i)
@@ -171,6 +179,11 @@ class ReflectionStage(UsesLLM, MapStage):
             todo = again
         return out
 
+    def _drops_on(self, reason: str) -> bool:
+        """Whether a failed call drops its row: always with `on_failure: drop`; a `length` cut also
+        when the reflected row would replace the original (with `keep_original` the original stays)."""
+        return self.params.on_failure == "drop" or (reason == "length" and not self.params.keep_original)
+
     def _reflect_instructions(self, work: list[Work], counters: Counter[str]) -> None:
         msgs = [prompts.instruction_reflection_messages(w.x0, w.y0) for w in work]
         sections = [("New Instruction",), ("New Answer", "Answer")]
@@ -178,7 +191,7 @@ class ReflectionStage(UsesLLM, MapStage):
             if isinstance(got, str):
                 w.status["instruction"] = got
                 counters[f"reflection.llm_failed.instruction.{got}"] += 1
-                if self.params.on_failure == "drop" or got == "length":
+                if self._drops_on(got):
                     w.failure = (got, "instruction reflection failed")
                 continue
             new_x, new_y = got
@@ -200,7 +213,7 @@ class ReflectionStage(UsesLLM, MapStage):
             if isinstance(got, str):
                 counters[f"reflection.llm_failed.response.{got}"] += 1
                 w.status[key] = got
-                if (self.params.on_failure == "drop" or got == "length") and w.failure is None:
+                if self._drops_on(got) and w.failure is None:
                     w.failure = (got, "response reflection failed")
                 out.append(None)
             elif got[0].ok:
