@@ -28,6 +28,7 @@ _BUILTIN: dict[str, str] = {
     "reward": "datacraft.stages.score.quality:RewardModelStage",
     "diversity": "datacraft.stages.score.diversity:DiversityStage",
     "ifd": "datacraft.stages.score.ifd:IFDStage",
+    "ds2_rate": "datacraft.stages.score.ds2_rate:DS2RateStage",
     "ds2_curate": "datacraft.stages.score.ds2:DS2CurateStage",
     "pref_head": "datacraft.stages.score.pref_head:PrefHeadStage",
     # synthesis
