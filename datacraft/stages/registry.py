@@ -22,6 +22,7 @@ _BUILTIN: dict[str, str] = {
     "select": "datacraft.stages.select.submodular:SubmodularSelectStage",
     "smart_mixture": "datacraft.stages.select.mixture:SmartMixtureStage",
     "deita_select": "datacraft.stages.select.deita:DeitaSelectStage",
+    "cherry_select": "datacraft.stages.select.cherry:CherrySelectStage",
     # scoring
     "quality": "datacraft.stages.score.quality:QualityStage",
     "complexity": "datacraft.stages.score.complexity:ComplexityStage",
