@@ -233,6 +233,60 @@ def test_ifd_recipes_match_the_reference_computation(scorer: IFDScorer, alpaca: 
     assert with_input >= 3
 
 
+def _code_ifd(model, tok, form: str, prompt: str, output: str, max_length: int) -> float | None:
+    """IFD with the reference code's cut at `max_length`, written out from the code: per-token losses
+    (log-softmax), the answer slice `[start_token - 1 : end_token - 1]`, data_by_IFD.py's skips.
+    `cherry_v1`: Cherry_LLM data_analysis.py / data_by_IFD.py (direct text "### Response:" + output,
+    cut at max_length - instruct_len + 4); `cherry`: the answer alone, cut at max_length - instruct_len + 1
+    as Reflection_Tuning selection_code/data_analysis.py cuts it. A LLaMA tokenizer adds BOS: we add it."""
+    import torch
+
+    enc = lambda text: [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)  # noqa: E731
+
+    def loss_part(text: str, span: str, limit: int) -> tuple[int, float]:
+        ids = enc(text)[:limit]
+        start = len(enc(text[: text.rfind(span)]))
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        token_loss = [-float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
+        part = token_loss[start - 1 : len(ids) - 1]
+        return len(ids) - start, (sum(part) / len(part) if part else math.nan)
+
+    instruct_len = len(enc(prompt)[:max_length])
+    if max_length - instruct_len <= 0:
+        return None
+    direct_text, extra = ("### Response:" + output, 4) if form == "cherry_v1" else (output, 1)
+    len_1, mean_1 = loss_part(direct_text, output, max_length - instruct_len + extra)
+    len_2, mean_2 = loss_part(prompt + output, output, max_length)
+    if len_1 <= 0 or len_2 <= 0 or instruct_len + len_1 > max_length:
+        return None
+    return mean_2 / mean_1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["cherry", "cherry_v1"])
+def test_ifd_cut_at_max_length_is_the_reference_codes(scorer: IFDScorer, alpaca: pl.DataFrame, form: str) -> None:
+    """Golden: at 128 tokens, rows longer than that (0, 12) and rows whose first response character joins
+    the prompt's last token (3, 10: `:"`, where the old same-tokens cut dropped the last direct token);
+    at 64 tokens, a row whose prompt alone fills the budget is unscorable."""
+    from datacraft.core.rows import meta_of
+    from datacraft.stages.score.ifd import split_input
+
+    model, tok = scorer.model, scorer.tokenizer
+    for max_length, rows in ((128, [0, 3, 10, 12]), (64, [0, 1, 5, 8])):
+        frame = alpaca[rows]
+        out = build_stage("ifd", {"ifd_form": form, "reverse": False, "max_length": max_length}).run(frame).kept
+        unscorable = 0
+        for row in out.iter_rows(named=True):
+            user, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+            instruction, given = split_input(user, meta_of(row["meta"]))
+            prompt = _ALPACA["input" if given else "no_input"].format(instruction=instruction, input=given)
+            want = _code_ifd(model, tok, form, prompt, answer, max_length)
+            unscorable += want is None
+            assert row["scores.ifd"] == (None if want is None else pytest.approx(want, abs=2e-4)), (form, max_length, row["id"])
+        assert unscorable == (0 if max_length == 128 else 1)
+
+
 def test_ifd_default_is_cherry_and_reflection_default_is_selective_rt() -> None:
     from datacraft.stages.score.ifd import RECIPES
 

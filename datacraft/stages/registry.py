@@ -22,12 +22,14 @@ _BUILTIN: dict[str, str] = {
     "select": "datacraft.stages.select.submodular:SubmodularSelectStage",
     "smart_mixture": "datacraft.stages.select.mixture:SmartMixtureStage",
     "deita_select": "datacraft.stages.select.deita:DeitaSelectStage",
+    "cherry_select": "datacraft.stages.select.cherry:CherrySelectStage",
     # scoring
     "quality": "datacraft.stages.score.quality:QualityStage",
     "complexity": "datacraft.stages.score.complexity:ComplexityStage",
     "reward": "datacraft.stages.score.quality:RewardModelStage",
     "diversity": "datacraft.stages.score.diversity:DiversityStage",
     "ifd": "datacraft.stages.score.ifd:IFDStage",
+    "ds2_rate": "datacraft.stages.score.ds2_rate:DS2RateStage",
     "ds2_curate": "datacraft.stages.score.ds2:DS2CurateStage",
     "pref_head": "datacraft.stages.score.pref_head:PrefHeadStage",
     # synthesis

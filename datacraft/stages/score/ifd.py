@@ -20,10 +20,17 @@ perplexity ratio; tianyi-lab/Reflection_Tuning selection_code/data_analysis.py);
 inside the same template, target = instruction followed by the input, as the reference code. Edge cases as the spec: a zero denominator gives 0; an empty response (or
 instruction, for r-IFD) gives NaN, stored as a null score with `meta.ifd_unscorable`.
 
-Truncation: the conditioned sequence is cut at `max_length` tokens and the direct sequence scores
-exactly the same response tokens, so both losses cover the same span (the official code
-approximates this with length arithmetic). For r-IFD the response inside the reverse query is cut
-instead, so the whole instruction is scored. Sequences are scored in batches, sorted by length and
+Truncation (`truncation: code`, the default): the reference code's length arithmetic. The
+conditioned text (prompt + response) is cut at `max_length` tokens; the direct text (BOS, the
+recipe's direct prefix, the response) is cut on its own at `max_length − prompt_len + head`, where
+`head` is its unscored start (BOS + "### Response:" = 4 tokens: Cherry_LLM data_by_IFD.py's `+4`;
+BOS alone = 1: Reflection_Tuning data_analysis.py's `+1`); a row is unscorable, as data_by_IFD.py
+skips it, when the prompt alone fills `max_length`, a side has no response token, or prompt_len +
+direct tokens > `max_length`. So each side scores its own tokenization of the response: where the
+prompt's last token absorbs the response's first character (`:"`), the direct side keeps one more
+token. `truncation: same_tokens` (ours) cuts the direct tokens to the conditioned count instead.
+For r-IFD the response inside the reverse query is cut, so the whole instruction is scored (ours).
+Sequences are scored in batches, sorted by length and
 right-padded, one forward pass each, no generation; the LM head runs on the scored positions only.
 The model is loaded once per worker (`load_causal_lm`).
 """
@@ -198,7 +205,8 @@ class IFDScorer:
     Losses are cached by content in `cache_dir` (a resumed run makes no forward pass twice)."""
 
     def __init__(self, model: str = "embedded", device: str = "auto", max_length: int = 1024, batch_size: int = 8, template: str = "chat",
-                 dtype: str = "auto", direct_prefix: str = "", reverse_prompt: str = "official", cache_dir: str | None = None) -> None:
+                 dtype: str = "auto", direct_prefix: str = "", reverse_prompt: str = "official", cache_dir: str | None = None,
+                 truncation: str = "code") -> None:
         from datacraft.llm.cache import ComputeCache
         from datacraft.llm.models import load_causal_lm
 
@@ -210,17 +218,22 @@ class IFDScorer:
         self.template = template
         self.direct_prefix = direct_prefix
         self.reverse_prompt = REVERSE_PROMPTS[reverse_prompt]
+        if truncation not in ("code", "same_tokens"):
+            raise ValueError(f"unknown IFD truncation {truncation!r}; expected code or same_tokens")
+        self.truncation = truncation
         tok = self.tokenizer
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.start_ids = [int(start)] if start is not None else []
-        self.computed = ComputeCache(cache_dir, ["ifd-losses", model, dtype, max_length, template, direct_prefix, reverse_prompt])
+        self.computed = ComputeCache(cache_dir, ["ifd-losses", model, dtype, max_length, template, direct_prefix, reverse_prompt, truncation])
 
     @classmethod
     def for_recipe(cls, form: str, model: str = "embedded", device: str = "auto", batch_size: int = 8, dtype: str = "auto", *,
-                   template: str | None = None, max_length: int | None = None, reverse_prompt: str = "official", cache_dir: str | None = None) -> IFDScorer:
+                   template: str | None = None, max_length: int | None = None, reverse_prompt: str = "official", cache_dir: str | None = None,
+                   truncation: str = "code") -> IFDScorer:
         """A scorer with a paper's recipe (`RECIPES`); legacy forms default to chat / 1024."""
         r = RECIPES.get(form, Recipe("chat", 1024, ratio_of(form)))  # type: ignore[arg-type]
-        return cls(model, device, max_length or r.max_length, batch_size, template or r.template, dtype, r.direct_prefix, reverse_prompt, cache_dir)
+        return cls(model, device, max_length or r.max_length, batch_size, template or r.template, dtype, r.direct_prefix, reverse_prompt, cache_dir,
+                   truncation)
 
     def prompt_text(self, user: str, given: str = "") -> tuple[str, bool]:
         """`user` (and its input) formatted as a prompt up to where the reply starts; True when the
@@ -247,12 +260,12 @@ class IFDScorer:
         ids = list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
         return ids if chat else self.start_ids + ids
 
-    def _pair(self, prefix: str, target: str, chat: bool = False) -> tuple[list[int], list[int]]:
+    def _pair(self, prefix: str, target: str, chat: bool = False, limit: int | None = None) -> tuple[list[int], list[int]]:
         """(context, target) ids: the whole text tokenized once, the first len(tokenize(prefix))
-        tokens as context (as the reference code masks), cut at `max_length`."""
+        tokens as context (as the reference code masks), cut at `limit` (default `max_length`)."""
         if not target:
             return self._encode(prefix, chat) or self.start_ids, []
-        whole = self._encode(prefix + target, chat)[: self.max_length]
+        whole = self._encode(prefix + target, chat)[: self.max_length if limit is None else max(limit, 0)]
         n = len(self._encode(prefix, chat))
         if not n:  # no start token: the first target token is the context
             n = 1
@@ -275,12 +288,26 @@ class IFDScorer:
         """The (context, target) pairs of one row: cond, direct[, reverse cond, reverse direct].
         The direct pairs score the same number of tokens as their conditioned ones."""
         prompt, chat = self.prompt_text(instruction, given)
-        out = self._with_direct(self._pair(prompt, response, chat), self.direct_prefix, response)
+        cond = self._pair(prompt, response, chat)
+        if self.truncation == "code":
+            out = self._code_direct(cond, len(self._encode(prompt, chat)), response)
+        else:
+            out = self._with_direct(cond, self.direct_prefix, response)
         if reverse:
             x = instruction + given  # the official target: instruction followed by the input
             rprefix, rchat = self._reverse_prefix(response, len(self._text_ids(x)))
             out += self._with_direct(self._pair(rprefix, x, rchat), "", x)
         return out
+
+    def _code_direct(self, cond: tuple[list[int], list[int]], prompt_len: int, response: str) -> list[tuple[list[int], list[int]]]:
+        """[cond, direct] with the reference code's arithmetic (module docstring); both targets empty
+        (NaN) where data_by_IFD.py skips the row."""
+        plen = min(prompt_len, self.max_length)
+        head = len(self._encode(self.direct_prefix))
+        context, direct = self._pair(self.direct_prefix, response, limit=self.max_length - plen + head)
+        if plen >= self.max_length or not direct or not cond[1] or plen + len(direct) > self.max_length:
+            return [(cond[0], []), (context, [])]
+        return [cond, (context, direct)]
 
     def _with_direct(self, cond: tuple[list[int], list[int]], prefix: str, target: str) -> list[tuple[list[int], list[int]]]:
         context, direct = self._pair(prefix, target)
@@ -316,6 +343,8 @@ class IFDParams(StageParams):
     batch_size: int = Field(8, ge=1)
     template: Literal["chat", "vicuna", "alpaca", "none"] | None = Field(None, description="default: the recipe's")
     reverse_prompt: Literal["official", "ours"] = Field("official", description="r-IFD query: Selective RT's wording or our paraphrase")
+    truncation: Literal["code", "same_tokens"] = Field(
+        "code", description="cut at max_length: the reference code's arithmetic (each side on its own) or ours (the direct side cut to the conditioned tokens)")
     reverse: bool = Field(True, description="also compute r-IFD")
     keep_losses: bool = Field(False, description="also write the four mean losses as scores")
     max_ifd: float | None = Field(None, description="drop rows with IFD above this (Cherry drops IFD > 1)")
@@ -338,7 +367,7 @@ class IFDStage(MapStage[IFDParams, "IFDScorer"]):
     def load(self) -> IFDScorer:
         p = self.params
         return IFDScorer.for_recipe(p.ifd_form, p.model, p.device, p.batch_size, p.dtype, template=p.template, max_length=p.max_length,
-                                    reverse_prompt=p.reverse_prompt, cache_dir=self.context.cache_dir)
+                                    reverse_prompt=p.reverse_prompt, cache_dir=self.context.cache_dir, truncation=p.truncation)
 
     def process(self, batch: pl.DataFrame, resource: IFDScorer) -> StageResult:
         p = self.params
