@@ -143,7 +143,8 @@ def test_golden_prompts() -> None:
 @pytest.mark.slow
 def test_real_teacher_and_student_in_beam(tmp_path: Path) -> None:
     """Embedded teacher + embedded IFD student, selective mode, end to end in Beam."""
-    stage = {"name": "reflection", "mode": "selective", "max_tokens": 48, "parse_retries": 0, "require_below_one": False}
+    stage = {"name": "reflection", "mode": "selective", "max_tokens": 48, "parse_retries": 0, "require_below_one": False,
+             "strict_tags": False, "on_truncated": "keep"}  # the 135M teacher neither writes the headers nor stops in 48 tokens
     report, out, dropped = run_pipeline(tmp_path, ALPACA, [stage], input={"limit": 2})
     assert report["ledger_ok"]
     st = report["stages"][1]
@@ -226,3 +227,33 @@ def test_a_failed_instruction_reflection_is_named_in_the_row_meta(rows: pl.DataF
     assert statuses == ["llm_error"] + ["ok"] * 7
     crepes = next(m["reflection"] for m in meta.values() if "crepes" in m["reflection"]["original_instruction"])
     assert crepes["instruction_status"] == "llm_error" and crepes["response_status"] == "ok"
+
+
+def test_selective_with_keep_original_rejects_the_candidate_not_the_original(rows: pl.DataFrame) -> None:
+    scorer = FakeScorer(lambda x, y: (0.5 if x.startswith("Explain") else 0.8, 0.9 if y.startswith("Better") else 0.7))
+    kept, dropped, stats = ReflectionStage({"mode": "selective", "keep_original": True}, client=teacher(), scorer=scorer).run_local([rows])
+    _ledger(stats)
+    assert (dropped is None or dropped.height == 0) and kept.height == 8 and stats[0].created == 0
+    assert kept["id"].to_list() == rows["id"].to_list() and sum(v for k, v in stats[0].counters.items() if k.startswith("reflection.rejected.")) == 8
+
+
+class _Rambling(ScriptedClient):
+    """A tiny model's teacher: never writes the `[Better Answer]` header and runs into max_tokens."""
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        return [Result(text=f"A better answer {short_hash(r.messages[-1][1])} that goes on and on", finish_reason="length", completion_tokens=9)
+                for r in requests]
+
+
+def test_tiny_teacher_options_take_untagged_cut_answers_flagged(rows: pl.DataFrame) -> None:
+    """`strict_tags: false` + `on_truncated: keep` take the rambling text whole, flagged `truncated`; the defaults drop it."""
+    params = {"mode": "response", "keep_original": True, "parse_retries": 0}
+    kept, _, stats = ReflectionStage(params, client=_Rambling([])).run_local([rows])
+    assert stats[0].created == 0 and stats[0].counters["reflection.llm_failed.response.length"] == 8
+    kept, _, stats = ReflectionStage({**params, "strict_tags": False, "on_truncated": "keep"}, client=_Rambling([])).run_local([rows])
+    _ledger(stats)
+    new = kept.filter(pl.col("lineage").struct.field("method") == "reflection:response")
+    assert new.height == 8 and stats[0].counters["reflection.truncated_kept"] == 8 and stats[0].counters["reflection.untagged"] == 8
+    meta = [json.loads(m) if isinstance(m, str) else m for m in new["meta"].to_list()]
+    assert {m["reflection"]["response_status"] for m in meta} == {"truncated"}
+    assert all(m[1]["content"].startswith("A better answer") for m in new["messages"].to_list())

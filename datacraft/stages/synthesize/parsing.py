@@ -41,6 +41,7 @@ class Parsed:
 
     value: str | None
     status: str
+    truncated: bool = False  # taken from an answer cut at max_tokens (the section may be cut too)
 
     @property
     def ok(self) -> bool:

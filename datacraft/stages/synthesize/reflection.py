@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import polars as pl
@@ -47,7 +47,9 @@ from datacraft.llm.types import failure_reason
 from datacraft.stages.score.ifd import IFDForm, ratio_of, split_input
 from datacraft.stages.synthesize import prompts
 from datacraft.stages.synthesize.common import LLMParams, UsesLLM, add_counts
-from datacraft.stages.synthesize.parsing import OK, Parsed, extract_bracket
+from datacraft.stages.synthesize.parsing import MISSING, OK, Parsed, extract_bracket
+
+TRUNCATED = "truncated"  # a section taken from an answer cut at max_tokens (`on_truncated: keep`)
 
 Mode = Literal["instruction", "response", "recycled", "selective"]
 
@@ -59,6 +61,9 @@ class ReflectionParams(LLMParams):
     retry_temperature: float = Field(0.7, ge=0.0)
     on_failure: Literal["keep_original", "drop"] = Field("keep_original", description="what a failed LLM call does to the row")
     keep_original: bool = Field(False, description="emit reflected rows as new rows next to the originals")
+    on_truncated: Literal["drop", "keep"] = Field("drop", description="an answer cut at max_tokens whose sections did not close: drop (the paper) "
+                                                  "or keep its text, flagged `truncated` in meta.reflection (tiny CPU demo models)")
+    strict_tags: bool = Field(True, description="false: an answer without its `[Better Answer]` header is taken whole (weak models; counted)")
     # selective mode: the student
     student: str = Field("embedded", description="IFD student model (Hub name, path or `embedded`)")
     student_device: str = "auto"
@@ -167,10 +172,19 @@ class ReflectionStage(UsesLLM, MapStage):
                 # an answer cut at max_tokens counts only when every section closed before the cut
                 parsed = [extract_bracket(res.text, *names, closed_only=cut) for names in sections]
                 if cut:
-                    if not all(p.ok for p in parsed):
+                    if all(p.ok for p in parsed):
+                        counters["reflection.cut_after_sections"] += 1
+                    elif self.params.on_truncated == "keep":
+                        parsed = [replace(extract_bracket(res.text, *names), truncated=True) for names in sections]
+                        counters["reflection.truncated_kept"] += 1
+                    else:
                         out[i] = failure_reason(res)
                         continue
-                    counters["reflection.cut_after_sections"] += 1
+                if len(sections) == 1 and parsed[0].status == MISSING and not self.params.strict_tags:
+                    loose = extract_bracket(f"[{sections[0][0]}] {res.text} [End]", *sections[0])
+                    if loose.ok:
+                        parsed = [replace(loose, truncated=cut)]
+                        counters["reflection.untagged"] += 1
                 out[i] = parsed
                 if not all(p.ok for p in parsed):
                     again.append(i)
@@ -196,7 +210,7 @@ class ReflectionStage(UsesLLM, MapStage):
                 continue
             new_x, new_y = got
             if new_x.ok and new_y.ok:
-                w.x_ins, w.y_ins, w.status["instruction"] = new_x.value, new_y.value, OK
+                w.x_ins, w.y_ins, w.status["instruction"] = new_x.value, new_y.value, TRUNCATED if new_x.truncated else OK
             else:
                 bad = new_x if not new_x.ok else new_y
                 w.status["instruction"] = f"parse_failed:{bad.status}"
@@ -217,7 +231,7 @@ class ReflectionStage(UsesLLM, MapStage):
                     w.failure = (got, "response reflection failed")
                 out.append(None)
             elif got[0].ok:
-                w.status[key] = OK
+                w.status[key] = TRUNCATED if got[0].truncated else OK
                 out.append(got[0].value)
             else:
                 counters[f"reflection.parse_failed.response.{got[0].status}"] += 1
@@ -316,7 +330,8 @@ class ReflectionStage(UsesLLM, MapStage):
 
     def _assemble(self, batch: pl.DataFrame, rows: list[dict[str, Any]], work: list[Work], decisions: dict[int, Any], counters: Counter[str]) -> StageResult:
         """Replaced rows leave the batch and their reflected rows join it (or are added, with
-        `keep_original`); rows the rule rejects or whose call failed are dropped with the reason."""
+        `keep_original`); without `keep_original`, rows the rule rejects or whose call failed are
+        dropped with the reason (with it the original stays and the rejection is counted)."""
         p = self.params
         new_rows: dict[int, dict[str, Any]] = {}
         drops: dict[int, tuple[str, str]] = {}
@@ -326,8 +341,9 @@ class ReflectionStage(UsesLLM, MapStage):
                 drops[w.index] = w.failure
                 continue
             if decision is not None and decision[0] is None:
-                s = decision[2]
-                drops[w.index] = (decision[1], "; ".join(f"{k}: ifd={v[0]:.3g} rifd={v[1]:.3g}" for k, v in sorted(s.items()) if math.isfinite(v[0])))
+                if not p.keep_original:  # with keep_original only the candidate is rejected (counted); the original stays
+                    s = decision[2]
+                    drops[w.index] = (decision[1], "; ".join(f"{k}: ifd={v[0]:.3g} rifd={v[1]:.3g}" for k, v in sorted(s.items()) if math.isfinite(v[0])))
                 continue
             x, y, rejected, variant = self._final(w, decision)
             if variant == "unchanged":
