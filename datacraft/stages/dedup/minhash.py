@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+from numba import njit, prange
 from pydantic import Field
 
 from datacraft.core.rows import text_expr
 from datacraft.core.stage import GlobalStage, StageParams, StageResult
 from datacraft.stages.dedup.groups import EDGE_SCHEMA, EdgeDedup, dedup_result, node_frame
 
-_PRIME = np.uint64((1 << 61) - 1)
 _SIG = "_minhash"
 
 
@@ -71,28 +71,62 @@ def shingle_lists(texts: list[str], kind: str, k: int) -> list[list[str]]:
     return out
 
 
-def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1, chunk_values: int = 8_000_000) -> np.ndarray:
-    """MinHash signatures (n, num_perm) uint64 (numpy-vectorized over all shingles of a chunk of rows)."""
+#: Python's `re` `\s` (str.isspace) in Rust regex terms: its `\s` is Unicode White_Space, which lacks \x1c-\x1f
+_WHITESPACE = r"[\s\x1c-\x1f]+"
+_WORD = r"[^\s\x1c-\x1f]+"
+
+
+def shingle_hashes(texts: list[str], kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, offsets): polars' hash of every shingle of `shingle_lists`, row r's at hashes[offsets[r]:offsets[r + 1]].
+
+    The same shingles as `shingle_lists` (duplicates within a row kept: they do not change a minimum),
+    built and hashed by polars over all rows at once instead of Python sets of strings."""
+    low = pl.Series("t", [t.lower() for t in texts], dtype=pl.Utf8)  # Python's lower: its case rules, not Rust's
+    if kind == "word":
+        words = pl.DataFrame(low.str.extract_all(_WORD).alias("w")).with_row_index("r")
+        n = pl.col("w").list.len().cast(pl.Int64)
+        # fewer than k words: one shingle, the whole text (k-gram columns of nulls that concat_str skips)
+        w = pl.when(n >= k).then(pl.col("w")).otherwise(pl.concat_list([pl.col("w").list.join(" "), *[pl.lit(None, pl.Utf8)] * (k - 1)]))
+        grams = words.select("r", w.alias("w")).select("r", *[pl.col("w").list.slice(j, pl.col("w").list.len() - k + 1).alias(f"g{j}") for j in range(k)])
+        sh = grams.explode([f"g{j}" for j in range(k)]).select("r", pl.concat_str([f"g{j}" for j in range(k)], separator=" ", ignore_nulls=True).alias("s"))
+    else:
+        frame = pl.DataFrame(low.str.replace_all(_WHITESPACE, " ").str.strip_chars(" ")).with_row_index("r")
+        pos = frame.with_columns(pl.int_ranges(0, pl.max_horizontal(pl.col("t").str.len_chars().cast(pl.Int64) - k + 1, 1)).alias("i")).explode("i")
+        sh = pos.select("r", pl.col("t").str.slice(pl.col("i"), k).alias("s"))
+    hashes = sh["s"].hash(seed=seed).to_numpy()
+    counts = np.bincount(sh["r"].to_numpy(), minlength=len(texts))
+    return hashes, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+@njit(cache=True, parallel=True)
+def _minhash(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out[r, p] = min over row r's shingle hashes h of ((a_p·(h mod 2³²) + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) mod 2³²."""
+    prime, low32, top = np.uint64((1 << 61) - 1), np.uint64(0xFFFFFFFF), np.uint64(61)
+    for r in prange(out.shape[0]):
+        row = out[r]
+        row[:] = low32
+        for j in range(offsets[r], offsets[r + 1]):
+            h = hashes[j] & low32
+            for p in range(row.shape[0]):
+                v = h * a[p] + b[p]  # wraps mod 2⁶⁴, as datasketch
+                v = (v & prime) + (v >> top)  # mod 2⁶¹ − 1 without a division (Mersenne prime)
+                if v >= prime:
+                    v -= prime
+                v &= low32
+                if v < row[p]:
+                    row[p] = v
+
+
+def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1) -> np.ndarray:
+    """MinHash signatures (n, num_perm) uint64: shingles hashed by polars, permutations by a compiled kernel."""
     k = ngram or (5 if shingle == "char" else 3)
     rng = np.random.default_rng(seed)
     a = rng.integers(1, (1 << 61) - 1, num_perm, dtype=np.uint64)
     b = rng.integers(0, (1 << 61) - 1, num_perm, dtype=np.uint64)
     sig = np.empty((len(texts), num_perm), dtype=np.uint64)
-    sh = shingle_lists(texts, shingle, k)
-    lengths = np.array([len(s) for s in sh], dtype=np.int64)
-    start = 0
-    while start < len(texts):  # chunks of rows whose shingles × perms fit the value budget
-        stop, total = start, 0
-        while stop < len(texts) and (total == 0 or total + lengths[stop] * num_perm <= chunk_values):
-            total += lengths[stop] * num_perm
-            stop += 1
-        flat = pl.Series([x for s in sh[start:stop] for x in s], dtype=pl.Utf8).hash(seed=seed).to_numpy()
-        h = (flat & np.uint64(0xFFFFFFFF))[:, None]
-        with np.errstate(over="ignore"):  # as datasketch: the product wraps mod 2⁶⁴, then mod p
-            vals = ((h * a[None, :] + b[None, :]) % _PRIME) & np.uint64(0xFFFFFFFF)
-        offsets = np.concatenate([[0], np.cumsum(lengths[start:stop])[:-1]])
-        sig[start:stop] = np.minimum.reduceat(vals, offsets, axis=0)
-        start = stop
+    if texts:
+        hashes, offsets = shingle_hashes(texts, shingle, k, seed)
+        _minhash(hashes, offsets, a, b, sig)
     return sig
 
 
