@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from numba import njit, prange
 from pydantic import Field
 
@@ -71,31 +72,143 @@ def shingle_lists(texts: list[str], kind: str, k: int) -> list[list[str]]:
     return out
 
 
-#: Python's `re` `\s` (str.isspace) in Rust regex terms: its `\s` is Unicode White_Space, which lacks \x1c-\x1f
-_WHITESPACE = r"[\s\x1c-\x1f]+"
-_WORD = r"[^\s\x1c-\x1f]+"
+@njit(cache=True, inline="always")
+def _space_len(buf: np.ndarray, i: int) -> int:
+    """Byte length of the whitespace character (Python's str.isspace) starting at buf[i] in UTF-8, else 0."""
+    c = buf[i]
+    if c == 0x20 or 0x09 <= c <= 0x0D or 0x1C <= c <= 0x1F:
+        return 1
+    n = buf.shape[0]
+    if c == 0xC2 and i + 1 < n and (buf[i + 1] == 0x85 or buf[i + 1] == 0xA0):
+        return 2
+    if i + 2 < n:
+        c1, c2 = buf[i + 1], buf[i + 2]
+        if (c == 0xE1 and c1 == 0x9A and c2 == 0x80) or (c == 0xE3 and c1 == 0x80 and c2 == 0x80):
+            return 3
+        if c == 0xE2 and ((c1 == 0x80 and (c2 <= 0x8A or c2 == 0xA8 or c2 == 0xA9 or c2 == 0xAF)) or (c1 == 0x81 and c2 == 0x9F)):
+            return 3
+    return 0
+
+
+@njit(cache=True)
+def _normalise(buf: np.ndarray, starts: np.ndarray, out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray) -> None:
+    """Each row's UTF-8 text with whitespace runs collapsed to one space and stripped (`re.sub(r"\\s+", " ", t).strip()`),
+    into `out`; the end of every word (in `out`) into `word_ends`, their count per row into `n_words`."""
+    o, w = 0, 0
+    for r in range(starts.shape[0] - 1):
+        out_starts[r] = o
+        words, i, end = 0, starts[r], starts[r + 1]
+        while i < end:
+            sl = _space_len(buf, i)
+            if sl:
+                i += sl
+                continue
+            if words:
+                out[o] = 0x20
+                o += 1
+            while i < end and _space_len(buf, i) == 0:
+                out[o] = buf[i]
+                o += 1
+                i += 1
+            word_ends[w] = o
+            w += 1
+            words += 1
+        n_words[r] = words
+    out_starts[starts.shape[0] - 1] = o
+
+
+@njit(cache=True)
+def _word_grams(out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end) byte spans in `out` of every word k-gram of every row (a row of fewer than k words:
+    the whole text), and each row's first span."""
+    rows = n_words.shape[0]
+    first = np.empty(rows + 1, np.int64)
+    first[0] = 0
+    for r in range(rows):
+        first[r + 1] = first[r] + max(1, n_words[r] - k + 1)
+    s_out, e_out = np.empty(first[rows], np.int64), np.empty(first[rows], np.int64)
+    j, w = 0, 0
+    for r in range(rows):
+        m = n_words[r]
+        if m < k:
+            s_out[j], e_out[j] = out_starts[r], out_starts[r + 1]
+            j += 1
+        else:
+            for i in range(m - k + 1):
+                s_out[j] = out_starts[r] if i == 0 else word_ends[w + i - 1] + 1
+                e_out[j] = word_ends[w + i + k - 1]
+                j += 1
+        w += m
+    return s_out, e_out, first
+
+
+@njit(cache=True)
+def _char_grams(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end) byte spans of every k-code-point substring of every row (shorter rows: the whole
+    text), and each row's first span."""
+    rows = out_starts.shape[0] - 1
+    first = np.empty(rows + 1, np.int64)
+    first[0] = 0
+    for r in range(rows):
+        chars = 0
+        for i in range(out_starts[r], out_starts[r + 1]):
+            chars += (out[i] & 0xC0) != 0x80
+        first[r + 1] = first[r] + max(1, chars - k + 1)
+    s_out, e_out = np.empty(first[rows], np.int64), np.empty(first[rows], np.int64)
+    j = 0
+    for r in range(rows):
+        a, end = out_starts[r], out_starts[r + 1]
+        b, seen = a, 0  # b: the byte after the first k characters from a
+        while b < end and seen < k:
+            b += 1
+            while b < end and (out[b] & 0xC0) == 0x80:
+                b += 1
+            seen += 1
+        s_out[j], e_out[j] = a, b
+        j += 1
+        while b < end:  # slide one character
+            a += 1
+            while (out[a] & 0xC0) == 0x80:
+                a += 1
+            b += 1
+            while b < end and (out[b] & 0xC0) == 0x80:
+                b += 1
+            s_out[j], e_out[j] = a, b
+            j += 1
+    return s_out, e_out, first
+
+
+@njit(cache=True)
+def _gather(out: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spans copied end to end, with arrow offsets."""
+    offsets = np.empty(s.shape[0] + 1, np.int64)
+    offsets[0] = 0
+    for j in range(s.shape[0]):
+        offsets[j + 1] = offsets[j] + e[j] - s[j]
+    data = np.empty(offsets[-1], np.uint8)
+    for j in range(s.shape[0]):
+        data[offsets[j] : offsets[j + 1]] = out[s[j] : e[j]]
+    return data, offsets
 
 
 def shingle_hashes(texts: list[str], kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, offsets): polars' hash of every shingle of `shingle_lists`, row r's at hashes[offsets[r]:offsets[r + 1]].
 
     The same shingles as `shingle_lists` (duplicates within a row kept: they do not change a minimum),
-    built and hashed by polars over all rows at once instead of Python sets of strings."""
-    low = pl.Series("t", [t.lower() for t in texts], dtype=pl.Utf8)  # Python's lower: its case rules, not Rust's
-    if kind == "word":
-        words = pl.DataFrame(low.str.extract_all(_WORD).alias("w")).with_row_index("r")
-        n = pl.col("w").list.len().cast(pl.Int64)
-        # fewer than k words: one shingle, the whole text (k-gram columns of nulls that concat_str skips)
-        w = pl.when(n >= k).then(pl.col("w")).otherwise(pl.concat_list([pl.col("w").list.join(" "), *[pl.lit(None, pl.Utf8)] * (k - 1)]))
-        grams = words.select("r", w.alias("w")).select("r", *[pl.col("w").list.slice(j, pl.col("w").list.len() - k + 1).alias(f"g{j}") for j in range(k)])
-        sh = grams.explode([f"g{j}" for j in range(k)]).select("r", pl.concat_str([f"g{j}" for j in range(k)], separator=" ", ignore_nulls=True).alias("s"))
-    else:
-        frame = pl.DataFrame(low.str.replace_all(_WHITESPACE, " ").str.strip_chars(" ")).with_row_index("r")
-        pos = frame.with_columns(pl.int_ranges(0, pl.max_horizontal(pl.col("t").str.len_chars().cast(pl.Int64) - k + 1, 1)).alias("i")).explode("i")
-        sh = pos.select("r", pl.col("t").str.slice(pl.col("i"), k).alias("s"))
-    hashes = sh["s"].hash(seed=seed).to_numpy()
-    counts = np.bincount(sh["r"].to_numpy(), minlength=len(texts))
-    return hashes, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cut from the UTF-8 bytes by compiled loops and hashed by polars as one Binary column (its hash of
+    a string is the hash of its bytes) instead of Python sets of strings."""
+    encoded = [t.lower().encode() for t in texts]  # Python's lower: its case rules
+    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    starts = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(texts)), out=starts[1:])
+    out, out_starts = np.empty(max(1, buf.shape[0]), np.uint8), np.empty(len(texts) + 1, np.int64)
+    word_ends, n_words = np.empty(buf.shape[0] // 2 + 1, np.int64), np.empty(len(texts), np.int64)
+    _normalise(buf, starts, out, out_starts, word_ends, n_words)
+    s, e, first = _word_grams(out, out_starts, word_ends, n_words, k) if kind == "word" else _char_grams(out, out_starts, k)
+    data, offsets = _gather(out, s, e)
+    column = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(s), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    hashes = pl.Series(column).hash(seed=seed).to_numpy()
+    return hashes, first
 
 
 @njit(cache=True, parallel=True)
