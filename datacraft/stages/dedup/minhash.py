@@ -263,12 +263,21 @@ def candidate_edges(ids: list[str], sig: np.ndarray, keys: np.ndarray, threshold
     if n < 2:
         return pl.DataFrame(schema=EDGE_SCHEMA)
     by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")  # the row order that decides heads
-    table = pl.DataFrame({"band": np.repeat(np.arange(bands), n), "key": keys[by_id].T.ravel(), "ix": np.tile(by_id, bands), "r": np.tile(np.arange(n), bands)})
-    heads = table.group_by(["band", "key"]).agg(pl.col("ix").sort_by("r").first().alias("head"), pl.len().alias("size")).filter(pl.col("size") > 1)
-    pairs = table.join(heads, on=["band", "key"]).filter(pl.col("ix") != pl.col("head")).select("head", "ix").unique()
-    if pairs.height == 0:
+    heads, members = [], []
+    for band in range(bands):  # a bucket: a run of equal keys once sorted; stable, so its head is its smallest id
+        order = by_id[np.argsort(keys[by_id, band], kind="stable")]
+        col = keys[order, band]
+        same = col[1:] == col[:-1]
+        if not same.any():
+            continue
+        start = np.maximum.accumulate(np.where(np.concatenate([[True], ~same]), np.arange(n), 0))
+        heads.append(order[start[1:][same]])
+        members.append(order[1:][same])
+    if not heads:
         return pl.DataFrame(schema=EDGE_SCHEMA)
-    h, i = pairs["head"].to_numpy(), pairs["ix"].to_numpy()
+    h, i = np.concatenate(heads), np.concatenate(members)
+    _, first = np.unique(h.astype(np.int64) * n + i, return_index=True)  # each pair once, whatever bands it shares
+    h, i = h[first], i[first]
     est = np.empty(len(h))
     for s in range(0, len(h), 200_000):
         est[s : s + 200_000] = (sig[h[s : s + 200_000]] == sig[i[s : s + 200_000]]).mean(axis=1)
