@@ -1,9 +1,11 @@
 """`near_dedup`: MinHash-LSH near-duplicate detection over character or word shingles.
 
 Each row's text (`text` view, lower-cased, whitespace collapsed) becomes a set of shingles (`char`
-k-grams, default 5, or `word` k-grams, default 3), hashed once (polars' vectorized hash) and turned
-into a `num_perm`-value MinHash signature with numpy: h_p(x) = ((a_p·x + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) as datasketch, the
-minimum per row taken with `np.minimum.reduceat`. LSH: `bands` × `rows` (chosen so the S-curve's
+k-grams, default 5, or `word` k-grams, default 3). Compiled loops (numba) cut the shingles from the
+rows' UTF-8 bytes, polars hashes them as one column, and a compiled kernel turns them into `num_perm`-value
+MinHash signatures: h_p(x) = ((a_p·x + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) as datasketch (the Mersenne
+modulus without a division), the minimum per row (`shingle_lists` + `_reference` in the tests is
+the plain-Python form they equal). LSH: `bands` × `rows` (chosen so the S-curve's
 midpoint ≈ `threshold` when not given); rows sharing a band bucket are candidates, kept as an edge
 when their estimated Jaccard (signature agreement) ≥ `threshold`. Groups by union-find; the kept row
 is the best by `score` (else the longest); the others are dropped "near-duplicate" with detail
@@ -24,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from numba import njit, prange
+from numba import njit
 from pydantic import Field
 
 from datacraft.core.rows import text_expr
@@ -90,26 +92,44 @@ def _space_len(buf: np.ndarray, i: int) -> int:
     return 0
 
 
+#: ASCII bytes that Python's str.isspace() calls whitespace
+_ASCII_SPACE = np.zeros(128, np.uint8)
+_ASCII_SPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = 1
+
+
 @njit(cache=True)
-def _normalise(buf: np.ndarray, starts: np.ndarray, out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray) -> None:
+def _normalise(buf: np.ndarray, starts: np.ndarray, ascii_space: np.ndarray, out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray) -> None:
     """Each row's UTF-8 text with whitespace runs collapsed to one space and stripped (`re.sub(r"\\s+", " ", t).strip()`),
     into `out`; the end of every word (in `out`) into `word_ends`, their count per row into `n_words`."""
     o, w = 0, 0
     for r in range(starts.shape[0] - 1):
         out_starts[r] = o
-        words, i, end = 0, starts[r], starts[r + 1]
+        words, i, end, in_word = 0, starts[r], starts[r + 1], False
         while i < end:
-            sl = _space_len(buf, i)
+            c = buf[i]
+            if c < 0x80:
+                sl = np.int64(ascii_space[c])
+            elif c == 0xC2 or c == 0xE1 or c == 0xE2 or c == 0xE3:  # lead bytes of the non-ASCII spaces
+                sl = _space_len(buf, i)
+            else:
+                sl = 0
             if sl:
+                if in_word:
+                    word_ends[w] = o
+                    w += 1
+                    words += 1
+                    in_word = False
                 i += sl
                 continue
-            if words:
-                out[o] = 0x20
-                o += 1
-            while i < end and _space_len(buf, i) == 0:
-                out[o] = buf[i]
-                o += 1
-                i += 1
+            if not in_word:
+                if words:
+                    out[o] = 0x20
+                    o += 1
+                in_word = True
+            out[o] = c
+            o += 1
+            i += 1
+        if in_word:
             word_ends[w] = o
             w += 1
             words += 1
@@ -179,16 +199,19 @@ def _char_grams(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.nda
 
 
 @njit(cache=True)
-def _gather(out: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The spans copied end to end, with arrow offsets."""
-    offsets = np.empty(s.shape[0] + 1, np.int64)
-    offsets[0] = 0
+def _views(out: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Arrow BinaryView structs (16 bytes each) of the spans of `out`: length, then the bytes inline
+    (≤ 12) or a 4-byte prefix, buffer 0 and the offset — the column without copying the bytes."""
+    views = np.zeros((s.shape[0], 16), np.uint8)
+    words = views.view(np.uint32)
     for j in range(s.shape[0]):
-        offsets[j + 1] = offsets[j] + e[j] - s[j]
-    data = np.empty(offsets[-1], np.uint8)
-    for j in range(s.shape[0]):
-        data[offsets[j] : offsets[j + 1]] = out[s[j] : e[j]]
-    return data, offsets
+        length = e[j] - s[j]
+        words[j, 0] = length
+        for q in range(length if length <= 12 else 4):
+            views[j, 4 + q] = out[s[j] + q]
+        if length > 12:
+            words[j, 3] = s[j]
+    return views
 
 
 def shingle_hashes(texts: list[str], kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,19 +226,18 @@ def shingle_hashes(texts: list[str], kind: str, k: int, seed: int) -> tuple[np.n
     np.cumsum(np.fromiter(map(len, encoded), np.int64, len(texts)), out=starts[1:])
     out, out_starts = np.empty(max(1, buf.shape[0]), np.uint8), np.empty(len(texts) + 1, np.int64)
     word_ends, n_words = np.empty(buf.shape[0] // 2 + 1, np.int64), np.empty(len(texts), np.int64)
-    _normalise(buf, starts, out, out_starts, word_ends, n_words)
+    _normalise(buf, starts, _ASCII_SPACE, out, out_starts, word_ends, n_words)
     s, e, first = _word_grams(out, out_starts, word_ends, n_words, k) if kind == "word" else _char_grams(out, out_starts, k)
-    data, offsets = _gather(out, s, e)
-    column = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(s), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    column = pa.Array.from_buffers(pa.binary_view(), len(s), [None, pa.py_buffer(_views(out, s, e)), pa.py_buffer(out)])
     hashes = pl.Series(column).hash(seed=seed).to_numpy()
     return hashes, first
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)  # no parallel=True: numba's workqueue layer is not thread-safe under Beam's worker threads
 def _minhash(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out[r, p] = min over row r's shingle hashes h of ((a_p·(h mod 2³²) + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) mod 2³²."""
     prime, low32, top = np.uint64((1 << 61) - 1), np.uint64(0xFFFFFFFF), np.uint64(61)
-    for r in prange(out.shape[0]):
+    for r in range(out.shape[0]):
         row = out[r]
         row[:] = low32
         for j in range(offsets[r], offsets[r + 1]):
@@ -230,16 +252,21 @@ def _minhash(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarr
                     row[p] = v
 
 
-def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1) -> np.ndarray:
+def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1, chunk_chars: int = 1 << 28) -> np.ndarray:
     """MinHash signatures (n, num_perm) uint64: shingles hashed by polars, permutations by a compiled kernel."""
     k = ngram or (5 if shingle == "char" else 3)
     rng = np.random.default_rng(seed)
     a = rng.integers(1, (1 << 61) - 1, num_perm, dtype=np.uint64)
     b = rng.integers(0, (1 << 61) - 1, num_perm, dtype=np.uint64)
     sig = np.empty((len(texts), num_perm), dtype=np.uint64)
-    if texts:
-        hashes, offsets = shingle_hashes(texts, shingle, k, seed)
-        _minhash(hashes, offsets, a, b, sig)
+    # chunks of ≤ 2²⁸ characters (≤ 2³⁰ UTF-8 bytes): the BinaryView offsets are 32-bit
+    ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+    lo = 0
+    while lo < len(texts):
+        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + chunk_chars, side="right")))
+        hashes, offsets = shingle_hashes(texts[lo:hi], shingle, k, seed)
+        _minhash(hashes, offsets, a, b, sig[lo:hi])
+        lo = hi
     return sig
 
 
