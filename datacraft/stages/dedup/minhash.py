@@ -202,15 +202,19 @@ def _char_grams(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.nda
 def _views(out: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
     """Arrow BinaryView structs (16 bytes each) of the spans of `out`: length, then the bytes inline
     (≤ 12) or a 4-byte prefix, buffer 0 and the offset — the column without copying the bytes."""
-    views = np.zeros((s.shape[0], 16), np.uint8)
-    words = views.view(np.uint32)
+    views = np.empty((s.shape[0], 4), np.uint32)
     for j in range(s.shape[0]):
-        length = e[j] - s[j]
-        words[j, 0] = length
-        for q in range(length if length <= 12 else 4):
-            views[j, 4 + q] = out[s[j] + q]
+        start, length = s[j], e[j] - s[j]
+        views[j, 0] = length
         if length > 12:
-            words[j, 3] = s[j]
+            views[j, 1] = np.uint32(out[start]) | np.uint32(out[start + 1]) << 8 | np.uint32(out[start + 2]) << 16 | np.uint32(out[start + 3]) << 24
+            views[j, 2] = 0
+            views[j, 3] = start
+        else:
+            views[j, 1] = views[j, 2] = views[j, 3] = 0
+            inline = views[j].view(np.uint8)
+            for q in range(length):
+                inline[4 + q] = out[start + q]
     return views
 
 
