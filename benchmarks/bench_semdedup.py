@@ -2,8 +2,9 @@
 
 Embeddings: real rows of ../shared/data embedded with the static embedder, replicated with noise —
 ~15% of rows are near copies of a real row (noise norm 0.1–0.35, cos ≈ 0.94–0.99), the rest far
-variants (noise norm 0.8–1.3). Ours: `pairs_above` (IVF kNN above 50k rows, k=10, widened up to --max-k (64) for rows
-whose k-th neighbour is still ≥ τ) → edges with cos ≥ τ →
+variants (noise norm 0.8–1.3). Ours: `threshold_edges` with the stage's defaults (FAISS IndexFlatIP up
+to 5k rows, IndexIVFFlat nlist 4·√N / nprobe 8 above, searched list by list as BLAS blocks above 30k;
+k=10, widened up to --max-k (64) for rows whose k-th neighbour is still ≥ τ) → edges with cos ≥ τ →
 union-find groups → drop table (the `semantic_dedup` core). Recall: on a random sample, every pair
 with cos ≥ τ found by exact all-pairs (blocked GEMM) counts as found when both rows end in the
 same duplicate group.
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import alternate, emit, installed_peers, loadavg, peak_rss_gb, robust_record, version  # noqa: E402
 
-from datacraft.stages.dedup.semantic import threshold_edges  # noqa: E402
+from datacraft.stages.dedup.semantic import SemanticDedupParams, threshold_edges  # noqa: E402
 from datacraft.vectors.embedders import encode_sorted, load_embedder  # noqa: E402
 from datacraft.vectors.knn import union_find_groups  # noqa: E402
 
@@ -85,7 +86,7 @@ def exact_pairs(x: np.ndarray, tau: float, block: int = 4096) -> tuple[np.ndarra
 
 def labels_ours(x: np.ndarray, ids: list[str], args: argparse.Namespace) -> np.ndarray:
     """datacraft's path: `threshold_edges` (the stage's core: kNN widened in dense groups) → union-find groups."""
-    edges = threshold_edges(ids, x, args.k, args.threshold, max_k=args.max_k, nprobe=args.nprobe)
+    edges = threshold_edges(ids, x, args.k, args.threshold, max_k=args.max_k, nprobe=args.nprobe, exact_max=args.exact_max)
     ea = edges["a"].str.slice(1).cast(pl.Int64).to_numpy()
     eb = edges["b"].str.slice(1).cast(pl.Int64).to_numpy()
     return union_find_groups(x.shape[0], ea, eb)
@@ -148,7 +149,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=None)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--nprobe", type=int, default=3)
+    ap.add_argument("--nprobe", type=int, default=SemanticDedupParams().nprobe)
+    ap.add_argument("--exact-max", type=int, default=SemanticDedupParams().exact_max, help="exact search up to this many rows, IVF above")
     ap.add_argument("--max-k", type=int, default=64, help="widening cap for rows in dense duplicate groups")
     ap.add_argument("--faiss-nprobe", type=int, default=8)
     ap.add_argument("--hnsw-k", type=int, default=32)
@@ -185,7 +187,7 @@ def main() -> None:
     for name in trials:
         print(f"{name:>11s}: recall {recalls[name]:.4f}, {n - groups[name]} rows in duplicate groups beyond the first", flush=True)
     print(f"exact all-pairs on {len(pick)} rows: {t_exact:.1f}s, {len(a)} pairs", flush=True)
-    record = {"benchmark": "semdedup", "n": n, "d": int(x.shape[1]), "threshold": args.threshold, "k": args.k, "max_k": args.max_k,
+    record = {"benchmark": "semdedup", "n": n, "d": int(x.shape[1]), "threshold": args.threshold, "k": args.k, "max_k": args.max_k, "nprobe": args.nprobe, "exact_max": args.exact_max,
               "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "versions": versions, "skipped": skipped,
               "recall_vs_exact": recalls, "dropped": {k: n - v for k, v in groups.items()}, "sample": int(len(pick)),
               "exact_pairs": int(len(a)), "exact_sample_seconds": t_exact, "peak_rss_gb": peak_rss_gb()}

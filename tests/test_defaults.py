@@ -29,7 +29,8 @@ DEFAULTS = [
     ("near_dedup", "num_perm", 128, "datasketch's MinHash default, the README's near-dedup row"),
     ("near_dedup", "threshold", 0.8, "stage help: estimated Jaccard at or above which rows are duplicates"),
     ("semantic_dedup", "threshold", 0.9, "stage help / README: cosine ≥ 0.9 is a duplicate"),
-    ("semantic_dedup", "exact_max", 50_000, "stage help: exact kNN up to 50k rows, IVF above"),
+    ("semantic_dedup", "exact_max", 5_000, "stage help: exact kNN up to 5k rows, FAISS IVF above (bench_semdedup's crossover)"),
+    ("semantic_dedup", "nprobe", 8, "stage help: 8 of ≈ 4·√N IVF lists, the recall contract (pair recall ≥ 0.99 at τ ≥ 0.9)"),
     ("select", "exact_max", 20_000, "stage help: exact kNN graph up to 20k rows, IVF above"),
     ("select", "epsilon", 0.01, "stochastic greedy's ε (Mirzasoleiman et al. 2015), apricot's default"),
 ]

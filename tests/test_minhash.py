@@ -1,7 +1,19 @@
 from __future__ import annotations
 
-from datacraft.core.rows import batch_from_rows, make_row
-from datacraft.stages.dedup.minhash import MinHashDedupStage, choose_bands, signatures
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+
+from datacraft.core.rows import batch_from_rows, make_row, text_expr
+from datacraft.stages.dedup.minhash import (
+    MinHashDedupStage,
+    choose_bands,
+    shingle_hashes,
+    shingle_lists,
+    signatures,
+)
 
 from ._embed_helpers import assert_ledger, rows, run_beam
 
@@ -60,3 +72,38 @@ def test_shingles_are_every_n_gram_of_the_normalised_text() -> None:
     assert shingle_lists(["two words"], "word", 3) == [["two words"]]  # shorter than n: the whole text
     (chars,) = shingle_lists(["Ab  cd"], "char", 3)
     assert sorted(chars) == sorted(["ab ", "b c", " cd"])  # runs of whitespace count as one space
+
+
+def _reference_signatures(texts: list[str], kind: str, k: int, num_perm: int, seed: int = 1) -> np.ndarray:
+    """The plain form: Python sets of shingle strings (`shingle_lists`), polars' hash, numpy's `%` by the prime."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, (1 << 61) - 1, num_perm, dtype=np.uint64)
+    b = rng.integers(0, (1 << 61) - 1, num_perm, dtype=np.uint64)
+    out = []
+    for sh in shingle_lists(texts, kind, k):
+        h = (pl.Series(sh, dtype=pl.Utf8).hash(seed=seed).to_numpy() & np.uint64(0xFFFFFFFF))[:, None]
+        with np.errstate(over="ignore"):
+            out.append((((h * a + b) % np.uint64((1 << 61) - 1)) & np.uint64(0xFFFFFFFF)).min(axis=0))
+    return np.array(out, dtype=np.uint64)
+
+
+EDGE_TEXTS = ["", " \t ", "a", "ab", "one two", "  Lead and trail  ", "x\u00a0y\u2028z\x85w\u3000v\x1cu", "ΣΑΣ ΟΔΟΣ İstanbul ǅ ß", "naïve café — “quoted” 😀 emoji"]
+
+
+@pytest.mark.parametrize(("kind", "k"), [("char", 5), ("word", 3), ("word", 5), ("char", 1)])
+def test_compiled_signatures_equal_the_plain_form_on_real_rows(kind: str, k: int) -> None:
+    # real rows (those with non-ASCII text among them) plus edge cases: empty, all-space, shorter than k, Unicode spaces and case
+    real = rows("alpaca_llamafactory_200.jsonl").select(text_expr("conversation").alias("t"))["t"]
+    texts = real.head(30).to_list() + real.filter(real.str.contains(r"[^\x00-\x7f]")).to_list() + EDGE_TEXTS
+    assert len(texts) > 45
+    ref = _reference_signatures(texts, kind, k, 32)
+    assert np.array_equal(signatures(texts, shingle=kind, ngram=k, num_perm=32), ref)
+    # row chunks (the 32-bit offsets' bound) do not change a signature
+    assert np.array_equal(signatures(texts, shingle=kind, ngram=k, num_perm=32, chunk_chars=500), ref)
+
+
+def test_whitespace_is_pythons_for_every_code_point() -> None:
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    hashes, offsets = shingle_hashes([f"x{c}y" for c in chars], "word", 1, 1)
+    split = np.diff(offsets) == 2  # "x y": two one-word shingles
+    assert [c for c, s in zip(chars, split, strict=True) if s] == [c for c in chars if re.fullmatch(r"\s", c)]

@@ -20,9 +20,9 @@ def test_exact_knn_matches_brute_force_and_excludes_self() -> None:
 def test_ivf_recall_and_queries() -> None:
     x = clustered(6000, d=48, clusters=60)
     exact = knn(x, 10)[1]
-    approx = knn(x, 10, method="ivf", nprobe=3)[1]
+    approx = knn(x, 10, method="ivf", nprobe=8)[1]  # the recall contract: 8 of ≈ 4·√N lists
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx, strict=True)])
-    assert recall >= 0.97
+    assert recall >= 0.99
     s, i = knn(x[:100], 3, queries=x[:7])
     assert i[:, 0].tolist() == list(range(7)) and np.allclose(s[:, 0], 1.0, atol=1e-5)
 

@@ -2,17 +2,20 @@
 
 Vectors are L2-normalised float32, so inner product = cosine similarity.
 
-* `knn(x, k)` — exact (blocked GEMM + argpartition: IndexFlatIP's arithmetic) up to `exact_max` rows;
-  above it, `method="ivf"`: k-means centroids trained on a sample, every row stored in the inverted
-  list of its nearest centroid, every query probing its `nprobe` nearest lists — searched list by list
-  as exact BLAS blocks (the same arithmetic as IndexIVFFlat, 3–5× faster on CPU because it is GEMM,
-  not per-pair SIMD). Recall trade-off: a true neighbour is missed only when it lies in none of the
-  query's `nprobe` nearest lists; on sentence embeddings nprobe=3 gives ≥ 0.99 recall@10 for
-  neighbours with cos ≥ 0.8 (see benchmarks/bench_semdedup.py). `method="hnsw"` uses
-  faiss.IndexHNSWFlat (M=32, efSearch=max(64, 2k)) instead. Memory: the vectors + O(N·k) results
-  + one block of (queries of a list × list size) floats.
+* `knn(x, k)` / `pairs_above` — exact (FAISS IndexFlatIP) up to `exact_max` rows; above it,
+  `method="ivf"`: FAISS IndexIVFFlat built as FAISS's guidelines say (nlist ≈ 4·√N lists, k-means
+  trained with a fixed seed on a seeded sample of 39 rows per list, 5 iterations), every query
+  probing its `nprobe` (8) nearest lists. Up to `IVF_GEMM_MIN` rows FAISS scans the lists; above it
+  the same lists and probes are searched list by list as exact BLAS blocks (`ivf_gemm_search`: the
+  queries of a list × its members as one GEMM), which the benchmark measured ~2× faster there —
+  both give the same neighbours. Recall contract: a true neighbour is missed only when it lies in
+  none of the query's `nprobe` nearest lists; nprobe=8 gives recall@10 ≥ 0.999 on clustered data
+  (tests/test_select_knn.py) and pair recall ≥ 0.99 for duplicates with cos ≥ 0.9 on sentence
+  embeddings (benchmarks/bench_semdedup.py: 1.000 at 20k and 100k). `method="hnsw"` uses
+  faiss.IndexHNSWFlat (M=32, efSearch=max(64, 2k)) instead. Memory: the vectors (twice: the index
+  holds a copy) + O(N·k) results.
 * `knn_graph` — the (n × n) scipy CSR graph of those neighbours (self loops optional).
-* `kmeans` / `assign` — spherical k-means centroids and the top-m centroids of each row.
+* `kmeans` / `assign` — spherical k-means centroids and the top-m centroids of each row (numpy).
 * `union_find_groups` — connected components of an edge list (transitive duplicate groups).
 """
 
@@ -34,8 +37,8 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 def exact_search(queries: np.ndarray, base: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of each query against `base`, sorted descending (k clipped to
-    len(base)). Blocked GEMM + argpartition: on this class of CPU numpy's OpenBLAS GEMM runs ~2×
-    faster than faiss.knn's flat search, and the block bounds memory to block × len(base) floats."""
+    len(base)). Blocked GEMM + argpartition, for the small blocks of k-means assignment and of
+    `ivf_gemm_search` (whole-corpus exact search is FAISS's IndexFlatIP: its top-k beats argpartition)."""
     q, b = _f32(queries), _f32(base)
     k = min(k, b.shape[0])
     if k <= 0 or q.shape[0] == 0:
@@ -88,6 +91,11 @@ def assign(x: np.ndarray, centroids: np.ndarray, top: int = 1) -> tuple[np.ndarr
     return exact_search(x, centroids, top)
 
 
+#: FAISS IVF training: rows per list (FAISS's own minimum, 39; its guidelines say 30–256) and Lloyd
+#: iterations (5: lists coherent enough for the recall contract, training stays a small share)
+TRAIN_PER_LIST, TRAIN_ITER = 39, 5
+
+
 def _merge_topk(s_old: np.ndarray, i_old: np.ndarray, s_new: np.ndarray, i_new: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     s = np.concatenate([s_old, s_new], axis=1)
     i = np.concatenate([i_old, i_new], axis=1)
@@ -98,46 +106,90 @@ def _merge_topk(s_old: np.ndarray, i_old: np.ndarray, s_new: np.ndarray, i_new: 
     return s, i
 
 
-def ivf_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, nprobe: int = 3, n_clusters: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate top-k by inverted lists searched as exact BLAS blocks (see module doc)."""
-    base = _f32(base)
-    q = base if queries is None else _f32(queries)
-    n = base.shape[0]
-    n_clusters = n_clusters or max(1, int(round(math.sqrt(n) * 2)))
-    # ~48 rows per centroid and 8 Lloyd iterations: enough for coherent lists (recall), and training
-    # stays a small share of the search
-    centroids = kmeans(base, n_clusters, sample=min(n, 48 * n_clusters), niter=8, seed=seed)
-    _, home = assign(base, centroids, 1)
-    home = home[:, 0]
-    _, probes = assign(q, centroids, min(nprobe, centroids.shape[0]))
-    order = np.argsort(home, kind="stable")
-    bounds = np.searchsorted(home[order], np.arange(centroids.shape[0] + 1))
+def n_lists(n: int) -> int:
+    """FAISS's guideline for IndexIVFFlat: about 4·√N inverted lists."""
+    return max(1, int(round(4 * math.sqrt(n))))
+
+
+def ivf_index(base: np.ndarray, *, nprobe: int = 8, n_clusters: int | None = None, seed: int = 0) -> faiss.IndexIVFFlat:
+    """IndexIVFFlat (inner product) over `base`: k-means lists trained with `seed` on a sample drawn by
+    a seeded generator from the rows in their given order (so the caller's row order fixes the index)."""
+    n, d = base.shape
+    nlist = min(n, n_clusters or n_lists(n))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, IP)
+    index.cp.seed, index.cp.niter = seed, TRAIN_ITER
+    index.cp.min_points_per_centroid = 1  # a small input trains on what it has, without FAISS's warning
+    index.cp.max_points_per_centroid = TRAIN_PER_LIST
+    take = min(n, TRAIN_PER_LIST * nlist)
+    index.train(base if take == n else base[np.sort(np.random.default_rng(seed).choice(n, take, replace=False))])
+    index.add(base)
+    index.nprobe = min(nprobe, nlist)
+    return index
+
+
+def list_members(index: faiss.IndexIVF) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds): the row ids of inverted list c are order[bounds[c]:bounds[c + 1]]."""
+    sizes = np.array([index.invlists.list_size(c) for c in range(index.nlist)], dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    order = np.empty(bounds[-1], np.int64)
+    for c in np.nonzero(sizes)[0]:
+        order[bounds[c] : bounds[c + 1]] = faiss.rev_swig_ptr(index.invlists.get_ids(int(c)), int(sizes[c]))
+    return order, bounds
+
+
+def ivf_gemm_search(index: faiss.IndexIVF, base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The IVF index's search (same lists, same `nprobe` probes, exact products within) done list by list:
+    the queries probing a list against its members as one BLAS block instead of FAISS's per-query scan."""
+    q = _f32(queries)
+    k = min(k, index.ntotal)
+    order, bounds = list_members(index)
+    _, probes = index.quantizer.search(q, index.nprobe)
     flat_q = np.repeat(np.arange(q.shape[0]), probes.shape[1])
     flat_c = probes.ravel()
+    valid = flat_c >= 0
+    flat_q, flat_c = flat_q[valid], flat_c[valid]
     qorder = np.argsort(flat_c, kind="stable")
-    qbounds = np.searchsorted(flat_c[qorder], np.arange(centroids.shape[0] + 1))
+    qbounds = np.searchsorted(flat_c[qorder], np.arange(index.nlist + 1))
     best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
     best_i = np.full((q.shape[0], k), -1, dtype=np.int64)
-    _search_lists(q, base, k, order, bounds, flat_q, qorder, qbounds, best_s, best_i)
-    return best_s, best_i
-
-
-def _search_lists(q: np.ndarray, base: np.ndarray, k: int, order: np.ndarray, bounds: np.ndarray, flat_q: np.ndarray, qorder: np.ndarray, qbounds: np.ndarray, best_s: np.ndarray, best_i: np.ndarray) -> None:
-    for c in range(len(bounds) - 1):
+    for c in range(index.nlist):
         members = order[bounds[c] : bounds[c + 1]]
         qs = flat_q[qorder[qbounds[c] : qbounds[c + 1]]]
         if members.size == 0 or qs.size == 0:
             continue
         s, i = exact_search(q[qs], base[members], k)
-        s, i = _merge_topk(best_s[qs], best_i[qs], s, members[i], k)
-        best_s[qs], best_i[qs] = s, i
+        best_s[qs], best_i[qs] = _merge_topk(best_s[qs], best_i[qs], s, members[i], k)
+    return best_s, best_i
 
 
-def hnsw_search(base: np.ndarray, k: int, *, queries: np.ndarray | None = None, m: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    index = faiss.IndexHNSWFlat(base.shape[1], m, IP)
-    index.hnsw.efSearch = max(64, 2 * k)
-    index.add(_f32(base))
-    return index.search(_f32(base if queries is None else queries), k)
+def faiss_index(base: np.ndarray, method: str, *, nprobe: int = 8, n_clusters: int | None = None, seed: int = 0) -> faiss.Index:
+    """The FAISS index `method` names over `base`: exact IndexFlatIP, IndexIVFFlat or IndexHNSWFlat."""
+    if method == "exact":
+        index = faiss.IndexFlatIP(base.shape[1])
+        index.add(base)
+        return index
+    if method == "ivf":
+        return ivf_index(base, nprobe=nprobe, n_clusters=n_clusters, seed=seed)
+    if method == "hnsw":
+        index = faiss.IndexHNSWFlat(base.shape[1], 32, IP)
+        index.add(base)
+        return index
+    raise ValueError(f"unknown knn method {method!r}; expected auto, exact, ivf or hnsw")
+
+
+#: above this many indexed rows the IVF index is searched list by list as BLAS blocks (`ivf_gemm_search`),
+#: below it by FAISS's own per-query scan: the measured crossover (same lists, same probes, same neighbours)
+IVF_GEMM_MIN = 30_000
+
+
+def index_search(index: faiss.Index, base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (similarities, ids) of each query in `index` (built over `base`), k clipped to its size."""
+    k = min(k, index.ntotal)
+    if isinstance(index, faiss.IndexIVFFlat) and index.ntotal > IVF_GEMM_MIN:
+        return ivf_gemm_search(index, base, queries, k)
+    if isinstance(index, faiss.IndexHNSWFlat):
+        index.hnsw.efSearch = max(64, 2 * k)
+    return index.search(_f32(queries), k)
 
 
 def _sort_desc(s: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,40 +212,15 @@ def _drop_self(s: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     return s[keep].reshape(n, w)[:, :k], i[keep].reshape(n, w)[:, :k]
 
 
-def knn(
-    embeddings: np.ndarray,
-    k: int,
-    *,
-    exact_max: int = 50_000,
-    nprobe: int = 3,
-    queries: np.ndarray | None = None,
-    method: str = "auto",
-    n_clusters: int | None = None,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, indices), each (n_queries, k), sorted by similarity descending.
+def choose_method(n: int, method: str, exact_max: int) -> str:
+    return ("exact" if n <= exact_max else "ivf") if method == "auto" else method
 
-    With `queries=None` the rows query themselves and self is excluded. Exact under `exact_max` rows
-    (or `method="exact"`), else `method` "ivf" (default above the threshold) or "hnsw". Missing
-    neighbours (k ≥ n) are index -1 with similarity -inf.
-    """
-    base = _f32(embeddings)
-    n = base.shape[0]
-    self_query = queries is None
+
+def neighbours(index: faiss.Index, base: np.ndarray, queries: np.ndarray, k: int, *, self_query: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices) (n_queries, k) sorted descending; with `self_query` (queries = the indexed
+    rows) the row itself is excluded. Missing neighbours are index -1 with similarity -inf."""
     kk = k + 1 if self_query else k
-    if method == "auto":
-        method = "exact" if n <= exact_max else "ivf"
-    if n == 0:
-        m = n if self_query else queries.shape[0]  # type: ignore[union-attr]
-        return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
-    if method == "exact":
-        s, i = exact_search(base if self_query else queries, base, kk)  # type: ignore[arg-type]
-    elif method == "ivf":
-        s, i = ivf_search(base, min(kk, n), queries=queries, nprobe=nprobe, n_clusters=n_clusters, seed=seed)
-    elif method == "hnsw":
-        s, i = hnsw_search(base, min(kk, n), queries=queries)
-    else:
-        raise ValueError(f"unknown knn method {method!r}; expected auto, exact, ivf or hnsw")
+    s, i = index_search(index, base, queries, kk)
     s, i = _sort_desc(s, i)
     if s.shape[1] < kk:  # fewer rows than k: pad
         pad = kk - s.shape[1]
@@ -206,30 +233,62 @@ def knn(
     return s, i
 
 
+def knn(
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    exact_max: int = 50_000,
+    nprobe: int = 8,
+    queries: np.ndarray | None = None,
+    method: str = "auto",
+    n_clusters: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices), each (n_queries, k), sorted by similarity descending.
+
+    With `queries=None` the rows query themselves and self is excluded. Exact (IndexFlatIP) under
+    `exact_max` rows (or `method="exact"`), else `method` "ivf" (default above the threshold) or "hnsw".
+    Missing neighbours (k ≥ n) are index -1 with similarity -inf.
+    """
+    base = _f32(embeddings)
+    n = base.shape[0]
+    if n == 0:
+        m = n if queries is None else queries.shape[0]
+        return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
+    index = faiss_index(base, choose_method(n, method, exact_max), nprobe=nprobe, n_clusters=n_clusters, seed=seed)
+    return neighbours(index, base, base if queries is None else queries, k, self_query=queries is None)
+
+
 def pairs_above(
     embeddings: np.ndarray,
     k: int,
     threshold: float,
     *,
     max_k: int = 256,
-    **knn_kwargs: object,
+    exact_max: int = 50_000,
+    method: str = "auto",
+    **index_kwargs: object,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (a, b, sim) pairs with sim ≥ threshold among each row's neighbours, a ≠ b.
 
     Starts from the k nearest neighbours; a row whose k-th neighbour is still ≥ threshold may have
     more duplicates than k (a dense group of near copies), so only those rows are searched again with
-    4× the width, up to `max_k`. That keeps range-search semantics — every row links to all its
-    duplicates, so two dense groups that touch are joined — at the cost of kNN for most rows."""
+    4× the width, up to `max_k`, in the same index. That keeps range-search semantics — every row
+    links to all its duplicates, so two dense groups that touch are joined — at the cost of kNN for
+    most rows, and bounds the pairs of a group of m copies by m·max_k (a range search: m²)."""
     x = _f32(embeddings)
     n = x.shape[0]
-    sims, idx = knn(x, min(k, max(1, n - 1)), **knn_kwargs)  # type: ignore[arg-type]
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    index = faiss_index(x, choose_method(n, method, exact_max), **index_kwargs)  # type: ignore[arg-type]
+    sims, idx = neighbours(index, x, x, min(k, n - 1), self_query=True)
     rows = np.broadcast_to(np.arange(n)[:, None], idx.shape)
     keep = (sims >= threshold) & (idx >= 0)
     a, b, s = [rows[keep]], [idx[keep]], [sims[keep]]
-    width, todo = idx.shape[1], np.nonzero(keep[:, -1])[0] if idx.shape[1] else np.zeros(0, np.int64)
+    width, todo = idx.shape[1], np.nonzero(keep[:, -1])[0]
     while todo.size and width < min(max_k, n - 1):
         width = min(max_k, n - 1, width * 4)
-        s2, i2 = knn(x, width + 1, queries=x[todo], **knn_kwargs)  # type: ignore[arg-type]
+        s2, i2 = neighbours(index, x, x[todo], width + 1, self_query=False)
         r2 = np.broadcast_to(todo[:, None], i2.shape)
         keep2 = (s2 >= threshold) & (i2 >= 0) & (i2 != r2)
         a.append(r2[keep2])

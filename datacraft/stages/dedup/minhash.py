@@ -1,9 +1,11 @@
 """`near_dedup`: MinHash-LSH near-duplicate detection over character or word shingles.
 
 Each row's text (`text` view, lower-cased, whitespace collapsed) becomes a set of shingles (`char`
-k-grams, default 5, or `word` k-grams, default 3), hashed once (polars' vectorized hash) and turned
-into a `num_perm`-value MinHash signature with numpy: h_p(x) = ((a_p·x + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) as datasketch, the
-minimum per row taken with `np.minimum.reduceat`. LSH: `bands` × `rows` (chosen so the S-curve's
+k-grams, default 5, or `word` k-grams, default 3). Compiled loops (numba) cut the shingles from the
+rows' UTF-8 bytes, polars hashes them as one column, and a compiled kernel turns them into `num_perm`-value
+MinHash signatures: h_p(x) = ((a_p·x + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) as datasketch (the Mersenne
+modulus without a division), the minimum per row (`shingle_lists` + `_reference` in the tests is
+the plain-Python form they equal). LSH: `bands` × `rows` (chosen so the S-curve's
 midpoint ≈ `threshold` when not given); rows sharing a band bucket are candidates, kept as an edge
 when their estimated Jaccard (signature agreement) ≥ `threshold`. Groups by union-find; the kept row
 is the best by `score` (else the longest); the others are dropped "near-duplicate" with detail
@@ -23,13 +25,14 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+from numba import njit
 from pydantic import Field
 
 from datacraft.core.rows import text_expr
 from datacraft.core.stage import GlobalStage, StageParams, StageResult
 from datacraft.stages.dedup.groups import EDGE_SCHEMA, EdgeDedup, dedup_result, node_frame
 
-_PRIME = np.uint64((1 << 61) - 1)
 _SIG = "_minhash"
 
 
@@ -71,28 +74,203 @@ def shingle_lists(texts: list[str], kind: str, k: int) -> list[list[str]]:
     return out
 
 
-def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1, chunk_values: int = 8_000_000) -> np.ndarray:
-    """MinHash signatures (n, num_perm) uint64 (numpy-vectorized over all shingles of a chunk of rows)."""
+@njit(cache=True, inline="always")
+def _space_len(buf: np.ndarray, i: int) -> int:
+    """Byte length of the whitespace character (Python's str.isspace) starting at buf[i] in UTF-8, else 0."""
+    c = buf[i]
+    if c == 0x20 or 0x09 <= c <= 0x0D or 0x1C <= c <= 0x1F:
+        return 1
+    n = buf.shape[0]
+    if c == 0xC2 and i + 1 < n and (buf[i + 1] == 0x85 or buf[i + 1] == 0xA0):
+        return 2
+    if i + 2 < n:
+        c1, c2 = buf[i + 1], buf[i + 2]
+        if (c == 0xE1 and c1 == 0x9A and c2 == 0x80) or (c == 0xE3 and c1 == 0x80 and c2 == 0x80):
+            return 3
+        if c == 0xE2 and ((c1 == 0x80 and (c2 <= 0x8A or c2 == 0xA8 or c2 == 0xA9 or c2 == 0xAF)) or (c1 == 0x81 and c2 == 0x9F)):
+            return 3
+    return 0
+
+
+#: ASCII bytes that Python's str.isspace() calls whitespace
+_ASCII_SPACE = np.zeros(128, np.uint8)
+_ASCII_SPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = 1
+
+
+@njit(cache=True)
+def _normalise(buf: np.ndarray, starts: np.ndarray, ascii_space: np.ndarray, out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray) -> None:
+    """Each row's UTF-8 text with whitespace runs collapsed to one space and stripped (`re.sub(r"\\s+", " ", t).strip()`),
+    into `out`; the end of every word (in `out`) into `word_ends`, their count per row into `n_words`."""
+    o, w = 0, 0
+    for r in range(starts.shape[0] - 1):
+        out_starts[r] = o
+        words, i, end, in_word = 0, starts[r], starts[r + 1], False
+        while i < end:
+            c = buf[i]
+            if c < 0x80:
+                sl = np.int64(ascii_space[c])
+            elif c == 0xC2 or c == 0xE1 or c == 0xE2 or c == 0xE3:  # lead bytes of the non-ASCII spaces
+                sl = _space_len(buf, i)
+            else:
+                sl = 0
+            if sl:
+                if in_word:
+                    word_ends[w] = o
+                    w += 1
+                    words += 1
+                    in_word = False
+                i += sl
+                continue
+            if not in_word:
+                if words:
+                    out[o] = 0x20
+                    o += 1
+                in_word = True
+            out[o] = c
+            o += 1
+            i += 1
+        if in_word:
+            word_ends[w] = o
+            w += 1
+            words += 1
+        n_words[r] = words
+    out_starts[starts.shape[0] - 1] = o
+
+
+@njit(cache=True)
+def _word_grams(out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end) byte spans in `out` of every word k-gram of every row (a row of fewer than k words:
+    the whole text), and each row's first span."""
+    rows = n_words.shape[0]
+    first = np.empty(rows + 1, np.int64)
+    first[0] = 0
+    for r in range(rows):
+        first[r + 1] = first[r] + max(1, n_words[r] - k + 1)
+    s_out, e_out = np.empty(first[rows], np.int64), np.empty(first[rows], np.int64)
+    j, w = 0, 0
+    for r in range(rows):
+        m = n_words[r]
+        if m < k:
+            s_out[j], e_out[j] = out_starts[r], out_starts[r + 1]
+            j += 1
+        else:
+            for i in range(m - k + 1):
+                s_out[j] = out_starts[r] if i == 0 else word_ends[w + i - 1] + 1
+                e_out[j] = word_ends[w + i + k - 1]
+                j += 1
+        w += m
+    return s_out, e_out, first
+
+
+@njit(cache=True)
+def _char_grams(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end) byte spans of every k-code-point substring of every row (shorter rows: the whole
+    text), and each row's first span."""
+    rows = out_starts.shape[0] - 1
+    first = np.empty(rows + 1, np.int64)
+    first[0] = 0
+    for r in range(rows):
+        chars = 0
+        for i in range(out_starts[r], out_starts[r + 1]):
+            chars += (out[i] & 0xC0) != 0x80
+        first[r + 1] = first[r] + max(1, chars - k + 1)
+    s_out, e_out = np.empty(first[rows], np.int64), np.empty(first[rows], np.int64)
+    j = 0
+    for r in range(rows):
+        a, end = out_starts[r], out_starts[r + 1]
+        b, seen = a, 0  # b: the byte after the first k characters from a
+        while b < end and seen < k:
+            b += 1
+            while b < end and (out[b] & 0xC0) == 0x80:
+                b += 1
+            seen += 1
+        s_out[j], e_out[j] = a, b
+        j += 1
+        while b < end:  # slide one character
+            a += 1
+            while (out[a] & 0xC0) == 0x80:
+                a += 1
+            b += 1
+            while b < end and (out[b] & 0xC0) == 0x80:
+                b += 1
+            s_out[j], e_out[j] = a, b
+            j += 1
+    return s_out, e_out, first
+
+
+@njit(cache=True)
+def _views(out: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Arrow BinaryView structs (16 bytes each) of the spans of `out`: length, then the bytes inline
+    (≤ 12) or a 4-byte prefix, buffer 0 and the offset — the column without copying the bytes."""
+    views = np.empty((s.shape[0], 4), np.uint32)
+    for j in range(s.shape[0]):
+        start, length = s[j], e[j] - s[j]
+        views[j, 0] = length
+        if length > 12:
+            views[j, 1] = np.uint32(out[start]) | np.uint32(out[start + 1]) << 8 | np.uint32(out[start + 2]) << 16 | np.uint32(out[start + 3]) << 24
+            views[j, 2] = 0
+            views[j, 3] = start
+        else:
+            views[j, 1] = views[j, 2] = views[j, 3] = 0
+            inline = views[j].view(np.uint8)
+            for q in range(length):
+                inline[4 + q] = out[start + q]
+    return views
+
+
+def shingle_hashes(texts: list[str], kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, offsets): polars' hash of every shingle of `shingle_lists`, row r's at hashes[offsets[r]:offsets[r + 1]].
+
+    The same shingles as `shingle_lists` (duplicates within a row kept: they do not change a minimum),
+    cut from the UTF-8 bytes by compiled loops and hashed by polars as one Binary column (its hash of
+    a string is the hash of its bytes) instead of Python sets of strings."""
+    encoded = [t.lower().encode() for t in texts]  # Python's lower: its case rules
+    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    starts = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(texts)), out=starts[1:])
+    out, out_starts = np.empty(max(1, buf.shape[0]), np.uint8), np.empty(len(texts) + 1, np.int64)
+    word_ends, n_words = np.empty(buf.shape[0] // 2 + 1, np.int64), np.empty(len(texts), np.int64)
+    _normalise(buf, starts, _ASCII_SPACE, out, out_starts, word_ends, n_words)
+    s, e, first = _word_grams(out, out_starts, word_ends, n_words, k) if kind == "word" else _char_grams(out, out_starts, k)
+    column = pa.Array.from_buffers(pa.binary_view(), len(s), [None, pa.py_buffer(_views(out, s, e)), pa.py_buffer(out)])
+    hashes = pl.Series(column).hash(seed=seed).to_numpy()
+    return hashes, first
+
+
+@njit(cache=True)  # no parallel=True: numba's workqueue layer is not thread-safe under Beam's worker threads
+def _minhash(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out[r, p] = min over row r's shingle hashes h of ((a_p·(h mod 2³²) + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) mod 2³²."""
+    prime, low32, top = np.uint64((1 << 61) - 1), np.uint64(0xFFFFFFFF), np.uint64(61)
+    for r in range(out.shape[0]):
+        row = out[r]
+        row[:] = low32
+        for j in range(offsets[r], offsets[r + 1]):
+            h = hashes[j] & low32
+            for p in range(row.shape[0]):
+                v = h * a[p] + b[p]  # wraps mod 2⁶⁴, as datasketch
+                v = (v & prime) + (v >> top)  # mod 2⁶¹ − 1 without a division (Mersenne prime)
+                if v >= prime:
+                    v -= prime
+                v &= low32
+                if v < row[p]:
+                    row[p] = v
+
+
+def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1, chunk_chars: int = 1 << 28) -> np.ndarray:
+    """MinHash signatures (n, num_perm) uint64: shingles hashed by polars, permutations by a compiled kernel."""
     k = ngram or (5 if shingle == "char" else 3)
     rng = np.random.default_rng(seed)
     a = rng.integers(1, (1 << 61) - 1, num_perm, dtype=np.uint64)
     b = rng.integers(0, (1 << 61) - 1, num_perm, dtype=np.uint64)
     sig = np.empty((len(texts), num_perm), dtype=np.uint64)
-    sh = shingle_lists(texts, shingle, k)
-    lengths = np.array([len(s) for s in sh], dtype=np.int64)
-    start = 0
-    while start < len(texts):  # chunks of rows whose shingles × perms fit the value budget
-        stop, total = start, 0
-        while stop < len(texts) and (total == 0 or total + lengths[stop] * num_perm <= chunk_values):
-            total += lengths[stop] * num_perm
-            stop += 1
-        flat = pl.Series([x for s in sh[start:stop] for x in s], dtype=pl.Utf8).hash(seed=seed).to_numpy()
-        h = (flat & np.uint64(0xFFFFFFFF))[:, None]
-        with np.errstate(over="ignore"):  # as datasketch: the product wraps mod 2⁶⁴, then mod p
-            vals = ((h * a[None, :] + b[None, :]) % _PRIME) & np.uint64(0xFFFFFFFF)
-        offsets = np.concatenate([[0], np.cumsum(lengths[start:stop])[:-1]])
-        sig[start:stop] = np.minimum.reduceat(vals, offsets, axis=0)
-        start = stop
+    # chunks of ≤ 2²⁸ characters (≤ 2³⁰ UTF-8 bytes): the BinaryView offsets are 32-bit
+    ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+    lo = 0
+    while lo < len(texts):
+        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + chunk_chars, side="right")))
+        hashes, offsets = shingle_hashes(texts[lo:hi], shingle, k, seed)
+        _minhash(hashes, offsets, a, b, sig[lo:hi])
+        lo = hi
     return sig
 
 
@@ -116,12 +294,21 @@ def candidate_edges(ids: list[str], sig: np.ndarray, keys: np.ndarray, threshold
     if n < 2:
         return pl.DataFrame(schema=EDGE_SCHEMA)
     by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")  # the row order that decides heads
-    table = pl.DataFrame({"band": np.repeat(np.arange(bands), n), "key": keys[by_id].T.ravel(), "ix": np.tile(by_id, bands), "r": np.tile(np.arange(n), bands)})
-    heads = table.group_by(["band", "key"]).agg(pl.col("ix").sort_by("r").first().alias("head"), pl.len().alias("size")).filter(pl.col("size") > 1)
-    pairs = table.join(heads, on=["band", "key"]).filter(pl.col("ix") != pl.col("head")).select("head", "ix").unique()
-    if pairs.height == 0:
+    heads, members = [], []
+    for band in range(bands):  # a bucket: a run of equal keys once sorted; stable, so its head is its smallest id
+        order = by_id[np.argsort(keys[by_id, band], kind="stable")]
+        col = keys[order, band]
+        same = col[1:] == col[:-1]
+        if not same.any():
+            continue
+        start = np.maximum.accumulate(np.where(np.concatenate([[True], ~same]), np.arange(n), 0))
+        heads.append(order[start[1:][same]])
+        members.append(order[1:][same])
+    if not heads:
         return pl.DataFrame(schema=EDGE_SCHEMA)
-    h, i = pairs["head"].to_numpy(), pairs["ix"].to_numpy()
+    h, i = np.concatenate(heads), np.concatenate(members)
+    _, first = np.unique(h.astype(np.int64) * n + i, return_index=True)  # each pair once, whatever bands it shares
+    h, i = h[first], i[first]
     est = np.empty(len(h))
     for s in range(0, len(h), 200_000):
         est[s : s + 200_000] = (sig[h[s : s + 200_000]] == sig[i[s : s + 200_000]]).mean(axis=1)

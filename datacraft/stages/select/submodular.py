@@ -175,7 +175,7 @@ class Selection:
         return float(self.gains.sum())
 
 
-def similarity_graph(x: np.ndarray, k: int, *, similarity: str = "cos2", exact_max: int = 50_000, nprobe: int = 3, seed: int = 0) -> sp.csr_matrix:
+def similarity_graph(x: np.ndarray, k: int, *, similarity: str = "cos2", exact_max: int = 50_000, nprobe: int = 8, seed: int = 0) -> sp.csr_matrix:
     """Symmetric sparse kNN similarity graph with self loops (weights: cos clipped at 0, or cos²)."""
     n = x.shape[0]
     k = max(1, min(k, n - 1)) if n > 1 else 1
@@ -309,7 +309,7 @@ class SelectParams(EmbeddingSourceParams):
     weight: str | None = Field(None, description="score used as per-row weight (quality): selects good and diverse")
     weight_power: float = 1.0
     exact_max: int = Field(20_000, ge=1, description="exact kNN graph up to this many rows, IVF above (recall ≥ 0.99 on sentence embeddings)")
-    nprobe: int = Field(3, ge=1)
+    nprobe: int = Field(8, ge=1, description="IVF lists probed per query (FAISS IndexIVFFlat, nlist ≈ 4·√N)")
     partitions: int = Field(1, ge=1, description="GreeDi partitions for the Beam form (1 = one process)")
     oversample: float = Field(2.0, ge=1.0, description="GreeDi: each partition proposes oversample·B/P rows")
 
