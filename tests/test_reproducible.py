@@ -7,6 +7,7 @@ reason) is equal across all of them."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -23,6 +24,21 @@ MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_work
 # every shipped config with no LLM stage (pref_head: the packaged head, no generation)
 NO_LLM = ["filter", "semantic_dedup", "select", "smart", "dedup_gpteacher_sim06", "dedup_gpteacher_sim09", "score_head"]
 FAST = ["semantic_dedup", "select"]
+# every shipped config with an LLM stage that runs on CPU (openai / vllm need a server, gpu.yaml a GPU,
+# train_*.yaml are trainer configs), and the overrides that make its model work tiny
+LLM = {
+    "generate": ["input.limit=12", "generate.max_tokens=16"],
+    "score": ["input.limit=12", "complexity.max_field_chars=300", "quality.max_field_chars=300", "ifd.max_length=128", "diversity.k=4"],
+    "ds2": ["input.limit=16", "ds2_rate.max_tokens=32", "ds2_rate.max_tries=2", "ds2_curate.k=4"],
+    "dpo": ["input.limit=6", "reflection.max_tokens=24"],
+    "reflection": ["input.limit=6", "reflection.max_tokens=24", "reflection.parse_retries=0"],
+    "multihop": ["input.limit=3", "multihop.hops=1", "multihop.ops=[reasoning]", "multihop.personas=1", "multihop.kg=false",
+                 "multihop.max_rows=4", "multihop.max_tokens=24", "multihop.solver_max_tokens=24"],
+    "default": ["input.limit=16", "multihop.hops=1", "multihop.max_rows=3", "multihop.max_tokens=16", "multihop.solver_max_tokens=16",
+                "reflection.slice=3", "reflection.max_tokens=24", "train_dpo.dry_run=true", "train_sft.dry_run=true"],
+}
+#: counters of work done by a model rather than read from the cache (LLM engine, forward passes, embeddings)
+FRESH_WORK = (".engine_requests", ".computed", "embed.encoded")
 
 
 def split_input(src: Path, folder: Path, seed: int, parts: int, limit: int | None = None) -> str:
@@ -47,21 +63,25 @@ def run_outputs(out: Path) -> tuple[list[str], pl.DataFrame]:
     return kept, dropped
 
 
-def run_split(name: str, tmp: Path, tag: str, seed: int, parts: int, batch_size: int, beam_args: list[str] | None = None) -> tuple[list[str], pl.DataFrame, dict]:
+def run_split(name: str, tmp: Path, tag: str, seed: int, parts: int, batch_size: int, beam_args: list[str] | None = None,
+              sets: list[str] | None = None) -> tuple[list[str], pl.DataFrame, dict]:
+    """`name` on its input (`sets` applied, e.g. `input.limit`) shuffled by `seed` over `parts` files."""
     path = CONFIGS / f"{name}.yaml"
-    src = ROOT / load_config(str(path)).input.path
-    limit = load_config(str(path)).input.limit
-    glob = split_input(src, tmp / f"in-{tag}", seed, parts, limit)
-    config = load_config(str(path), [f"input.path={glob}", f"input.batch_size={batch_size}", "input.limit=null", f"output.path={tmp / tag}"])
+    base = load_config(str(path), sets or [])
+    glob = split_input(ROOT / base.input.path, tmp / f"in-{tag}", seed, parts, base.input.limit)
+    overrides = [f"input.path={glob}", f"input.batch_size={batch_size}", "input.limit=null", f"output.path={tmp / tag}"]
+    config = load_config(str(path), [*(sets or []), *overrides])
     report = run_config(config, beam_args or [])
     assert report["ledger_ok"], report
     return (*run_outputs(tmp / tag), report)
 
 
-def check_config(name: str, tmp: Path, multi_processing: bool = True) -> str:
+def check_config(name: str, tmp: Path, multi_processing: bool = True, sets: list[str] | None = None,
+                 check: Callable[[dict], None] | None = None) -> str:
     """Two in-process runs on two different shuffles / splits / batch sizes (and `multi_processing`
-    on a third) give the same kept ids and the same dropped rows; returns the output digest."""
-    kept, dropped, report = run_split(name, tmp, "a", seed=1, parts=3, batch_size=64)
+    on a third) give the same kept ids and the same dropped rows; returns the output digest.
+    `check`: called on the report of each run after the first."""
+    kept, dropped, report = run_split(name, tmp, "a", seed=1, parts=3, batch_size=64, sets=sets)
     assert kept, f"{name}: nothing kept"
     digest = report["output_digest"]
     assert digest == output_digest([str(f) for f in sorted((tmp / "a" / "data").glob("*"))], [str(f) for f in sorted((tmp / "a" / "dropped").glob("*"))])
@@ -69,7 +89,9 @@ def check_config(name: str, tmp: Path, multi_processing: bool = True) -> str:
     if multi_processing:
         runs.append(("mp", 3, 5, 50, MULTI_PROCESSING))
     for tag, seed, parts, batch, args in runs:
-        kept2, dropped2, report2 = run_split(name, tmp, tag, seed, parts, batch, args)
+        kept2, dropped2, report2 = run_split(name, tmp, tag, seed, parts, batch, args, sets)
+        if check is not None:
+            check(report2)
         assert kept2 == kept, f"{name} [{tag}]: {len(set(kept) ^ set(kept2))} kept ids differ"
         # a malformed input line is named by its file and line, which the re-split moves: compare those by reason
         same = dropped.filter(pl.col("drop_stage") != "read"), dropped2.filter(pl.col("drop_stage") != "read")
@@ -90,6 +112,33 @@ def test_fast_configs_are_reproducible_across_splits_and_runners(name: str, tmp_
 @pytest.mark.parametrize("name", NO_LLM)
 def test_every_no_llm_config_is_reproducible(name: str, tmp_path: Path) -> None:
     print(f"digest {name}: {check_config(name, tmp_path)}")
+
+
+def counter_sums(report: dict) -> dict[str, float]:
+    """Every stage's counters, summed by name."""
+    sums: dict[str, float] = {}
+    for stage in report["stages"]:
+        for key, value in (stage.get("counters") or {}).items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    return sums
+
+
+def assert_cache_only(report: dict) -> None:
+    """The run was served by the cache: model requests and cache hits, no fresh model work."""
+    sums = counter_sums(report)
+    fresh = {k: v for k, v in sums.items() if k.endswith(FRESH_WORK) and v}
+    assert not fresh, f"{report['name']}: the rerun did model work: {fresh}"
+    assert sum(v for k, v in sums.items() if k.endswith(".cache_hits")) > 0, f"{report['name']}: no cache hits: {sums}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name", list(LLM))
+def test_every_llm_config_is_reproducible_with_the_cache_warm(name: str, tmp_path: Path) -> None:
+    """The first run warms one shared cache folder; the two reruns (another shuffle, split and batch
+    size; one on `multi_processing`) make no model call and give the same outcome."""
+    sets = [*LLM[name], f"cache_dir={tmp_path / 'cache'}"]
+    print(f"digest {name}: {check_config(name, tmp_path, sets=sets, check=assert_cache_only)}")
 
 
 def test_same_run_twice_writes_byte_identical_dropped(tmp_path: Path) -> None:
@@ -119,3 +168,16 @@ def test_output_digest_depends_on_outcome_not_on_shard_order(tmp_path: Path) -> 
         pl.DataFrame({**drops, **change}).write_parquet(tmp_path / "d3.parquet")
         assert output_digest([k1, k2], [str(tmp_path / "d3.parquet")]) != base
     assert output_digest([k1], [d]) != base
+
+
+def test_output_digest_covers_each_branch(tmp_path: Path) -> None:
+    """A side branch's kept ids (OUT/branches/<b>/) enter the digest; its shard order does not."""
+    for name, ids in (("k", ["a"]), ("p1", ["x", "y"]), ("p2", ["z"]), ("p3", ["x"])):
+        pl.DataFrame({"id": ids}).write_parquet(tmp_path / f"{name}.parquet")
+    k, p1, p2, p3 = (str(tmp_path / f"{n}.parquet") for n in ("k", "p1", "p2", "p3"))
+    base = output_digest([k], [], branches={"dpo": [p1, p2]})
+    assert output_digest([k], [], branches={"dpo": [p2, p1]}) == base
+    assert output_digest([k], [], branches={"dpo": [p1, p3]}) != base
+    assert output_digest([k], [], branches={"pairs": [p1, p2]}) != base
+    assert output_digest([k], []) != base
+    assert output_digest([k], [], branches={}) == output_digest([k], [])

@@ -107,8 +107,10 @@ def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], te
         main_tail=tails[MAIN_BRANCH],
     )
     report.update(branch_sections(out_dir, tails, report["stages"]))
+    side = {b: [os.path.join(out_dir, f) for f in info["files"]] for b, info in report["branches"].items() if b != MAIN_BRANCH}
     report["output_digest"] = output_digest([os.path.join(out_dir, f) for f in report["output"]["files"]],
-                                            [str(f) for f in sorted(Path(out_dir, DROPPED_DIR).rglob("*")) if f.is_file()])
+                                            [str(f) for f in sorted(Path(out_dir, DROPPED_DIR).rglob("*")) if f.is_file()],
+                                            branches=side)
     report["timings"] = timings
     report["score_uses"] = score_uses((s.label, s.name, s.params.model_dump(mode="json")) for s in config.build_stages())
     t_report = time.perf_counter()

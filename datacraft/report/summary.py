@@ -105,15 +105,22 @@ def lineage_counts(files: list[str]) -> dict[str, int]:
 DROP_COLUMNS = ["id", "drop_stage", "drop_reason", "drop_detail"]
 
 
-def output_digest(data_files: list[str], dropped_files: list[str], read_stage: str = "read") -> str:
+def _shard_ids(files: list[str]) -> list[str]:
+    """The sorted ids of the rows in `files`."""
+    return sorted(i for f in files if (fr := read_shard_columns(f, ["id"])) is not None and "id" in fr.columns
+                  for i in fr["id"].to_list())
+
+
+def output_digest(data_files: list[str], dropped_files: list[str], read_stage: str = "read",
+                  branches: Mapping[str, list[str]] | None = None) -> str:
     """sha256 (first 16 hex) of a run's outcome: the kept ids, each drop's id, stage, reason and
-    detail, and the reasons of the read stage's drops (a malformed line is named by its file and
-    line, which a different split of the same input moves). Independent of shard order, so two
+    detail, the reasons of the read stage's drops (a malformed line is named by its file and
+    line, which a different split of the same input moves), and the kept ids of each side branch
+    (`branches`: name → its files under OUT/branches/). Independent of shard order, so two
     runs of one config on one input can be compared by eye."""
     import polars as pl
 
-    kept = sorted(i for f in data_files if (fr := read_shard_columns(f, ["id"])) is not None and "id" in fr.columns
-                  for i in fr["id"].to_list())
+    kept = _shard_ids(data_files)
     frames = [fr for f in dropped_files if (fr := read_shard_columns(f, DROP_COLUMNS)) is not None and fr.height]
     dropped = (pl.concat([fr.select([pl.col(c).cast(pl.Utf8) if c in fr.columns else pl.lit(None, pl.Utf8).alias(c) for c in DROP_COLUMNS])
                           for fr in frames]) if frames else pl.DataFrame(schema=dict.fromkeys(DROP_COLUMNS, pl.Utf8)))
@@ -125,6 +132,9 @@ def output_digest(data_files: list[str], dropped_files: list[str], read_stage: s
         h.update(("d\t" + "\t".join("" if v is None else str(v) for v in row) + "\n").encode())
     for reason in sorted(str(r) for r in dropped.filter(is_read)["drop_reason"].to_list()):
         h.update(f"r\t{reason}\n".encode())
+    for branch in sorted(branches or {}):
+        for i in _shard_ids(list((branches or {})[branch])):
+            h.update(f"b\t{branch}\t{i}\n".encode())
     return h.hexdigest()[:16]
 
 
