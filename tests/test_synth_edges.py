@@ -23,6 +23,9 @@ def test_pair_check_reasons_and_details() -> None:
             "fallback_copy", f"the response was not reflected (ok, variant {variant})")
     assert pair_check({"reflection": OK | {"response_status": "parse_failed"}}, "chosen", True)[0] == "fallback_copy"
     assert pair_check({"reflection": OK}, "a longer chosen answer", True) is None
+    cut = {"reflection": OK | {"response_status": "truncated"}}
+    assert pair_check(cut, "a longer chosen answer", True)[0] == "truncated"
+    assert pair_check(cut, "a longer chosen answer", True, allow_truncated=True) is None
 
 
 def test_pair_counters_are_the_text_lengths() -> None:

@@ -11,7 +11,7 @@ rejected_response`). A pair is emitted only when
 * optionally (`judge: true`) a judge scores chosen above rejected by at least `judge_margin`
   (1–10 scale, both presentation orders averaged, CodecLM-style).
 
-Everything else is dropped with its reason (`no_reflection`, `not_accepted`, `fallback_copy`,
+Everything else is dropped with its reason (`no_reflection`, `not_accepted`, `truncated`, `fallback_copy`,
 `empty`, `chosen_equals_rejected`, `judge_gap`, `judge_parse_failed`, LLM failure reasons).
 Reflected answers are much longer than the originals, so the report carries the length ratio
 chosen/rejected (counters `dpo.chosen_chars` / `dpo.rejected_chars`; extras `dpo_length`).
@@ -40,13 +40,14 @@ from datacraft.stages.synthesize.parsing import normalize_ws, parse_score
 
 class DPOPairsParams(LLMParams):
     require_accepted: bool = Field(True, description="only rows whose reflection the student accepted")
+    allow_truncated: bool = Field(False, description="also pair a reflected answer taken cut at max_tokens (reflection's `on_truncated: keep`)")
     judge: bool = Field(False, description="require a judge score gap (LLM calls, both orders)")
     judge_margin: float = Field(3.0, description="chosen − rejected judge score (1–10) at least this")
     max_tokens: int = Field(128, ge=1, description="judge output tokens")
     examples: int = Field(3, ge=0)
 
 
-def pair_check(meta: dict[str, Any], chosen: str | None, require_accepted: bool) -> tuple[str, str] | None:
+def pair_check(meta: dict[str, Any], chosen: str | None, require_accepted: bool, allow_truncated: bool = False) -> tuple[str, str] | None:
     """Why a reflected row cannot become a pair (reason, detail), or None when it can."""
     info = meta.get("reflection")
     if not isinstance(info, dict):
@@ -54,7 +55,9 @@ def pair_check(meta: dict[str, Any], chosen: str | None, require_accepted: bool)
     if require_accepted and info.get("accepted") is not True:
         return "not_accepted", f"the student did not accept the reflection (mode {info.get('mode')})"
     status = info.get("response_status", "ok")
-    if status != "ok" or info.get("variant") in ("unchanged", "instruction"):
+    if status == "truncated" and not allow_truncated:
+        return "truncated", "the reflected answer was cut at max_tokens (set allow_truncated to pair it)"
+    if status not in ("ok", "truncated") or info.get("variant") in ("unchanged", "instruction"):
         return "fallback_copy", f"the response was not reflected ({status}, variant {info.get('variant')})"
     rejected = info.get("rejected_response")
     if not (chosen or "").strip() or not (rejected or "").strip():
@@ -88,7 +91,7 @@ class DPOPairsStage(UsesLLM, MapStage):
             last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=-1)
             chosen = msgs[last]["content"] if last >= 0 else None
             meta = meta_of(row["meta"])
-            problem = pair_check(meta, chosen, p.require_accepted)
+            problem = pair_check(meta, chosen, p.require_accepted, p.allow_truncated)
             if problem is not None:
                 drops[i] = problem
                 continue
