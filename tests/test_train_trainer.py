@@ -99,3 +99,18 @@ def test_bad_train_config_fails_before_training(tmp_path: Path) -> None:
     cfg = load_train_config(None, "dpo", {"output_dir": str(tmp_path / "x")})
     with pytest.raises(TrainError, match="chosen_equals_rejected"):
         train(cfg, only_bad)
+
+
+def test_token_counts_read_trls_dpo_columns() -> None:
+    """DPO datasets tokenized by TRL hold `prompt_ids` / `chosen_ids` / `rejected_ids`: all are counted."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from datacraft.stages.handoff.trainer import _token_counts
+
+    ds = datasets.Dataset.from_dict({"prompt_ids": [[1, 2, 3], [4]], "chosen_ids": [[5, 6], [7]], "rejected_ids": [[8], [9, 10]]})
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=1, world_size=1, num_train_epochs=1, max_steps=1)
+    assert _token_counts(ds, 1, args) == (10, 5)
+    sft = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3, 4, 5, 6]]})
+    assert _token_counts(sft, 2, args) == (6, 6)

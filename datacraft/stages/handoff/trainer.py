@@ -331,7 +331,9 @@ def result_kind(result: ExportResult) -> str:
 
 def _token_counts(dataset: Any, steps: int, args: Any) -> tuple[int, int]:
     """(tokens in the tokenized train split, tokens the steps consumed)."""
-    cols = [c for c in ("input_ids", "prompt_input_ids", "chosen_input_ids", "rejected_input_ids") if c in dataset.column_names]
+    # TRL's tokenized columns: SFT `input_ids`; DPO `prompt_ids` / `chosen_ids` / `rejected_ids` (older TRL: `*_input_ids`)
+    cols = [c for c in ("input_ids", "prompt_ids", "chosen_ids", "rejected_ids", "prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+            if c in dataset.column_names]
     total = sum(len(ids) for c in cols for ids in dataset[c])
     n = len(dataset)
     seen_rows = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
