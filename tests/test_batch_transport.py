@@ -95,6 +95,8 @@ def test_shard_writer_schema_change_and_jsonl_and_empty(tmp_path: Path, rows: pl
     written = finalize_shards(jsonl.close(), str(tmp_path / "jd"), "dropped", "jsonl", 1000)
     assert pl.read_ndjson(written[0]).height == 30
     assert finalize_shards([], str(tmp_path / "e"), "train", "parquet", 10) == [str(tmp_path / "e" / "train-00000-of-00001.parquet")]
+    empty = pl.read_parquet(tmp_path / "e" / "train-00000-of-00001.parquet")  # no rows, but the row columns
+    assert empty.height == 0 and {"id", "messages", "lineage", "meta"} <= set(empty.columns)
     assert finalize_shards([], str(tmp_path / "e2"), "dropped", "jsonl", 10, write_empty=False) == []
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from datacraft.core.rows import content_hash, meta_of, to_output_frame
+from datacraft.core.rows import content_hash, empty_batch, meta_of, to_output_frame
 from datacraft.io.formats import from_row
 
 
@@ -145,7 +145,7 @@ def finalize_shards(files: list[tuple[str, int]], target: str, prefix: str, file
         if ext == "jsonl":
             open(name, "wb").close()
         else:
-            pl.DataFrame().write_parquet(name)
+            to_output_frame(empty_batch()).write_parquet(name)  # no rows, but the columns a reader expects
         return [name]
     if ext == "parquet":
         import pyarrow.parquet as pq
