@@ -29,7 +29,8 @@ FAST = ["semantic_dedup", "select"]
 LLM = {
     "generate": ["input.limit=12", "generate.max_tokens=16"],
     "score": ["input.limit=12", "complexity.max_field_chars=300", "quality.max_field_chars=300", "ifd.max_length=128", "diversity.k=4"],
-    "ds2": ["input.limit=16", "ds2_rate.max_tokens=32", "ds2_rate.max_tries=2", "ds2_curate.k=4"],
+    "ds2": ["input.limit=16", "ds2_rate.max_tokens=32", "ds2_rate.max_tries=2", "ds2_curate.k=4",
+            "ds2_rate.on_unparseable=zero"],  # 32 tokens rarely hold the 135M model's JSON: keep unrated rows (DS2's rule)
     "dpo": ["input.limit=6", "reflection.max_tokens=24", "reflection.strict_tags=false", "reflection.on_truncated=keep",
             "dpo_pairs.allow_truncated=true"],
     "reflection": ["input.limit=6", "reflection.max_tokens=24", "reflection.parse_retries=0", "reflection.strict_tags=false",
