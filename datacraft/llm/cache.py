@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from datacraft.core.rows import content_hash
+from datacraft.core.sqlite import open_shared
 from datacraft.llm.types import Request, Result, TokenLogprob
 
 CACHE_FILE = "llm_cache.sqlite"
@@ -67,14 +68,9 @@ class LLMCache:
         p.parent.mkdir(parents=True, exist_ok=True)
         self.path = str(p)
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=60000")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+        self._conn: sqlite3.Connection | None = open_shared(
+            self.path, "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
         )
-        self._conn.commit()
 
     @property
     def conn(self) -> sqlite3.Connection:

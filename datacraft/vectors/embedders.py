@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from datacraft.core.rows import text_expr
+from datacraft.core.sqlite import open_shared
 from datacraft.core.stage import RunContext
 
 EMBEDDING_COLUMN = "embedding"
@@ -205,9 +205,7 @@ class VectorCache:
         Path(folder).mkdir(parents=True, exist_ok=True)
         slug = hashlib.sha1(embedder_name.encode()).hexdigest()[:16]
         self.path = Path(folder) / f"vectors-{slug}.sqlite"
-        self.conn = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS v (k TEXT PRIMARY KEY, d BLOB)")
+        self.conn = open_shared(self.path, "CREATE TABLE IF NOT EXISTS v (k TEXT PRIMARY KEY, d BLOB)")
 
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
