@@ -126,6 +126,19 @@ def test_shipped_config_and_quick_profile() -> None:
         ArmSpec(name="bad", recipe="x.yaml", stages=[{"name": "heuristics"}])
 
 
+def test_default_arm_is_the_main_jobs_curation_without_synthesis_or_training() -> None:
+    from datacraft.pipeline.config import load_config
+    from datacraft.train.lift import LiftError, recipe_data
+
+    full = load_lift_config(ROOT / "configs" / "lift_alpacaeval.yaml")
+    data = recipe_data(full.arm("default"), ROOT / "configs")
+    names = [s["name"] for s in data["stages"]]
+    assert names == ["heuristics", "filter", "exact_dedup", "pref_head", "complexity", "embed", "diversity", "semantic_dedup", "select"]
+    assert load_config(None, [], data={**data, "input": {"path": "x.jsonl"}}).stage_labels()[-1] == "select"
+    with pytest.raises(LiftError, match=r"skip names \['mosiac'\].*'mosaic'"):
+        recipe_data(ArmSpec(name="typo", recipe="configs/default.yaml", skip=["mosiac"]), ROOT / "configs")
+
+
 @pytest.fixture(scope="module")
 def student_and_model(split):
     from datacraft.train.lift import Student

@@ -102,6 +102,7 @@ class ArmSpec(_Strict):
     stages: list[dict[str, Any]] | None = Field(None, description="inline stages instead of a recipe file")
     set: list[str] = Field(default_factory=list, description="--set overrides of the recipe; {budget} becomes N")
     score: str | None = Field(None, description="rank the recipe's kept rows by scores.<score> (higher first)")
+    skip: list[str] = Field(default_factory=list, description="recipe stages (name or id) left out, e.g. its synthesis and training")
     description: str = ""
 
     @model_validator(mode="before")
@@ -362,15 +363,29 @@ def take_candidates(candidates: pl.DataFrame, pool: pl.DataFrame, n: int, seed: 
 def recipe_data(arm: ArmSpec, base_dir: Path) -> dict[str, Any]:
     """The pipeline config dict of a recipe arm (input / output not yet set)."""
     if arm.stages is not None:
-        return {"name": arm.name, "stages": [dict(s) for s in arm.stages]}
+        return skip_stages(arm, {"name": arm.name, "stages": [dict(s) for s in arm.stages]})
     assert arm.recipe is not None
     for candidate in (Path(arm.recipe), base_dir / arm.recipe, base_dir.parent / arm.recipe, REPO / arm.recipe):
         if candidate.is_file():
             loaded = yaml.safe_load(candidate.read_text(encoding="utf-8"))
             if not isinstance(loaded, dict):
                 raise LiftError(f"{candidate}: a recipe must be a YAML mapping")
-            return loaded
+            return skip_stages(arm, loaded)
     raise LiftError(f"arm {arm.name!r}: recipe {arm.recipe} not found")
+
+
+def skip_stages(arm: ArmSpec, data: dict[str, Any]) -> dict[str, Any]:
+    """The recipe without the stages `arm.skip` names (by name or id); a name that matches none is an error."""
+    if not arm.skip:
+        return data
+    stages = [s for s in data.get("stages") or [] if isinstance(s, dict)]
+    labels = [{s.get("name"), s.get("id")} - {None} for s in stages]
+    unknown = [k for k in arm.skip if not any(k in ls for ls in labels)]
+    if unknown:
+        named = sorted({x for ls in labels for x in ls})
+        raise LiftError(f"arm {arm.name!r}: skip names {unknown}, which the recipe does not have (it has: {named})")
+    kept = [s for s, ls in zip(stages, labels, strict=True) if not ls & set(arm.skip)]
+    return {**data, "stages": kept}
 
 
 def missing_stages(data: Mapping[str, Any]) -> list[str]:
