@@ -6,6 +6,8 @@ reason) is equal across all of them."""
 
 from __future__ import annotations
 
+import hashlib
+
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -171,6 +173,9 @@ def test_output_digest_depends_on_outcome_not_on_shard_order(tmp_path: Path) -> 
         pl.DataFrame({**drops, **change}).write_parquet(tmp_path / "d3.parquet")
         assert output_digest([k1, k2], [str(tmp_path / "d3.parquet")]) != base
     assert output_digest([k1], [d]) != base
+    # the definition, line by line: kept ids sorted, non-read drops sorted, read-drop reasons sorted
+    lines = "k\ta\nk\tb\nk\tc\n" "d\tx\tfilter\twhere\tlength<3\n" "r\tmalformed_json\n"
+    assert base == hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
 def test_output_digest_covers_each_branch(tmp_path: Path) -> None:

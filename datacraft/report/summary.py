@@ -105,10 +105,18 @@ def lineage_counts(files: list[str]) -> dict[str, int]:
 DROP_COLUMNS = ["id", "drop_stage", "drop_reason", "drop_detail"]
 
 
-def _shard_ids(files: list[str]) -> list[str]:
-    """The sorted ids of the rows in `files`."""
-    return sorted(i for f in files if (fr := read_shard_columns(f, ["id"])) is not None and "id" in fr.columns
-                  for i in fr["id"].to_list())
+def _shard_ids(files: list[str]) -> pl.Series:
+    """The sorted ids of the rows in `files` (byte order of UTF-8 = code point order, as `sorted`)."""
+    import polars as pl
+
+    parts = [fr["id"].cast(pl.Utf8) for f in files if (fr := read_shard_columns(f, ["id"])) is not None and "id" in fr.columns]
+    return (pl.concat(parts) if parts else pl.Series("id", [], pl.Utf8)).sort()
+
+
+def _digest_lines(h: Any, lines: pl.Series) -> None:
+    """Feed `lines` (each already ending in a newline) to the hash in one call per million rows."""
+    for start in range(0, lines.len(), 1_000_000):
+        h.update(lines.slice(start, 1_000_000).str.join("").item().encode())
 
 
 def output_digest(data_files: list[str], dropped_files: list[str], read_stage: str = "read",
@@ -120,21 +128,18 @@ def output_digest(data_files: list[str], dropped_files: list[str], read_stage: s
     runs of one config on one input can be compared by eye."""
     import polars as pl
 
-    kept = _shard_ids(data_files)
     frames = [fr for f in dropped_files if (fr := read_shard_columns(f, DROP_COLUMNS)) is not None and fr.height]
     dropped = (pl.concat([fr.select([pl.col(c).cast(pl.Utf8) if c in fr.columns else pl.lit(None, pl.Utf8).alias(c) for c in DROP_COLUMNS])
                           for fr in frames]) if frames else pl.DataFrame(schema=dict.fromkeys(DROP_COLUMNS, pl.Utf8)))
     h = hashlib.sha256()
-    for i in kept:
-        h.update(f"k\t{i}\n".encode())
+    _digest_lines(h, "k\t" + _shard_ids(data_files) + "\n")
     is_read = pl.col("drop_stage") == read_stage
-    for row in dropped.filter(~is_read).sort(DROP_COLUMNS, nulls_last=True).iter_rows():
-        h.update(("d\t" + "\t".join("" if v is None else str(v) for v in row) + "\n").encode())
-    for reason in sorted(str(r) for r in dropped.filter(is_read)["drop_reason"].to_list()):
-        h.update(f"r\t{reason}\n".encode())
+    rows = dropped.filter(~is_read).sort(DROP_COLUMNS, nulls_last=True)
+    _digest_lines(h, rows.select(pl.concat_str([pl.lit("d"), *(pl.col(c).fill_null("") for c in DROP_COLUMNS)], separator="\t") + "\n").to_series())
+    reasons = dropped.filter(is_read)["drop_reason"].fill_null("None").sort()
+    _digest_lines(h, "r\t" + reasons + "\n")
     for branch in sorted(branches or {}):
-        for i in _shard_ids(list((branches or {})[branch])):
-            h.update(f"b\t{branch}\t{i}\n".encode())
+        _digest_lines(h, f"b\t{branch}\t" + _shard_ids(list((branches or {})[branch])) + "\n")
     return h.hexdigest()[:16]
 
 
