@@ -7,7 +7,6 @@ reason) is equal across all of them."""
 from __future__ import annotations
 
 import hashlib
-
 import random
 from collections.abc import Callable
 from pathlib import Path
