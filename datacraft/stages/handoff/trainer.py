@@ -202,15 +202,22 @@ def _quiet_library_internals() -> Iterator[None]:
         yield
 
 
+def _trl_values(config: TrainConfig, dtype_key: str) -> dict[str, Any]:
+    """datacraft's TRL defaults + the user's `trl:` section; on CPU fp32 without bf16 unless set.
+    `dtype_key` is where the model dtype goes: `model_init_kwargs` (Python) or `dtype` (the CLI)."""
+    values = _current_names({**_TRL_DEFAULTS, **config.trl, "output_dir": config.output_dir, "seed": config.seed})
+    if on_cpu():
+        values.setdefault("use_cpu", True)
+        values.setdefault("bf16", False)
+        values.setdefault(dtype_key, {"dtype": "float32"} if dtype_key == "model_init_kwargs" else "float32")
+    return values
+
+
 def trl_args(config: TrainConfig) -> Any:
     """SFTConfig / DPOConfig from datacraft defaults + the user's `trl:` section (CPU: no bf16)."""
     from trl import DPOConfig, SFTConfig
 
-    values: dict[str, Any] = _current_names({**_TRL_DEFAULTS, **config.trl, "output_dir": config.output_dir, "seed": config.seed})
-    if on_cpu():
-        values.setdefault("use_cpu", True)
-        values.setdefault("bf16", False)
-        values.setdefault("model_init_kwargs", {"dtype": "float32"})
+    values = _trl_values(config, "model_init_kwargs")
     cls = SFTConfig if config.kind == "sft" else DPOConfig
     try:
         return cls(**values)
@@ -235,15 +242,9 @@ def trl_cli_config(config: TrainConfig, model_path: str, result: ExportResult) -
     files = _data_files(result, config.kind)
     out: dict[str, Any] = {
         "model_name_or_path": model_path,
-        "output_dir": config.output_dir,
-        "seed": config.seed,
         "datasets": [{"path": "parquet", "data_files": files["train"], "split": "train", "columns": trl_columns(result.columns[config.kind])}],
+        **_trl_values(config, "dtype"),
     }
-    out.update(_current_names({**_TRL_DEFAULTS, **config.trl}))
-    if on_cpu():
-        out.setdefault("use_cpu", True)
-        out.setdefault("bf16", False)
-        out.setdefault("dtype", "float32")
     out.pop("model_init_kwargs", None)  # ModelConfig's fields (dtype, …) carry it on the CLI
     if config.lora.enabled:
         out.update(
