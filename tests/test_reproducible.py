@@ -23,12 +23,13 @@ from .conftest import ROOT
 CONFIGS = ROOT / "configs"
 MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 # every shipped config with no LLM stage (pref_head: the packaged head, no generation)
-NO_LLM = ["filter", "semantic_dedup", "select", "smart", "dedup_gpteacher_sim06", "dedup_gpteacher_sim09", "score_head"]
+NO_LLM = ["filter", "semantic_dedup", "select", "smart", "dedup_gpteacher_sim06", "dedup_gpteacher_sim09", "score_head", "mosaic"]
 FAST = ["semantic_dedup", "select"]
 # every shipped config with an LLM stage that runs on CPU (openai / vllm need a server, gpu.yaml a GPU,
 # train_*.yaml are trainer configs), and the overrides that make its model work tiny
 LLM = {
     "generate": ["input.limit=12", "generate.max_tokens=16"],
+    "cherry": ["input.limit=12", "ifd.max_length=128"],
     "score": ["input.limit=12", "complexity.max_field_chars=300", "quality.max_field_chars=300", "ifd.max_length=128", "diversity.k=4"],
     "ds2": ["input.limit=16", "ds2_rate.max_tokens=32", "ds2_rate.max_tries=2", "ds2_curate.k=4",
             "ds2_rate.on_unparseable=zero"],  # 32 tokens rarely hold the 135M model's JSON: keep unrated rows (DS2's rule)
@@ -41,6 +42,9 @@ LLM = {
     "default": ["input.limit=16", "multihop.hops=1", "multihop.max_rows=3", "multihop.max_tokens=16", "multihop.solver_max_tokens=16",
                 "reflection.slice=3", "reflection.max_tokens=24", "train_dpo.dry_run=true", "train_sft.dry_run=true"],
 }
+#: shipped configs the reproducibility runs leave out, and why
+NOT_RUN = {"openai": "needs a server", "vllm": "needs a GPU", "gpu": "needs a GPU", "train_sft": "a trainer config",
+           "train_dpo": "a trainer config", "lift_alpacaeval": "a lift config (datacraft lift), not a pipeline"}
 #: counters of work done by a model rather than read from the cache (LLM engine, forward passes, embeddings)
 FRESH_WORK = (".engine_requests", ".computed", "embed.encoded")
 
@@ -116,6 +120,12 @@ def test_fast_configs_are_reproducible_across_splits_and_runners(name: str, tmp_
 @pytest.mark.parametrize("name", NO_LLM)
 def test_every_no_llm_config_is_reproducible(name: str, tmp_path: Path) -> None:
     print(f"digest {name}: {check_config(name, tmp_path)}")
+
+
+def test_every_shipped_config_is_checked_or_excused() -> None:
+    shipped = {p.stem for p in CONFIGS.glob("*.yaml")}
+    assert shipped - set(NO_LLM) - set(LLM) - set(NOT_RUN) == set(), "add the new config to NO_LLM, LLM or NOT_RUN"
+    assert set(NO_LLM) | set(LLM) | set(NOT_RUN) <= shipped
 
 
 def counter_sums(report: dict) -> dict[str, float]:
