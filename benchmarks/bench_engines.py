@@ -78,10 +78,10 @@ def one(engine: str, src: str, out: str, batch_size: int, unfused: bool = False)
     """Run the config once on `engine`; the figures of this process (the driver) and its workers.
     `unfused`: dask's low-level task fusion off, so a GroupByKey's shuffle tasks are timed apart
     from the stages after them (fused, a shuffle-join task also runs the stages that follow it)."""
-    if unfused:
-        import dask
+    if unfused:  # bags fuse through this function, with no config switch (dask 2026.8): benchmark-only patch
+        import dask.bag.core
 
-        dask.config.set({"optimization.fuse.active": False})
+        dask.bag.core.fuse_linear_task_spec = lambda dsk, keys: dsk
     from datacraft.pipeline.config import load_config
     from datacraft.pipeline.run import run_config
 
@@ -118,7 +118,7 @@ def one(engine: str, src: str, out: str, batch_size: int, unfused: bool = False)
             after = client.run(_worker_stats)
             cpu = own + sum(after[w]["cpu_s"] - before[w]["cpu_s"] for w in after)
             workers = {s["pid"] for s in after.values()}
-            record.update(_where(ts.data))
+            record.update(_where(ts.data, unfused))
             client.close()
             cluster.close()
     record.update(seconds=round(wall, 2), rows_in=report["rows_in"], rows_out=report["rows_out"], ledger_ok=report["ledger_ok"])
@@ -134,9 +134,10 @@ def one(engine: str, src: str, out: str, batch_size: int, unfused: bool = False)
     return record
 
 
-def _where(tasks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _where(tasks: list[dict[str, Any]], unfused: bool) -> dict[str, dict[str, float]]:
     """Dask workers' seconds by action (compute, transfer, deserialize, ...) and compute seconds by
-    task kind (the key's prefix; a fused task is named after its last step)."""
+    task kind (the key's prefix; a fused task is named after its last step). Unfused, also compute
+    by part: the stages (run_bundle), the GroupByKey shuffle, the rest (tag split, concat, create)."""
     from dask.utils import key_split
 
     by_action: dict[str, float] = {}
@@ -148,8 +149,14 @@ def _where(tasks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                 kind = key_split(task["key"])
                 by_task[kind] = by_task.get(kind, 0.0) + ss["stop"] - ss["start"]
     top = dict(sorted(by_task.items(), key=lambda kv: -kv[1])[:8])
-    return {"worker_seconds_by_action": {k: round(v, 2) for k, v in sorted(by_action.items())},
-            "compute_seconds_by_task": {k: round(v, 2) for k, v in top.items()}}
+    out = {"worker_seconds_by_action": {k: round(v, 2) for k, v in sorted(by_action.items())},
+           "compute_seconds_by_task": {k: round(v, 2) for k, v in top.items()}}
+    if unfused:
+        parts = {"stages": 0.0, "shuffle": 0.0, "rest": 0.0}
+        for kind, seconds in by_task.items():
+            parts["stages" if kind == "run_bundle" else "shuffle" if "shuffle" in kind or "groupby" in kind else "rest"] += seconds
+        out["compute_seconds_by_part"] = {k: round(v, 2) for k, v in parts.items()}
+    return out
 
 
 def serialization_pass(glob: str, batch_size: int) -> dict[str, float]:
@@ -247,7 +254,7 @@ def main() -> None:
             "cpu_ratio_vs_inproc": round(float(np.median([x["cpu_s"] / b["cpu_s"] for x, b in zip(recs, base, strict=True)])), 3),
             "driver_peak_gb": max(x["driver_peak_gb"] for x in recs),
             "worker_peak_gb": max((x["worker_peak_gb"] for x in recs), key=lambda w: w[:1]),
-            **{k: recs[-1][k] for k in ("cluster_start_s", "worker_seconds_by_action", "compute_seconds_by_task") if k in recs[-1]},
+            **{k: recs[-1][k] for k in ("cluster_start_s", "worker_seconds_by_action", "compute_seconds_by_task", "compute_seconds_by_part") if k in recs[-1]},
         }
     # peak memory by input size: the growth runs plus the main size's first round
     summary["memory_by_rows"] = {
