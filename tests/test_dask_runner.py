@@ -32,6 +32,18 @@ class _Split(beam.DoFn):
         yield x if x % 2 else TaggedOutput("even", x)
 
 
+class _CountedSplit(_Split):
+    """_Split that appends a line to `log` per element it processes (workers are other processes)."""
+
+    def __init__(self, log: str) -> None:
+        self.log = log
+
+    def process(self, x: int):
+        with open(self.log, "a", encoding="utf-8") as fh:
+            fh.write(f"{x}\n")
+        yield from super().process(x)
+
+
 class _Buffered(beam.DoFn):
     """Emits nothing from process: one sum per bundle, from finish_bundle (as the shard writers)."""
 
@@ -97,6 +109,20 @@ def test_stock_runner_loses_outputs(cluster: str, tmp_path: Path) -> None:
         got = {"error": repr(e)}
     assert got != _expected()
     assert "even" not in got or got["even"] != _expected()["even"]
+
+
+@pytest.mark.timeout(120)
+def test_a_pardo_with_tagged_outputs_runs_once_per_element(cluster: str, tmp_path: Path) -> None:
+    """Three consumers of one ParDo's outputs: dask's task fusion must not copy the ParDo into each
+    (it ran every stage once per tag, e.g. an LLM stage three times)."""
+    log = tmp_path / "calls.txt"
+    p = beam.Pipeline(runner=DaskRunner(), options=beam.options.pipeline_options.PipelineOptions([f"--dask_client_address={cluster}", "--dask_npartitions=2"]))
+    split = p | beam.Create(list(range(20))) | beam.ParDo(_CountedSplit(str(log))).with_outputs("even", "never", main="odd")
+    for name in ("odd", "even", "never"):
+        _ = getattr(split, name) | f"Save{name}" >> beam.combiners.ToList() | f"W{name}" >> beam.Map(_write(tmp_path, name))
+    p.run().wait_until_finish()
+    assert sorted(int(x) for x in log.read_text().split()) == list(range(20))
+    assert (tmp_path / "even").read_text() == _expected()["even"] and (tmp_path / "never").read_text() == "[]"
 
 
 @pytest.mark.timeout(300)

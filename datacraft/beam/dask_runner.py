@@ -19,6 +19,9 @@ upstream report. `DaskRunner` below replaces only its graph translation (`run_pi
    closed by its last holder) was loaded again for each bundle. Here a worker thread sets a DoFn up
    once per run and reuses it for that run's bundles; it is torn down when the next run's first
    bundle arrives on that worker (Beam calls teardown best-effort only).
+7. no dask graph optimization where a bag is handed on: `to_delayed()` (the side inputs; Beam's
+   CombineGlobally reads one) and `dask.optimize` each fuse the producing ParDo into their own copy,
+   so a stage feeding kept / dropped / stats ran once per output. The graph is computed as built.
 
 `Create` makes two partitions per worker (at most one per element) unless `--dask_npartitions` /
 `--dask_partition_size` say otherwise, so read tasks spread over workers (the stock default packs
@@ -174,7 +177,7 @@ class _Translate(PipelineVisitor):
         main = next(iter(node.main_inputs.values()))
         window_fn = main.windowing.windowfn if hasattr(main, "windowing") else None
         views = [(type(si), si._view_options()) for si in node.side_inputs]
-        sides = [delayed(_whole)(*self.bags[si.pvalue].to_delayed()) for si in node.side_inputs]
+        sides = [delayed(_whole)(*self.bags[si.pvalue].to_delayed(optimize_graph=False)) for si in node.side_inputs]
         return bag.map_partitions(_run_bundle, self.run, transform.fn, window_fn, node.full_label, list(args), kwargs, views, *sides)
 
     def _outputs(self, node: AppliedPTransform, tagged: t.Any) -> None:
@@ -215,7 +218,6 @@ class DaskRunner(stock.DaskRunner):
         self.local = local
 
     def run_pipeline(self, pipeline: t.Any, options: PipelineOptions) -> stock.DaskRunnerResult:
-        import dask
         import dask.distributed as ddist
 
         check_beam_version()
@@ -230,7 +232,8 @@ class DaskRunner(stock.DaskRunner):
         pipeline.replace_all(dask_overrides())
         visitor = _Translate(bag_kwargs, max(1, len(client.scheduler_info().get("workers", {}))))
         pipeline.visit(visitor)
-        futures = client.compute(list(dask.optimize(*visitor.leaves())))
+        # optimized apart, each leaf would get its own fused copy of the ParDos it reads (fix 7)
+        futures = client.compute(visitor.leaves(), optimize_graph=False)
         result = _Result(client, futures)
         result.cluster = cluster
         return result
