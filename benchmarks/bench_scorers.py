@@ -190,7 +190,7 @@ def cross_fitted(files: list[str], folds: int = 4, seed: int = 0) -> dict[str, A
     head = prefhead.PrefHead.load("embedded")
     pairs = prefhead.load_pairs(files)
     feats = head.features
-    chosen, rejected = prefhead.pair_views(pairs, heuristics="heuristics" in feats, formats="format" in feats, embedder=head.embedder)
+    chosen, rejected = prefhead.pair_views(pairs, **prefhead.view_flags(feats), embedder=head.embedder)
     keys = [prefhead.instruction_key(x) for x in pairs["instruction"].to_list()]
     margin = prefhead.cross_fit(chosen, rejected, keys, feats, k=folds, l2=head.metadata["l2"])
     out = prefhead.cross_fit_figures(margin, chosen.chars, rejected.chars, folds, BALANCE)
