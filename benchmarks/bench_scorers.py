@@ -210,13 +210,13 @@ def cross_fitted(files: list[str], folds: int = 4, seed: int = 0) -> dict[str, A
     return {"features": feats, "l2": head.metadata["l2"], **out}
 
 
-def head_throughput(pairs: pl.DataFrame, n_rows: int) -> dict[str, float]:
+def head_throughput(pairs: pl.DataFrame, n_rows: int, model: str = "embedded") -> dict[str, float]:
     """pref_head rows/min on fresh rows (vector cache off: the embedding is paid), torch on 2 threads."""
     import torch
 
     torch.set_num_threads(2)
     rows = prefhead.pair_rows(pairs.head(max(1, n_rows // 2)))
-    stage = build_stage("pref_head", {"model": "embedded", "cache": False})
+    stage = build_stage("pref_head", {"model": model, "cache": False})
     stage.acquire()
     stage.run(rows.head(8))  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()
