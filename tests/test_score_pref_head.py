@@ -98,7 +98,7 @@ def test_format_features_count_the_layout() -> None:
 
 
 def test_stage_scores_equal_the_head_on_its_own_views(tmp_path: Path) -> None:
-    """The stage builds the shipped head's features (embeddings, length, heuristics, layout) from rows
+    """The stage builds the shipped head's features (embeddings, length, heuristics, layout, n-grams) from rows
     as the fit built them from pairs: the same scores."""
     head = prefhead.PrefHead.load("embedded")
     assert head.features == list(prefhead.DEFAULT_FEATURES) and head.needs_format
@@ -106,9 +106,10 @@ def test_stage_scores_equal_the_head_on_its_own_views(tmp_path: Path) -> None:
     rows = prefhead.pair_rows(pairs)
     kept, _, _ = build_stage("pref_head", {}, context=RunContext(cache_dir=str(tmp_path))).run_local([rows])
     ins = pairs["instruction"].to_list() * 2
-    views = prefhead.row_views(ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=True, formats=True, cache_dir=str(tmp_path))
+    views = prefhead.row_views(ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=True, formats=True, ngrams=True,
+                               cache_dir=str(tmp_path))
     np.testing.assert_allclose(kept["scores.pref_head"].to_numpy(), head.score(views), atol=1e-4)
-    no_layout = prefhead.RowViews(views.instruction, views.response, views.chars, views.heuristics)
+    no_layout = prefhead.RowViews(views.instruction, views.response, views.chars, views.heuristics, ngrams=views.ngrams)
     with pytest.raises(ValueError, match="format"):
         head.score(no_layout)
 

@@ -51,14 +51,15 @@ EMBEDDED_HEAD = "embedded"
 HEAD_FORMAT = 1
 SPLIT_SALT = "datacraft-pref-split-v1"
 #: the shipped head's: the best length-balanced accuracy in grouped CV on the training instructions
-DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format")
+DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format", "ngrams")
 #: heuristics sub-scores used by the `heuristics` feature (length ones excluded: `loglen` covers them)
 HEURISTIC_FEATURES = ("lexical_diversity", "repetition", "alpha_ratio", "stopword_ratio", "refusal")
 FORMAT_FEATURES = ("lines", "list_items", "bold", "headers", "code_blocks", "sentences", "words_per_sentence", "words")
 ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics", "format", "ngrams")
 NGRAM_DIM = 2**16
-#: L2 of the n-gram block (rows are unit vectors); the best of 0.3 / 1 / 3 in CV
-NGRAM_L2 = 1.0
+#: L2 of the n-gram block (rows are unit vectors): of 0.3 / 1 / 3, the one grouped CV on training
+#: instructions picked (length-balanced accuracy, with length-balanced weak pairs ×0.3)
+NGRAM_L2 = 0.3
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 L2_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 SCALAR_L2 = 1e-2
@@ -603,6 +604,14 @@ def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, formats: bool =
     return v.take(slice(0, n)), v.take(slice(n, 2 * n))
 
 
+def weak_views(answer_files: Sequence[str | Path], features: Sequence[str], win_rates: dict[str, float], balance: float | None,
+               embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> WeakPairs:
+    """The weak pairs (`weak_pairs`) of every instruction in answer files, with the views `features` need."""
+    frame = weak_pairs(load_answers(answer_files), win_rates, lambda _: True, balance)
+    wc, wr = pair_views(frame, **view_flags(features), embedder=embedder, cache_dir=cache_dir)
+    return WeakPairs(wc, wr, [instruction_key(x) for x in frame["instruction"].to_list()], frame["target"].to_numpy())
+
+
 # ---------------------------------------------------------------------------------------------
 # licences of training files (the shipped head may only use permissively licensed data)
 
@@ -679,11 +688,10 @@ def fit_from_files(
     weak_all = fit_weak = None
     if weak_answers:
         # weak pairs of every instruction (cross_fit leaves each fold's out); the fit gets the training side's only
-        frame = weak_pairs(load_answers(weak_answers), win_rates or ALPACA_EVAL_WIN_RATES, lambda _: True, weak_balance)
-        wc, wr = pair_views(frame, **view_flags(features), embedder=emb, cache_dir=cache_dir)
-        weak_all = WeakPairs(wc, wr, [instruction_key(x) for x in frame["instruction"].to_list()], frame["target"].to_numpy())
-        side = ~with_split(frame, holdout)["held_out"].to_numpy()
-        fit_weak = WeakPairs(wc.take(side), wr.take(side), [g for g, t in zip(weak_all.groups, side, strict=True) if t], weak_all.targets[side])
+        weak_all = weak_views(weak_answers, features, win_rates or ALPACA_EVAL_WIN_RATES, weak_balance, emb, cache_dir)
+        side = np.array([not is_held_out(g, holdout) for g in weak_all.groups], dtype=bool)
+        fit_weak = WeakPairs(weak_all.chosen.take(side), weak_all.rejected.take(side), [g for g, t in zip(weak_all.groups, side, strict=True) if t],
+                             weak_all.targets[side])
     head = fit_head(chosen.take(train), rejected.take(train), [k for k, t in zip(keys, train, strict=True) if t], features, l2,
                     weak=fit_weak, weak_weight=weak_weight, ngram_l2=ngram_l2)
     head.embedder = emb
