@@ -18,8 +18,9 @@ fixed-seed sample of those pairs (`--llm-pairs`); every figure says how many pai
 length baseline is given on the same pairs. Length-balanced pairs: the two answers within 30% in
 characters (shorter ≥ 0.7 × longer).
 
-The full run also cross-fits the shipped head's recipe over every AlpacaEval instruction (4 folds by
-instruction: each pair scored by a head fitted without its instruction), the larger held-out estimate
+The full run also cross-fits the shipped head's recipe (its features, L2s and weak pairs, from its
+metadata) over every AlpacaEval instruction (4 folds by instruction: each pair scored by a head fitted
+without its instruction, labelled or weak), the larger held-out estimate
 on length-balanced pairs, with 95% intervals that resample instructions.
 
 `best_cpu_scorer` = the scorer (not a baseline nor length under another name) with the highest mean
