@@ -18,8 +18,9 @@ fixed-seed sample of those pairs (`--llm-pairs`); every figure says how many pai
 length baseline is given on the same pairs. Length-balanced pairs: the two answers within 30% in
 characters (shorter ≥ 0.7 × longer).
 
-The full run also cross-fits the shipped head's recipe over every AlpacaEval instruction (4 folds by
-instruction: each pair scored by a head fitted without its instruction), the larger held-out estimate
+The full run also cross-fits the shipped head's recipe (its features, L2s and weak pairs, from its
+metadata) over every AlpacaEval instruction (4 folds by instruction: each pair scored by a head fitted
+without its instruction, labelled or weak), the larger held-out estimate
 on length-balanced pairs, with 95% intervals that resample instructions.
 
 `best_cpu_scorer` = the scorer (not a baseline nor length under another name) with the highest mean
@@ -183,16 +184,22 @@ def llm_scores(rows: pl.DataFrame, n: int, args: argparse.Namespace) -> dict[str
     return out
 
 
-def cross_fitted(files: list[str], folds: int = 4, seed: int = 0) -> dict[str, Any]:
-    """The shipped head's recipe (features, L2) cross-fitted over every instruction of `files`: each pair
-    scored by a head fitted without its instruction (`prefhead.cross_fit`), with 95% intervals resampling
-    instructions (pairs of one instruction move together)."""
+def cross_fitted(files: list[str], data: Path, folds: int = 4, seed: int = 0) -> dict[str, Any]:
+    """The shipped head's recipe (features, L2s, weak pairs) cross-fitted over every instruction of `files`: each
+    pair scored by a head fitted without its instruction, labelled or weak (`prefhead.cross_fit`), with 95%
+    intervals resampling instructions (pairs of one instruction move together)."""
     head = prefhead.PrefHead.load("embedded")
+    meta = head.metadata
     pairs = prefhead.load_pairs(files)
     feats = head.features
-    chosen, rejected = prefhead.pair_views(pairs, heuristics="heuristics" in feats, formats="format" in feats, embedder=head.embedder)
+    chosen, rejected = prefhead.pair_views(pairs, **prefhead.view_flags(feats), embedder=head.embedder)
     keys = [prefhead.instruction_key(x) for x in pairs["instruction"].to_list()]
-    margin = prefhead.cross_fit(chosen, rejected, keys, feats, k=folds, l2=head.metadata["l2"])
+    weak = None
+    if meta.get("weak_training_files"):
+        answer_files = [next(data.rglob(f["file"])) for f in meta["weak_training_files"]]
+        weak = prefhead.weak_views(answer_files, feats, meta["win_rates"], meta.get("weak_balance"), head.embedder)
+    margin = prefhead.cross_fit(chosen, rejected, keys, feats, k=folds, l2=meta["l2"], weak=weak, weak_weight=meta.get("weak_weight", 1.0),
+                                ngram_l2=meta.get("ngram_l2", prefhead.NGRAM_L2))
     out = prefhead.cross_fit_figures(margin, chosen.chars, rejected.chars, folds, BALANCE)
     o, length = outcomes(margin, np.zeros_like(margin)), outcomes(chosen.chars, rejected.chars)
     bal = np.minimum(chosen.chars, rejected.chars) >= BALANCE * np.maximum(chosen.chars, rejected.chars)
@@ -207,16 +214,17 @@ def cross_fitted(files: list[str], folds: int = 4, seed: int = 0) -> dict[str, A
         draws["balanced_diff_vs_length_ci"].append((o - length)[b].mean())
         draws["diff_vs_length_ci"].append((o - length)[pick].mean())
     out.update({k: np.percentile(v, [2.5, 97.5]).round(4).tolist() for k, v in draws.items()})
-    return {"features": feats, "l2": head.metadata["l2"], **out}
+    return {"features": feats, "l2": meta["l2"], "ngram_l2": meta.get("ngram_l2"), "weak_pairs": None if weak is None else len(weak.targets),
+            "weak_weight": meta.get("weak_weight"), **out}
 
 
-def head_throughput(pairs: pl.DataFrame, n_rows: int) -> dict[str, float]:
+def head_throughput(pairs: pl.DataFrame, n_rows: int, model: str = "embedded") -> dict[str, float]:
     """pref_head rows/min on fresh rows (vector cache off: the embedding is paid), torch on 2 threads."""
     import torch
 
     torch.set_num_threads(2)
     rows = prefhead.pair_rows(pairs.head(max(1, n_rows // 2)))
-    stage = build_stage("pref_head", {"model": "embedded", "cache": False})
+    stage = build_stage("pref_head", {"model": model, "cache": False})
     stage.acquire()
     stage.run(rows.head(8))  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()
@@ -304,7 +312,7 @@ def main() -> None:
             throughput = head_throughput(pairs, 120 if args.quick else 400)
             print(f"  pref_head throughput (embedding included, cache off): {throughput}", flush=True)
             if not args.quick:
-                crossed = cross_fitted(files)
+                crossed = cross_fitted(files, Path(args.data))
                 print(f"  pref_head cross-fitted over all {crossed['pairs']} pairs ({crossed['folds']} folds by instruction, the shipped "
                       f"features and L2): all {crossed['accuracy']:.3f} vs length {crossed['length_accuracy']:.3f}; balanced "
                       f"{crossed['balanced_accuracy']:.3f} {crossed['balanced_ci']} vs length {crossed['balanced_length_accuracy']:.3f} on "

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     def fit_scorer_cmd(
         pairs: Annotated[list[str], typer.Argument(help="preference files (prompt, chosen, rejected or any format with chosen/rejected)")],
         output: Annotated[str, typer.Option("-o", "--output", help="folder to write the head to (weights.npz + metadata.json)")],
-        features: Annotated[str, typer.Option(help="comma-separated: response, product, cos, loglen, lenprompt, heuristics, format")] = "response,loglen,heuristics,format",
+        features: Annotated[str, typer.Option(help="comma-separated: response, product, cos, loglen, lenprompt, heuristics, format, ngrams")] = "response,loglen,heuristics,format,ngrams",
         holdout: Annotated[float, typer.Option(help="share of instructions held out of the fit (for the reported accuracy)")] = 0.25,
         l2: Annotated[float | None, typer.Option(help="L2 strength (default: chosen by grouped cross-validation)")] = None,
         embedder: Annotated[str, typer.Option(help="sentence-transformers (MiniLM) | static (≈70× faster, less accurate)")] = "sentence-transformers",
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         weak_weight: Annotated[float, typer.Option(help="weight of one weak pair relative to a labelled one")] = 1.0,
         weak_balanced: Annotated[bool, typer.Option(help="only weak pairs whose answers are within 30%% in length")] = False,
         cross_fit: Annotated[int, typer.Option(help="also record accuracy cross-fitted over every instruction with this many folds (0: off)")] = 0,
+        ngram_l2: Annotated[float, typer.Option(help="L2 of the hashed n-gram block (feature ngrams)")] = 0.3,
     ) -> None:
         """Fit a Bradley–Terry head on MiniLM embeddings of preference pairs, split by instruction; print its held-out accuracy."""
         from datacraft.stages.score.prefhead import ALL_FEATURES, fit_from_files
@@ -47,8 +48,8 @@ def register(app: typer.Typer) -> None:
         if embedder not in ("sentence-transformers", "static"):
             console.print(f"[bold red]error:[/] --embedder {embedder!r}: expected sentence-transformers or static")
             raise typer.Exit(2)
-        if weak_weight <= 0 or cross_fit == 1 or cross_fit < 0:
-            console.print("[bold red]error:[/] --weak-weight must be > 0 and --cross-fit 0 or ≥ 2")
+        if weak_weight <= 0 or ngram_l2 <= 0 or cross_fit == 1 or cross_fit < 0:
+            console.print("[bold red]error:[/] --weak-weight and --ngram-l2 must be > 0 and --cross-fit 0 or ≥ 2")
             raise typer.Exit(2)
         if not 0.0 <= holdout < 1.0:
             console.print("[bold red]error:[/] --holdout must be in [0, 1)")
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
             meta = fit_from_files(pairs, output, features=names, holdout=holdout, l2=l2, licenses=licenses,
                                   embedder={"kind": embedder, "model": embedder_model}, weak_answers=weak_answers, weak_weight=weak_weight,
                                   weak_balance=0.7 if weak_balanced else None,
-                                  cross_fit_folds=cross_fit)
+                                  cross_fit_folds=cross_fit, ngram_l2=ngram_l2)
         except (FileNotFoundError, ValueError) as err:
             console.print(f"[bold red]error:[/] {err}")
             raise typer.Exit(2) from None

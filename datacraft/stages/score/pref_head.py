@@ -23,7 +23,7 @@ from pydantic import Field
 from datacraft.core.rows import is_preference_expr, response_expr, set_scores
 from datacraft.core.stage import MapStage, StageParams, StageResult, score, split_kept
 from datacraft.stages.score.judge import spread
-from datacraft.stages.score.prefhead import PrefHead, RowViews, format_matrix, heuristic_matrix
+from datacraft.stages.score.prefhead import PrefHead, RowViews, format_matrix, heuristic_matrix, ngram_matrix
 from datacraft.stages.vectors.embed import EmbedStage
 from datacraft.vectors.embedders import EMBEDDING_COLUMN, embeddings_of
 
@@ -92,7 +92,8 @@ class PrefHeadStage(MapStage[PrefHeadParams, HeadAndEmbedders]):
         chars = text.str.len_chars().to_numpy().astype(np.float64)
         head = self.resource.head
         heur = heuristic_matrix(frame) if head.needs_heuristics else None
-        return head.score(RowViews(ins, res, chars, heur, format_matrix(text) if head.needs_format else None))
+        grams = ngram_matrix(text.to_list(), head.ngram_dim) if head.needs_ngrams else None
+        return head.score(RowViews(ins, res, chars, heur, format_matrix(text) if head.needs_format else None, grams))
 
     def process(self, batch: pl.DataFrame, resource: HeadAndEmbedders) -> StageResult:
         if batch.height == 0:

@@ -18,6 +18,9 @@ regression without intercept on feature differences). Features, by name:
     format      the response's layout, log counts: lines, list items, bold spans, headers, code
                 blocks, sentences, words per sentence, words (GPT-4 judges reward structure; this
                 is what moves the length-balanced pairs)
+    ngrams      the response's words, word pairs, line openings and first / last three tokens,
+                hashed (crc32) into NGRAM_DIM buckets, log counts, unit length: a sparse block with
+                its own L2 (`ngram_l2`); it sees the phrasing a mean-pooled embedding blurs
 
 The L2 strength is chosen by grouped cross-validation on the training split only. Pairs are split
 by instruction (`is_held_out`): a held-out instruction is never seen by the fit, in any of its pairs.
@@ -32,6 +35,7 @@ import hashlib
 import json
 import re
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from datacraft.core.rows import MESSAGE_DTYPE, instruction_expr, two_turn_messages
 
@@ -46,11 +51,16 @@ EMBEDDED_HEAD = "embedded"
 HEAD_FORMAT = 1
 SPLIT_SALT = "datacraft-pref-split-v1"
 #: the shipped head's: the best length-balanced accuracy in grouped CV on the training instructions
-DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format")
+DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format", "ngrams")
 #: heuristics sub-scores used by the `heuristics` feature (length ones excluded: `loglen` covers them)
 HEURISTIC_FEATURES = ("lexical_diversity", "repetition", "alpha_ratio", "stopword_ratio", "refusal")
 FORMAT_FEATURES = ("lines", "list_items", "bold", "headers", "code_blocks", "sentences", "words_per_sentence", "words")
-ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics", "format")
+ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics", "format", "ngrams")
+NGRAM_DIM = 2**16
+#: L2 of the n-gram block (rows are unit vectors): of 0.3 / 1 / 3, the one grouped CV on training
+#: instructions picked (length-balanced accuracy, with length-balanced weak pairs ×0.3)
+NGRAM_L2 = 0.3
+_TOKEN = re.compile(r"\w+|[^\w\s]")
 L2_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 SCALAR_L2 = 1e-2
 
@@ -201,17 +211,20 @@ class RowViews:
     chars: np.ndarray  # (n,) response characters
     heuristics: np.ndarray | None = None  # (n, len(HEURISTIC_FEATURES))
     format: np.ndarray | None = None  # (n, len(FORMAT_FEATURES)), from `format_matrix`
+    ngrams: sp.csr_matrix | None = None  # (n, NGRAM_DIM), from `ngram_matrix`
 
     def take(self, rows: np.ndarray | slice) -> RowViews:
         """The views of a subset of the rows (a mask, indices or a slice)."""
         pick = lambda a: None if a is None else a[rows]  # noqa: E731
-        return RowViews(self.instruction[rows], self.response[rows], self.chars[rows], pick(self.heuristics), pick(self.format))
+        return RowViews(self.instruction[rows], self.response[rows], self.chars[rows], pick(self.heuristics), pick(self.format), pick(self.ngrams))
 
 
 def feature_matrix(views: RowViews, features: Sequence[str]) -> np.ndarray:
-    """φ for each row, the named blocks concatenated in order."""
-    blocks = []
+    """φ for each row, the named dense blocks concatenated in order (`ngrams`, sparse, is `views.ngrams`)."""
+    blocks = [np.zeros((len(views.chars), 0))]
     for name in features:
+        if name == "ngrams":
+            continue
         if name == "response":
             blocks.append(views.response)
         elif name == "product":
@@ -261,15 +274,38 @@ def format_matrix(responses: pl.Series | Sequence[str]) -> np.ndarray:
     return np.stack([lines, items, bold, heads, code, sent, words - sent, words], axis=1)
 
 
+def ngram_matrix(responses: Sequence[str], dim: int = NGRAM_DIM) -> sp.csr_matrix:
+    """The `ngrams` feature of each response, (n, dim) sparse: lower-cased word / punctuation tokens, adjacent
+    token pairs, each line's first two tokens and the response's first and last three, hashed by crc32
+    (stable across runs and machines); log(1 + count), each row scaled to unit length."""
+    indptr, cols, vals = [0], [], []
+    for text in responses:
+        low = (text or "").lower()
+        toks = _TOKEN.findall(low)
+        feats = toks + [a + " " + b for a, b in zip(toks, toks[1:], strict=False)]
+        feats += ["^" + " ".join(_TOKEN.findall(line)[:2]) for line in low.split("\n") if line.strip()]
+        feats += ["<first>" + " ".join(toks[:3]), "<last>" + " ".join(toks[-3:])]
+        counts: dict[int, int] = {}
+        for f in feats:
+            h = zlib.crc32(f.encode("utf-8")) % dim
+            counts[h] = counts.get(h, 0) + 1
+        v = np.log1p(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+        cols.extend(counts)
+        vals.extend((v / np.linalg.norm(v)).tolist() if len(v) else [])
+        indptr.append(len(cols))
+    return sp.csr_matrix((np.array(vals, dtype=np.float64), np.array(cols, dtype=np.int64), np.array(indptr)), shape=(len(indptr) - 1, dim))
+
+
 # ---------------------------------------------------------------------------------------------
 # Bradley–Terry fit
 
 
 def fit_bt(diffs: np.ndarray, l2: float | np.ndarray, iters: int = 30, tol: float = 1e-8, *,
-           targets: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
+           targets: np.ndarray | None = None, weights: np.ndarray | None = None, offset: np.ndarray | None = None) -> np.ndarray:
     """w minimising Σ cᵢ·[−yᵢ log σ(dᵢ·w) − (1 − yᵢ) log σ(−dᵢ·w)] + ½ Σ_j l2_j w_j² (every row of `diffs`
     is preferred − rejected; `targets` y: P(preferred ≻ rejected), 1 for a labelled pair, below 1 for a
-    weak one; `weights` c: per-pair weight, 1 by default; `l2` a number or one strength per feature).
+    weak one; `weights` c: per-pair weight, 1 by default; `l2` a number or one strength per feature;
+    `offset`: a fixed part of each pair's margin, added to dᵢ·w).
 
     Newton's method: the loss is strictly convex for l2 > 0, so a few steps converge."""
     n, k = diffs.shape
@@ -277,8 +313,9 @@ def fit_bt(diffs: np.ndarray, l2: float | np.ndarray, iters: int = 30, tol: floa
     y = np.ones(n) if targets is None else np.asarray(targets, dtype=np.float64)
     c = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     w = np.zeros(k)
+    off = np.zeros(n) if offset is None else offset
     for _ in range(iters):
-        z = diffs @ w
+        z = off + diffs @ w
         p = 1.0 / (1.0 + np.exp(-z))  # P(preferred ≻ rejected)
         grad = -diffs.T @ (c * (y - p)) + pen * w
         hess = (diffs * (c * p * (1.0 - p))[:, None]).T @ diffs + np.diag(pen)
@@ -287,6 +324,36 @@ def fit_bt(diffs: np.ndarray, l2: float | np.ndarray, iters: int = 30, tol: floa
         if float(np.abs(step).max()) < tol:
             break
     return w
+
+
+def fit_bt_sparse(diffs: sp.csr_matrix, l2: float, offset: np.ndarray, *, targets: np.ndarray, weights: np.ndarray,
+                  start: np.ndarray | None = None) -> np.ndarray:
+    """`fit_bt`'s loss for a sparse, wide block of features (one L2 strength), the rest of each margin fixed
+    in `offset`; L-BFGS (a Newton step would need a NGRAM_DIM² Hessian)."""
+    from scipy.optimize import minimize
+
+    transposed = diffs.T.tocsr()
+
+    def loss(v: np.ndarray) -> tuple[float, np.ndarray]:
+        z = offset + diffs @ v
+        p = 1.0 / (1.0 + np.exp(-z))
+        value = np.sum(weights * (targets * np.logaddexp(0.0, -z) + (1.0 - targets) * np.logaddexp(0.0, z))) + 0.5 * l2 * float(v @ v)
+        return float(value), -(transposed @ (weights * (targets - p))) + l2 * v
+
+    x0 = np.zeros(diffs.shape[1]) if start is None else start
+    return minimize(loss, x0, jac=True, method="L-BFGS-B", options={"maxiter": 300}).x
+
+
+def fit_bt_blocks(dense: np.ndarray, l2: np.ndarray, sparse: sp.csr_matrix, sparse_l2: float, *, targets: np.ndarray, weights: np.ndarray,
+                  rounds: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The joint BT fit of a dense block (Newton) and a sparse one (L-BFGS), by alternating between them:
+    the loss is convex in both, so block descent approaches the joint optimum (4 rounds: accuracy as 8)."""
+    v = np.zeros(sparse.shape[1])
+    w = np.zeros(dense.shape[1])
+    for _ in range(rounds):
+        w = fit_bt(dense, l2, targets=targets, weights=weights, offset=sparse @ v)
+        v = fit_bt_sparse(sparse, sparse_l2, dense @ w, targets=targets, weights=weights, start=v)
+    return w, v
 
 
 def pair_accuracy(margin: np.ndarray) -> float:
@@ -346,15 +413,27 @@ class PrefHead:
     features: list[str]
     embedder: dict[str, str] = field(default_factory=lambda: {"kind": "sentence-transformers", "model": "embedded"})
     metadata: dict[str, Any] = field(default_factory=dict)
+    ngram_weights: np.ndarray | None = None  # (NGRAM_DIM,) with the `ngrams` feature
 
     def score(self, views: RowViews) -> np.ndarray:
         phi = feature_matrix(views, self.features)
-        return ((phi - self.mean) / self.scale) @ self.weights
+        dense = ((phi - self.mean) / self.scale) @ self.weights
+        if not self.needs_ngrams:
+            return dense
+        if views.ngrams is None or self.ngram_weights is None:
+            raise ValueError("the 'ngrams' feature needs the responses' hashed n-grams (ngram_matrix) and the head's n-gram weights")
+        return dense + views.ngrams @ self.ngram_weights
+
+    @property
+    def ngram_dim(self) -> int:
+        return NGRAM_DIM if self.ngram_weights is None else len(self.ngram_weights)
 
     def save(self, folder: str | Path) -> Path:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "weights.npz", weights=self.weights.astype(np.float32), mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32))
+        extra = {} if self.ngram_weights is None else {"ngram_weights": self.ngram_weights.astype(np.float32)}
+        np.savez_compressed(out / "weights.npz", weights=self.weights.astype(np.float32), mean=self.mean.astype(np.float32),
+                            scale=self.scale.astype(np.float32), **extra)
         meta = {"format": HEAD_FORMAT, "features": list(self.features), "embedder": dict(self.embedder), **self.metadata}
         (out / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return out
@@ -370,7 +449,8 @@ class PrefHead:
         arrays = np.load(path / "weights.npz")
         features = list(meta.pop("features"))
         embedder = dict(meta.pop("embedder"))
-        return cls(arrays["weights"].astype(np.float64), arrays["mean"].astype(np.float64), arrays["scale"].astype(np.float64), features, embedder, meta)
+        ngram = arrays["ngram_weights"].astype(np.float64) if "ngram_weights" in arrays.files else None
+        return cls(arrays["weights"].astype(np.float64), arrays["mean"].astype(np.float64), arrays["scale"].astype(np.float64), features, embedder, meta, ngram)
 
     @property
     def needs_heuristics(self) -> bool:
@@ -379,6 +459,10 @@ class PrefHead:
     @property
     def needs_format(self) -> bool:
         return "format" in self.features
+
+    @property
+    def needs_ngrams(self) -> bool:
+        return "ngrams" in self.features
 
     @property
     def needs_instruction(self) -> bool:
@@ -398,9 +482,10 @@ class WeakPairs:
 
 
 def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], features: Sequence[str] = DEFAULT_FEATURES, l2: float | None = None,
-             *, weak: WeakPairs | None = None, weak_weight: float = 1.0) -> PrefHead:
+             *, weak: WeakPairs | None = None, weak_weight: float = 1.0, ngram_l2: float = NGRAM_L2) -> PrefHead:
     """Fit a head on aligned chosen / rejected views (row i of both is one pair), and on `weak` pairs with
-    soft targets, each weighing `weak_weight` of a labelled pair (L2 chosen on the labelled pairs' loss)."""
+    soft targets, each weighing `weak_weight` of a labelled pair (L2 chosen on the labelled pairs' loss, by
+    the dense features alone). With `ngrams`, the n-gram block is fitted jointly with L2 `ngram_l2`."""
     sides = [(chosen, rejected)] + ([(weak.chosen, weak.rejected)] if weak is not None else [])
     phi = [(feature_matrix(c, features), feature_matrix(r, features)) for c, r in sides]
     both = np.concatenate([m for pair in phi for m in pair])
@@ -415,20 +500,33 @@ def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], featur
         weights = np.concatenate([np.ones(n), np.full(len(weak.targets), weak_weight)])
         all_groups += weak.groups
     width = {"response": chosen.response.shape[1], "product": chosen.response.shape[1], "lenprompt": chosen.response.shape[1]}
-    scalars = {"heuristics": len(HEURISTIC_FEATURES), "format": len(FORMAT_FEATURES)}
+    scalars = {"heuristics": len(HEURISTIC_FEATURES), "format": len(FORMAT_FEATURES), "ngrams": 0}
     is_vector = np.concatenate([np.full(width.get(f, scalars.get(f, 1)), f in width) for f in features])
     cv: dict[str, float] = {}
     if l2 is None:
         l2, cv = choose_l2(diffs, all_groups, is_vector, targets=targets, weights=weights, scored=np.arange(len(diffs)) < n)
-    w = fit_bt(diffs, penalty(l2, is_vector), targets=targets, weights=weights)
-    meta = {"l2": l2, "scalar_l2": SCALAR_L2, "cv_log_loss": cv, "train_pairs": n, "train_accuracy": round(pair_accuracy(diffs[:n] @ w), 4)}
+    ngram_w = None
+    if "ngrams" in features:
+        if any(c.ngrams is None or r.ngrams is None for c, r in sides):
+            raise ValueError("the 'ngrams' feature needs the responses' hashed n-grams (ngram_matrix)")
+        grams = sp.vstack([c.ngrams - r.ngrams for c, r in sides]).tocsr()
+        ones = np.ones(len(diffs))
+        w, ngram_w = fit_bt_blocks(diffs, penalty(l2, is_vector), grams, ngram_l2,
+                                   targets=ones if targets is None else targets, weights=ones if weights is None else weights)
+        margin = diffs @ w + grams @ ngram_w
+    else:
+        w = fit_bt(diffs, penalty(l2, is_vector), targets=targets, weights=weights)
+        margin = diffs @ w
+    meta = {"l2": l2, "scalar_l2": SCALAR_L2, "cv_log_loss": cv, "train_pairs": n, "train_accuracy": round(pair_accuracy(margin[:n]), 4)}
+    if ngram_w is not None:
+        meta.update({"ngram_l2": ngram_l2, "ngram_dim": len(ngram_w)})
     if weak is not None:
         meta.update({"weak_pairs": len(weak.targets), "weak_weight": weak_weight})
-    return PrefHead(w, mean, scale, list(features), metadata=meta)
+    return PrefHead(w, mean, scale, list(features), metadata=meta, ngram_weights=ngram_w)
 
 
 def cross_fit(chosen: RowViews, rejected: RowViews, groups: Sequence[str], features: Sequence[str] = DEFAULT_FEATURES, *, k: int = 4,
-              weak: WeakPairs | None = None, weak_weight: float = 1.0, l2: float | None = None) -> np.ndarray:
+              weak: WeakPairs | None = None, weak_weight: float = 1.0, l2: float | None = None, ngram_l2: float = NGRAM_L2) -> np.ndarray:
     """Held-out margins of every labelled pair: the pairs of fold f (folds by instruction) are scored by a head
     fitted without any pair, labelled or weak, of fold f's instructions (L2 by grouped CV inside the rest)."""
     folds = group_folds(groups, k)  # a hash of the instruction: weak pairs of an instruction fall in its fold
@@ -443,7 +541,7 @@ def cross_fit(chosen: RowViews, rejected: RowViews, groups: Sequence[str], featu
             keep = weak_folds != f
             fold_weak = WeakPairs(weak.chosen.take(keep), weak.rejected.take(keep), [g for g, t in zip(weak.groups, keep, strict=True) if t], weak.targets[keep])
         head = fit_head(chosen.take(~test), rejected.take(~test), [g for g, t in zip(groups, test, strict=True) if not t], features, l2,
-                        weak=fold_weak, weak_weight=weak_weight)
+                        weak=fold_weak, weak_weight=weak_weight, ngram_l2=ngram_l2)
         margin[test] = head.score(chosen.take(test)) - head.score(rejected.take(test))
     return margin
 
@@ -480,23 +578,38 @@ def embed_texts(texts: list[str], kind: str = "sentence-transformers", model: st
 
 
 def row_views(instructions: list[str], responses: list[str], frame: pl.DataFrame | None = None, *, heuristics: bool = False, formats: bool = False,
-              embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> RowViews:
+              ngrams: bool = False, embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> RowViews:
     """The views of rows given as texts (`frame`, rows in the same order, for the heuristics)."""
     emb = embedder or {"kind": "sentence-transformers", "model": "embedded"}
     vec = embed_texts(list(instructions) + list(responses), emb["kind"], emb["model"], cache_dir)
     n = len(instructions)
     heur = heuristic_matrix(frame) if heuristics and frame is not None else None
-    return RowViews(vec[:n], vec[n:], np.array([len(r) for r in responses], dtype=np.float64), heur, format_matrix(responses) if formats else None)
+    return RowViews(vec[:n], vec[n:], np.array([len(r) for r in responses], dtype=np.float64), heur, format_matrix(responses) if formats else None,
+                    ngram_matrix(responses) if ngrams else None)
 
 
-def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, formats: bool = False, embedder: dict[str, str] | None = None,
+def view_flags(features: Sequence[str]) -> dict[str, bool]:
+    """Which optional views `row_views` / `pair_views` must build for these features."""
+    return {"heuristics": "heuristics" in features, "formats": "format" in features, "ngrams": "ngrams" in features}
+
+
+def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, formats: bool = False, ngrams: bool = False, embedder: dict[str, str] | None = None,
                cache_dir: str | None = None) -> tuple[RowViews, RowViews]:
     """(chosen views, rejected views) of a pairs frame (from `load_pairs`)."""
     rows = pair_rows(pairs)
     n = pairs.height
     ins = pairs["instruction"].to_list()
-    v = row_views(ins + ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=heuristics, formats=formats, embedder=embedder, cache_dir=cache_dir)
+    v = row_views(ins + ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=heuristics, formats=formats, ngrams=ngrams,
+                  embedder=embedder, cache_dir=cache_dir)
     return v.take(slice(0, n)), v.take(slice(n, 2 * n))
+
+
+def weak_views(answer_files: Sequence[str | Path], features: Sequence[str], win_rates: dict[str, float], balance: float | None,
+               embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> WeakPairs:
+    """The weak pairs (`weak_pairs`) of every instruction in answer files, with the views `features` need."""
+    frame = weak_pairs(load_answers(answer_files), win_rates, lambda _: True, balance)
+    wc, wr = pair_views(frame, **view_flags(features), embedder=embedder, cache_dir=cache_dir)
+    return WeakPairs(wc, wr, [instruction_key(x) for x in frame["instruction"].to_list()], frame["target"].to_numpy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,6 +668,7 @@ def fit_from_files(
     weak_balance: float | None = None,
     win_rates: dict[str, float] | None = None,
     cross_fit_folds: int = 0,
+    ngram_l2: float = NGRAM_L2,
 ) -> dict[str, Any]:
     """Fit a head on preference files, split by instruction; write it to `out_dir`; return its metadata.
     `embedder`: {"kind", "model"} (default: sentence-transformers, the embedded MiniLM). `weak_answers`:
@@ -566,7 +680,7 @@ def fit_from_files(
     pairs = with_split(load_pairs(paths), holdout)
     if pairs.height == 0:
         raise ValueError("no preference pairs (rows with chosen and rejected) in " + ", ".join(map(str, paths)))
-    chosen, rejected = pair_views(pairs, heuristics="heuristics" in features, formats="format" in features, embedder=emb, cache_dir=cache_dir)
+    chosen, rejected = pair_views(pairs, **view_flags(features), embedder=emb, cache_dir=cache_dir)
     train = ~pairs["held_out"].to_numpy()
     if train.sum() < 10:
         raise ValueError(f"only {int(train.sum())} training pairs after the split (holdout={holdout})")
@@ -574,13 +688,12 @@ def fit_from_files(
     weak_all = fit_weak = None
     if weak_answers:
         # weak pairs of every instruction (cross_fit leaves each fold's out); the fit gets the training side's only
-        frame = weak_pairs(load_answers(weak_answers), win_rates or ALPACA_EVAL_WIN_RATES, lambda _: True, weak_balance)
-        wc, wr = pair_views(frame, heuristics="heuristics" in features, formats="format" in features, embedder=emb, cache_dir=cache_dir)
-        weak_all = WeakPairs(wc, wr, [instruction_key(x) for x in frame["instruction"].to_list()], frame["target"].to_numpy())
-        side = ~with_split(frame, holdout)["held_out"].to_numpy()
-        fit_weak = WeakPairs(wc.take(side), wr.take(side), [g for g, t in zip(weak_all.groups, side, strict=True) if t], weak_all.targets[side])
+        weak_all = weak_views(weak_answers, features, win_rates or ALPACA_EVAL_WIN_RATES, weak_balance, emb, cache_dir)
+        side = np.array([not is_held_out(g, holdout) for g in weak_all.groups], dtype=bool)
+        fit_weak = WeakPairs(weak_all.chosen.take(side), weak_all.rejected.take(side), [g for g, t in zip(weak_all.groups, side, strict=True) if t],
+                             weak_all.targets[side])
     head = fit_head(chosen.take(train), rejected.take(train), [k for k, t in zip(keys, train, strict=True) if t], features, l2,
-                    weak=fit_weak, weak_weight=weak_weight)
+                    weak=fit_weak, weak_weight=weak_weight, ngram_l2=ngram_l2)
     head.embedder = emb
     margin = head.score(chosen) - head.score(rejected)
     length = chosen.chars - rejected.chars
@@ -604,7 +717,8 @@ def fit_from_files(
         "held_out_length_accuracy": round(pair_accuracy(length[held]), 4) if held.any() else None,
         "held_out_by_dataset": per_dataset,
         **({"weak_training_files": weak_files, "weak_balance": weak_balance, "win_rates": dict(win_rates or ALPACA_EVAL_WIN_RATES)} if weak_answers else {}),
-        **({"cross_fitted": cross_fit_figures(cross_fit(chosen, rejected, keys, features, k=cross_fit_folds, weak=weak_all, weak_weight=weak_weight, l2=l2),
+        **({"cross_fitted": cross_fit_figures(cross_fit(chosen, rejected, keys, features, k=cross_fit_folds, weak=weak_all, weak_weight=weak_weight, l2=l2,
+                                                        ngram_l2=ngram_l2),
                                               chosen.chars, rejected.chars, cross_fit_folds)} if cross_fit_folds > 1 else {}),
         "fit_seconds": round(time.perf_counter() - t0, 1),
         "created": time.strftime("%Y-%m-%d"),
