@@ -51,7 +51,7 @@ from apache_beam.transforms.sideinputs import SideInputMap
 from apache_beam.transforms.window import GlobalWindows
 
 #: Beam versions whose DaskRunner these fixes were written for and tested with
-TESTED_BEAM = ("2.77.",)
+TESTED_BEAM = ("2.77.", "2.78.")
 
 
 class DatacraftDaskOptions(PipelineOptions):

@@ -21,6 +21,7 @@ not on the runner, the partitioning or the batch order.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -81,7 +82,7 @@ class _KeyBatch(beam.DoFn):
 
 
 class _Partition(_WithStage):
-    def process(self, keyed: tuple[Any, list[pl.DataFrame]], facts: Any) -> Any:
+    def process(self, keyed: tuple[Any, Iterable[pl.DataFrame]], facts: Any) -> Any:  # a GroupByKey: Beam ≥ 2.78 checks the hint
         key, parts = keyed
         frame = canonical_order(concat_batches(list(parts)))
         t0 = time.perf_counter()
@@ -101,7 +102,7 @@ class _Evidence(beam.DoFn):
 
 
 class _PartitionEvidence(_WithStage):
-    def process(self, item: tuple[Any, list[Any]], facts: Any) -> Any:
+    def process(self, item: tuple[Any, Iterable[Any]], facts: Any) -> Any:  # a GroupByKey: Beam ≥ 2.78 checks the hint
         key, pieces = item
         t0 = time.perf_counter()
         yield self.stage.partition_evidence(key, list(pieces), facts), time.perf_counter() - t0
