@@ -28,8 +28,9 @@ from pathlib import Path
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = {"openai", "vllm", "train_sft", "train_dpo"}
-LLM = {"default", "dpo", "ds2", "generate", "multihop", "reflection", "score"}
+# the same lists as tests/test_reproducible.py's NOT_RUN and LLM (a test keeps them equal)
+SKIP = {"openai", "vllm", "gpu", "train_sft", "train_dpo", "lift_alpacaeval"}
+LLM = {"cherry", "default", "dpo", "ds2", "generate", "multihop", "reflection", "score"}
 
 
 def configs(root: Path, only: set[str] | None) -> list[Path]:

@@ -7,6 +7,7 @@ reason) is equal across all of them."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +127,10 @@ def test_every_shipped_config_is_checked_or_excused() -> None:
     shipped = {p.stem for p in CONFIGS.glob("*.yaml")}
     assert shipped - set(NO_LLM) - set(LLM) - set(NOT_RUN) == set(), "add the new config to NO_LLM, LLM or NOT_RUN"
     assert set(NO_LLM) | set(LLM) | set(NOT_RUN) <= shipped
+    spec = importlib.util.spec_from_file_location("snapshot_outputs", ROOT / "scripts" / "snapshot_outputs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert (set(NOT_RUN), set(LLM)) == (script.SKIP, script.LLM), "scripts/snapshot_outputs.py lists differ"
 
 
 def counter_sums(report: dict) -> dict[str, float]:
