@@ -2,13 +2,12 @@
 Beam's in-process runner, `multi_processing` and Dask (datacraft's fixed DaskRunner on a
 `distributed.LocalCluster`): rows/s, peak memory per process, CPU time, memory as rows grow, and
 where the time goes: for Dask the workers' time by action (compute / transfer / deserialize) and
-compute by task kind (`--unfused`: the GroupByKey shuffle's tasks apart), and for every engine the cost of one
+compute by task kind and by part (stages / GroupByKey shuffle / rest), and for every engine the cost of one
 serialization pass over all batches (LZ4 Arrow IPC, Beam's batch coder; pickle, dask's transport).
 
     python benchmarks/bench_engines.py             # 1,000,000 rows; inproc, mp2, mp4, dask1, dask2, dask4; 2 rounds;
                                                    # then inproc, dask2 once at 250k and 500k rows (memory growth)
     python benchmarks/bench_engines.py --quick     # 50,000 rows; inproc, mp2, dask2; 2 rounds; no growth sizes
-    python benchmarks/bench_engines.py --rows 250000 --engines dask2 --rounds 1 --growth "" --unfused   # the shuffle apart
     python benchmarks/bench_engines.py --config semantic_dedup --rows 20000 --files 2 --batch-size 4096 --rounds 1 --growth ""
 
 Each measurement runs in a fresh process; a thread samples the resident memory of that process
@@ -74,14 +73,8 @@ CONFIG = "filter"
 _GB = 1024**3
 
 
-def one(engine: str, src: str, out: str, batch_size: int, unfused: bool = False) -> dict[str, Any]:
-    """Run the config once on `engine`; the figures of this process (the driver) and its workers.
-    `unfused`: dask's low-level task fusion off, so a GroupByKey's shuffle tasks are timed apart
-    from the stages after them (fused, a shuffle-join task also runs the stages that follow it)."""
-    if unfused:  # bags fuse through this function, with no config switch (dask 2026.8): benchmark-only patch
-        import dask.bag.core
-
-        dask.bag.core.fuse_linear_task_spec = lambda dsk, keys: dsk
+def one(engine: str, src: str, out: str, batch_size: int) -> dict[str, Any]:
+    """Run the config once on `engine`; the figures of this process (the driver) and its workers."""
     from datacraft.pipeline.config import load_config
     from datacraft.pipeline.run import run_config
 
@@ -118,7 +111,7 @@ def one(engine: str, src: str, out: str, batch_size: int, unfused: bool = False)
             after = client.run(_worker_stats)
             cpu = own + sum(after[w]["cpu_s"] - before[w]["cpu_s"] for w in after)
             workers = {s["pid"] for s in after.values()}
-            record.update(_where(ts.data, unfused))
+            record.update(_where(ts.data))
             client.close()
             cluster.close()
     record.update(seconds=round(wall, 2), rows_in=report["rows_in"], rows_out=report["rows_out"], ledger_ok=report["ledger_ok"])
@@ -134,10 +127,10 @@ def one(engine: str, src: str, out: str, batch_size: int, unfused: bool = False)
     return record
 
 
-def _where(tasks: list[dict[str, Any]], unfused: bool) -> dict[str, dict[str, float]]:
-    """Dask workers' seconds by action (compute, transfer, deserialize, ...) and compute seconds by
-    task kind (the key's prefix; a fused task is named after its last step). Unfused, also compute
-    by part: the stages (run_bundle), the GroupByKey shuffle, the rest (tag split, concat, create)."""
+def _where(tasks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Dask workers' seconds by action (compute, transfer, deserialize, ...), compute seconds by task
+    kind (the key's prefix; datacraft's DaskRunner does not fuse tasks) and by part: the stages
+    (run_bundle), the GroupByKey shuffle, the rest (tag split, concat, create)."""
     from dask.utils import key_split
 
     by_action: dict[str, float] = {}
@@ -151,11 +144,10 @@ def _where(tasks: list[dict[str, Any]], unfused: bool) -> dict[str, dict[str, fl
     top = dict(sorted(by_task.items(), key=lambda kv: -kv[1])[:8])
     out = {"worker_seconds_by_action": {k: round(v, 2) for k, v in sorted(by_action.items())},
            "compute_seconds_by_task": {k: round(v, 2) for k, v in top.items()}}
-    if unfused:
-        parts = {"stages": 0.0, "shuffle": 0.0, "rest": 0.0}
-        for kind, seconds in by_task.items():
-            parts["stages" if kind == "run_bundle" else "shuffle" if "shuffle" in kind or "groupby" in kind else "rest"] += seconds
-        out["compute_seconds_by_part"] = {k: round(v, 2) for k, v in parts.items()}
+    parts = {"stages": 0.0, "shuffle": 0.0, "rest": 0.0}
+    for kind, seconds in by_task.items():
+        parts["stages" if kind == "run_bundle" else "shuffle" if "shuffle" in kind or "groupby" in kind else "rest"] += seconds
+    out["compute_seconds_by_part"] = {k: round(v, 2) for k, v in parts.items()}
     return out
 
 
@@ -198,7 +190,7 @@ def corpus(tmp: Path, rows: int, files: int) -> str:
 
 
 def measure_once(engine: str, src: str, out: Path, a: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--one", engine, src, str(out), "--batch-size", str(a.batch_size), "--config", a.config, *(["--unfused"] if a.unfused else [])]
+    cmd = [sys.executable, __file__, "--one", engine, src, str(out), "--batch-size", str(a.batch_size), "--config", a.config]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -214,13 +206,12 @@ def main() -> None:
     ap.add_argument("--growth", help="smaller row counts (comma-separated) run once on --growth-engines: memory as rows grow (default 250000,500000; --quick: none)")
     ap.add_argument("--growth-engines", default="inproc,dask2")
     ap.add_argument("--config", default="filter", help="a config of configs/ (e.g. semantic_dedup for the reproducibility digests)")
-    ap.add_argument("--unfused", action="store_true", help="dask: task fusion off (the shuffle's time apart from the stages'; slower)")
     ap.add_argument("--one", nargs=3, metavar=("ENGINE", "SRC", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     global CONFIG
     CONFIG = a.config
     if a.one:
-        print(json.dumps(one(*a.one, a.batch_size, a.unfused)))
+        print(json.dumps(one(*a.one, a.batch_size)))
         return
     load_start = loadavg()
     rows = a.rows or (50_000 if a.quick else 1_000_000)
@@ -242,7 +233,7 @@ def main() -> None:
             grown.append(rec)
             print(json.dumps({"rows": n, "load": loadavg()[:1], **rec}), flush=True)
     base = results[engines[0]]
-    summary: dict[str, Any] = {"benchmark": "engines", "config": a.config, "rows": rows, "files": a.files, "batch_size": a.batch_size, "rounds": a.rounds, "unfused": a.unfused}
+    summary: dict[str, Any] = {"benchmark": "engines", "config": a.config, "rows": rows, "files": a.files, "batch_size": a.batch_size, "rounds": a.rounds}
     digests = {rec["digest"] for recs in results.values() for rec in recs}
     summary["digests_match"] = len(digests) == 1
     summary["digest"] = sorted(digests)[0] if len(digests) == 1 else sorted(digests)
