@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datacraft.io.fast import convert_chunk
+from datacraft.io.fast import _odd_lines, _odd_lines_re, convert_chunk
 from datacraft.io.formats import detect_format, from_row, to_row
 from datacraft.io.readers import ReadOptions, peek_columns, plan_reads, read_all
 from datacraft.io.writers import finalize_shards, merge_parts
@@ -64,6 +64,33 @@ def test_fast_path_matches_the_per_record_path(tmp_path: Path) -> None:
     kept, dropped = read_all(_jsonl(tmp_path / "a.jsonl", records))
     assert kept["id"].to_list() == fast["id"].to_list()
     assert dropped["drop_reason"].to_list() == ["empty_text"]
+
+
+def test_odd_value_lines_polars_regex_equals_python_re_and_json() -> None:
+    """The lines the fast path hands back for values polars reads differently from `json` (a number
+    or object in a text field, a float / long / object id, a lone escaped surrogate): polars' Rust
+    regex over the lines finds exactly the lines Python's `re` finds over the bytes, and every line
+    whose parsed values say so."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(0)
+    strings, labels = ["instruction", "output", "input", "my.key (x)", "naïve-ß"], ["id", "source", "task"]
+    odd = ['"output": 5', '"output" : true', '"id": 1.5', '"id": 12345678901234567', '"input":\t[1]', '"task": {"a": 1}',
+           '"source": -3e5', '"my.key (x)": 3', '"naïve-ß":\r 4', '"x": "\\udc00 lone"', '"x": "\\ud83d"']
+    fine = ['"output": "a: b\\" : 5"', '"id": 7', '"id": -12', '"output":null', '"x": "\\ud83d\\ude00"', '"x": "\\uD83D\\uDE00"']
+    for trial in range(12):
+        lines, expected = [], set()
+        for i in range(300):
+            extra = rng.choice(odd + fine * 3)
+            lines.append('{"id": "r' + str(i) + '", "instruction": "Say: \\"hi\\".", ' + extra + ', "n": "ü"}')
+            if extra in odd:
+                expected.add(i)
+        data = ("\n".join(lines) + ("\n" if trial % 2 else "")).encode()
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+        ends = ends if data.endswith(b"\n") else np.append(ends, len(data))
+        assert _odd_lines(data, ends, strings, labels) == _odd_lines_re(data, ends, strings, labels) == expected
 
 
 def test_non_string_texts_are_bad_records_on_every_path(tmp_path: Path) -> None:

@@ -114,7 +114,8 @@ def histogram_svg(name: str, before: np.ndarray, after: np.ndarray) -> str:
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.linspace(lo, hi, HIST_BINS + 1)
-    series = [(np.histogram(v, bins=bins)[0], color, label, alpha, len(v))
+    # equal-width bins given as a count and range: numpy bins without sorting (same counts as the edges)
+    series = [(np.histogram(v, bins=HIST_BINS, range=(lo, hi))[0], color, label, alpha, len(v))
               for v, color, label, alpha in ((before, MUTED, "before", 1.0), (after, KEPT_COLOR, "kept", 0.85)) if len(v)]
     top = max(int(c.max()) for c, *_ in series) or 1
     left, right, plot_top, bottom, width, height = 46, 10, 24, 22, 420, 200

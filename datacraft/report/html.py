@@ -197,7 +197,9 @@ def drops_section(report: Mapping[str, Any], facts: RunFacts) -> str:
 def scores_section(facts: RunFacts) -> str:
     if not any(len(v) for v in facts.scores_all.values()):
         return _section("scores", "Scores", '<div class="card note">No row in this run carries a score.</div>')
-    spreads = score_spreads(facts.scores_all, facts.scores_kept, facts.report.get("score_uses") or {})
+    spreads = facts.report.get("scores") or {}  # computed once by write_report
+    if not set(facts.scores_all) <= set(spreads):
+        spreads = score_spreads(facts.scores_all, facts.scores_kept, facts.report.get("score_uses") or {})
     cards, constant = [], []
     for name in sorted(facts.scores_all):
         before = facts.scores_all[name]

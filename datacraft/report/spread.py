@@ -39,7 +39,7 @@ def score_spread(values: np.ndarray, bins: int = SPREAD_BINS) -> dict[str, Any]:
     lo, hi = float(v.min()), float(v.max())
     std = float(v.std())
     constant = lo == hi
-    top_share = 1.0 if constant else float(np.histogram(v, bins=np.linspace(lo, hi, bins + 1))[0].max() / v.size)
+    top_share = 1.0 if constant else float(np.histogram(v, bins=bins, range=(lo, hi))[0].max() / v.size)
     p10, median, p90 = (float(q) for q in np.quantile(v, [0.1, 0.5, 0.9]))
     return {
         "n": int(v.size), "min": lo, "max": hi, "mean": round(float(v.mean()), 6), "std": round(std, 6),

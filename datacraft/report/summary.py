@@ -69,17 +69,24 @@ def build_report(
 DATASETS_METADATA = {"dataset_info.json", "state.json", "dataset_dict.json"}
 
 
-def read_shard_columns(path: str, columns: list[str]) -> pl.DataFrame | None:
-    """`columns` of one written shard (Parquet, JSONL or a `datasets` Arrow stream); None for a file
-    that holds no rows. A column the shard lacks is absent from the result."""
+def read_shard_columns(path: str, columns: Mapping[str, Any]) -> pl.DataFrame | None:
+    """`columns` (name → polars dtype) of one written shard (Parquet, JSONL or a `datasets` Arrow
+    stream); None for a file that holds no rows. A column the shard lacks is absent from the result.
+
+    JSONL is scanned with `columns` as its schema, so polars parses only those fields (a full read
+    of a dropped-rows file with its messages took 10× longer); a value of another JSON type is
+    converted to the dtype the way polars reads it (an integer id → its digits)."""
     import polars as pl
 
     if path.endswith(".parquet"):
         have = pl.read_parquet_schema(path)
         return pl.read_parquet(path, columns=[c for c in columns if c in have])
     if path.endswith(".jsonl") or (path.endswith(".json") and os.path.basename(path) not in DATASETS_METADATA):
-        frame = pl.read_ndjson(path) if os.path.getsize(path) else pl.DataFrame()
-        return frame.select([c for c in columns if c in frame.columns])
+        if not os.path.getsize(path):
+            return pl.DataFrame()
+        frame = pl.scan_ndjson(path, schema=dict(columns)).collect()
+        # a key no line holds reads as all-null: absent, as in a Parquet shard without it
+        return frame.select([c for c in frame.columns if frame[c].null_count() < frame.height])
     if path.endswith(".arrow"):  # a `datasets` folder's shards are Arrow IPC streams
         import pyarrow as pa
 
@@ -91,9 +98,11 @@ def read_shard_columns(path: str, columns: list[str]) -> pl.DataFrame | None:
 
 def lineage_counts(files: list[str]) -> dict[str, int]:
     """Rows per `lineage.method` in written shards (Parquet or JSONL), most frequent first."""
+    from datacraft.core.rows import LINEAGE_DTYPE
+
     counts: dict[str, int] = {}
     for f in files:
-        frame = read_shard_columns(f, ["lineage"])
+        frame = read_shard_columns(f, {"lineage": LINEAGE_DTYPE})
         if frame is None or frame.height == 0 or "lineage" not in frame.columns:
             continue
         methods = frame["lineage"].struct.field("method").fill_null("seed")
@@ -109,7 +118,7 @@ def _shard_ids(files: list[str]) -> pl.Series:
     """The sorted ids of the rows in `files` (byte order of UTF-8 = code point order, as `sorted`)."""
     import polars as pl
 
-    parts = [fr["id"].cast(pl.Utf8) for f in files if (fr := read_shard_columns(f, ["id"])) is not None and "id" in fr.columns]
+    parts = [fr["id"].cast(pl.Utf8) for f in files if (fr := read_shard_columns(f, {"id": pl.Utf8})) is not None and "id" in fr.columns]
     return (pl.concat(parts) if parts else pl.Series("id", [], pl.Utf8)).sort()
 
 
@@ -128,7 +137,7 @@ def output_digest(data_files: list[str], dropped_files: list[str], read_stage: s
     runs of one config on one input can be compared by eye."""
     import polars as pl
 
-    frames = [fr for f in dropped_files if (fr := read_shard_columns(f, DROP_COLUMNS)) is not None and fr.height]
+    frames = [fr for f in dropped_files if (fr := read_shard_columns(f, dict.fromkeys(DROP_COLUMNS, pl.Utf8))) is not None and fr.height]
     dropped = (pl.concat([fr.select([pl.col(c).cast(pl.Utf8) if c in fr.columns else pl.lit(None, pl.Utf8).alias(c) for c in DROP_COLUMNS])
                           for fr in frames]) if frames else pl.DataFrame(schema=dict.fromkeys(DROP_COLUMNS, pl.Utf8)))
     h = hashlib.sha256()
