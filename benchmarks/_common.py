@@ -175,7 +175,12 @@ def robust_record(trials: dict[str, list[Trial]], ours: str, load_start: list[fl
 
 
 def version(dist: str) -> str | None:
-    """Installed version of a distribution, None when absent."""
+    """Installed version of a distribution, None when absent (`datacraft`: the package's own version,
+    whatever name it was installed under)."""
+    if dist == "datacraft":
+        import datacraft
+
+        return datacraft.__version__
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
