@@ -99,7 +99,7 @@ def test_compiled_signatures_equal_the_plain_form_on_real_rows(kind: str, k: int
     ref = _reference_signatures(texts, kind, k, 32)
     assert np.array_equal(signatures(texts, shingle=kind, ngram=k, num_perm=32), ref)
     # row chunks (the 32-bit offsets' bound) do not change a signature
-    assert np.array_equal(signatures(texts, shingle=kind, ngram=k, num_perm=32, chunk_chars=500), ref)
+    assert np.array_equal(signatures(texts, shingle=kind, ngram=k, num_perm=32, chunk_bytes=500), ref)
 
 
 def test_whitespace_is_pythons_for_every_code_point() -> None:

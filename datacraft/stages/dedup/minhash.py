@@ -20,7 +20,7 @@ arrived), so the edges — and the groups — do not depend on batch order or pa
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -99,8 +99,9 @@ _ASCII_SPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = 1
 
 @njit(cache=True)
 def _normalise(buf: np.ndarray, starts: np.ndarray, ascii_space: np.ndarray, out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray) -> None:
-    """Each row's UTF-8 text with whitespace runs collapsed to one space and stripped (`re.sub(r"\\s+", " ", t).strip()`),
-    into `out`; the end of every word (in `out`) into `word_ends`, their count per row into `n_words`."""
+    """Each row's UTF-8 text with whitespace runs collapsed to one space and stripped (`re.sub(r"\\s+", " ", t).strip()`)
+    and its ASCII letters lower-cased, into `out`; the end of every word (in `out`) into `word_ends`, their count per row
+    into `n_words`."""
     o, w = 0, 0
     for r in range(starts.shape[0] - 1):
         out_starts[r] = o
@@ -109,6 +110,8 @@ def _normalise(buf: np.ndarray, starts: np.ndarray, ascii_space: np.ndarray, out
             c = buf[i]
             if c < 0x80:
                 sl = np.int64(ascii_space[c])
+                if 0x41 <= c <= 0x5A:  # A-Z: str.lower of an ASCII letter
+                    c += 0x20
             elif c == 0xC2 or c == 0xE1 or c == 0xE2 or c == 0xE3:  # lead bytes of the non-ASCII spaces
                 sl = _space_len(buf, i)
             else:
@@ -137,35 +140,51 @@ def _normalise(buf: np.ndarray, starts: np.ndarray, ascii_space: np.ndarray, out
     out_starts[starts.shape[0] - 1] = o
 
 
+@njit(cache=True, inline="always")
+def _put_view(views: np.ndarray, j: int, out: np.ndarray, start: int, end: int) -> None:
+    """views[j]: the Arrow BinaryView struct (16 bytes) of out[start:end]: length, then the bytes inline (≤ 12) or a
+    4-byte prefix, buffer 0 and the offset — a column of spans of `out` without copying their bytes."""
+    length = end - start
+    views[j, 0] = length
+    if length > 12:
+        views[j, 1] = np.uint32(out[start]) | np.uint32(out[start + 1]) << 8 | np.uint32(out[start + 2]) << 16 | np.uint32(out[start + 3]) << 24
+        views[j, 2] = 0
+        views[j, 3] = start
+    else:
+        views[j, 1] = views[j, 2] = views[j, 3] = 0
+        inline = views[j].view(np.uint8)
+        for q in range(length):
+            inline[4 + q] = out[start + q]
+
+
 @njit(cache=True)
-def _word_grams(out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start, end) byte spans in `out` of every word k-gram of every row (a row of fewer than k words:
-    the whole text), and each row's first span."""
+def _word_views(out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The views (`_put_view`) of every word k-gram of every row (a row of fewer than k words: the whole text),
+    and each row's first one."""
     rows = n_words.shape[0]
     first = np.empty(rows + 1, np.int64)
     first[0] = 0
     for r in range(rows):
         first[r + 1] = first[r] + max(1, n_words[r] - k + 1)
-    s_out, e_out = np.empty(first[rows], np.int64), np.empty(first[rows], np.int64)
+    views = np.empty((first[rows], 4), np.uint32)
     j, w = 0, 0
     for r in range(rows):
         m = n_words[r]
         if m < k:
-            s_out[j], e_out[j] = out_starts[r], out_starts[r + 1]
+            _put_view(views, j, out, out_starts[r], out_starts[r + 1])
             j += 1
         else:
             for i in range(m - k + 1):
-                s_out[j] = out_starts[r] if i == 0 else word_ends[w + i - 1] + 1
-                e_out[j] = word_ends[w + i + k - 1]
+                _put_view(views, j, out, out_starts[r] if i == 0 else word_ends[w + i - 1] + 1, word_ends[w + i + k - 1])
                 j += 1
         w += m
-    return s_out, e_out, first
+    return views, first
 
 
 @njit(cache=True)
-def _char_grams(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start, end) byte spans of every k-code-point substring of every row (shorter rows: the whole
-    text), and each row's first span."""
+def _char_views(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The views (`_put_view`) of every k-code-point substring of every row (shorter rows: the whole text), and
+    each row's first one."""
     rows = out_starts.shape[0] - 1
     first = np.empty(rows + 1, np.int64)
     first[0] = 0
@@ -174,7 +193,7 @@ def _char_grams(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.nda
         for i in range(out_starts[r], out_starts[r + 1]):
             chars += (out[i] & 0xC0) != 0x80
         first[r + 1] = first[r] + max(1, chars - k + 1)
-    s_out, e_out = np.empty(first[rows], np.int64), np.empty(first[rows], np.int64)
+    views = np.empty((first[rows], 4), np.uint32)
     j = 0
     for r in range(rows):
         a, end = out_starts[r], out_starts[r + 1]
@@ -184,7 +203,7 @@ def _char_grams(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.nda
             while b < end and (out[b] & 0xC0) == 0x80:
                 b += 1
             seen += 1
-        s_out[j], e_out[j] = a, b
+        _put_view(views, j, out, a, b)
         j += 1
         while b < end:  # slide one character
             a += 1
@@ -193,127 +212,174 @@ def _char_grams(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.nda
             b += 1
             while b < end and (out[b] & 0xC0) == 0x80:
                 b += 1
-            s_out[j], e_out[j] = a, b
+            _put_view(views, j, out, a, b)
             j += 1
-    return s_out, e_out, first
+    return views, first
 
 
-@njit(cache=True)
-def _views(out: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """Arrow BinaryView structs (16 bytes each) of the spans of `out`: length, then the bytes inline
-    (≤ 12) or a 4-byte prefix, buffer 0 and the offset — the column without copying the bytes."""
-    views = np.empty((s.shape[0], 4), np.uint32)
-    for j in range(s.shape[0]):
-        start, length = s[j], e[j] - s[j]
-        views[j, 0] = length
-        if length > 12:
-            views[j, 1] = np.uint32(out[start]) | np.uint32(out[start + 1]) << 8 | np.uint32(out[start + 2]) << 16 | np.uint32(out[start + 3]) << 24
-            views[j, 2] = 0
-            views[j, 3] = start
-        else:
-            views[j, 1] = views[j, 2] = views[j, 3] = 0
-            inline = views[j].view(np.uint8)
-            for q in range(length):
-                inline[4 + q] = out[start + q]
-    return views
+def _utf8(texts: Sequence[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets): the texts in UTF-8, row r at bytes[offsets[r]:offsets[r + 1]]. Rows with a non-ASCII
+    character are lower-cased by Python's `str.lower` (its case rules); `_normalise` lower-cases ASCII letters."""
+    s = (texts if isinstance(texts, pl.Series) else pl.Series(texts, dtype=pl.Utf8)).cast(pl.Utf8).fill_null("")
+    wide = s.str.contains(r"[^\x00-\x7F]")
+    if wide.any():
+        at = wide.arg_true()
+        s = s.clone().scatter(at, pl.Series([t.lower() for t in s.gather(at).to_list()], dtype=pl.Utf8))
+    arr = s.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
+    _, offsets, data = arr.buffers()
+    offsets = np.frombuffer(offsets, np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    return (np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)), offsets
 
 
-def shingle_hashes(texts: list[str], kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _span_hashes(buf: np.ndarray, starts: np.ndarray, kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, offsets) of the rows buf[starts[r]:starts[r + 1]]: their shingles cut by compiled loops, hashed by polars
+    as one BinaryView column over the normalised bytes (its hash of a string is the hash of its bytes)."""
+    rows, size = len(starts) - 1, int(starts[-1] - starts[0])
+    out, out_starts = np.empty(max(1, size), np.uint8), np.empty(rows + 1, np.int64)
+    # a row of m words has ≥ 2m − 1 bytes
+    word_ends, n_words = np.empty((size + rows) // 2 + 1, np.int64), np.empty(rows, np.int64)
+    _normalise(buf, starts, _ASCII_SPACE, out, out_starts, word_ends, n_words)
+    views, first = _word_views(out, out_starts, word_ends, n_words, k) if kind == "word" else _char_views(out, out_starts, k)
+    column = pa.Array.from_buffers(pa.binary_view(), len(views), [None, pa.py_buffer(views), pa.py_buffer(out)])
+    return pl.Series(column).hash(seed=seed).to_numpy(), first
+
+
+def shingle_hashes(texts: Sequence[str] | pl.Series, kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, offsets): polars' hash of every shingle of `shingle_lists`, row r's at hashes[offsets[r]:offsets[r + 1]].
 
     The same shingles as `shingle_lists` (duplicates within a row kept: they do not change a minimum),
-    cut from the UTF-8 bytes by compiled loops and hashed by polars as one Binary column (its hash of
-    a string is the hash of its bytes) instead of Python sets of strings."""
-    encoded = [t.lower().encode() for t in texts]  # Python's lower: its case rules
-    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    starts = np.zeros(len(texts) + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(texts)), out=starts[1:])
-    out, out_starts = np.empty(max(1, buf.shape[0]), np.uint8), np.empty(len(texts) + 1, np.int64)
-    word_ends, n_words = np.empty(buf.shape[0] // 2 + 1, np.int64), np.empty(len(texts), np.int64)
-    _normalise(buf, starts, _ASCII_SPACE, out, out_starts, word_ends, n_words)
-    s, e, first = _word_grams(out, out_starts, word_ends, n_words, k) if kind == "word" else _char_grams(out, out_starts, k)
-    column = pa.Array.from_buffers(pa.binary_view(), len(s), [None, pa.py_buffer(_views(out, s, e)), pa.py_buffer(out)])
-    hashes = pl.Series(column).hash(seed=seed).to_numpy()
-    return hashes, first
+    cut from the UTF-8 bytes by compiled loops and hashed by polars as one Binary column instead of
+    Python sets of strings."""
+    buf, starts = _utf8(texts)
+    return _span_hashes(buf, starts, kind, k, seed)
 
 
-@njit(cache=True)  # no parallel=True: numba's workqueue layer is not thread-safe under Beam's worker threads
+@njit(cache=True, inline="always")
+def _perm(h: np.uint64, a: np.uint64, b: np.uint64) -> np.uint32:
+    """((a·h + b) mod 2⁶⁴ mod (2⁶¹ − 1)) mod 2³²: the wrap as datasketch, the Mersenne modulus without a division."""
+    prime = np.uint64((1 << 61) - 1)
+    v = h * a + b
+    v = (v & prime) + (v >> np.uint64(61))
+    if v >= prime:
+        v -= prime
+    return np.uint32(v & np.uint64(0xFFFFFFFF))
+
+
+@njit(cache=True, nogil=True)  # no parallel=True: numba's workqueue layer is not thread-safe under Beam's worker threads
 def _minhash(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out[r, p] = min over row r's shingle hashes h of ((a_p·(h mod 2³²) + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) mod 2³²."""
-    prime, low32, top = np.uint64((1 << 61) - 1), np.uint64(0xFFFFFFFF), np.uint64(61)
+    """out[r, p] = min over row r's shingle hashes h of _perm(h mod 2³², a_p, b_p).
+
+    Eight hashes per pass over the permutations: a_p, b_p and the running minimum are loaded and stored once
+    for eight products (the loop is bound by those loads and stores otherwise)."""
+    low32 = np.uint64(0xFFFFFFFF)
+    row = np.empty(out.shape[1], np.uint32)
     for r in range(out.shape[0]):
-        row = out[r]
-        row[:] = low32
-        for j in range(offsets[r], offsets[r + 1]):
+        row[:] = np.uint32(0xFFFFFFFF)
+        j, end = offsets[r], offsets[r + 1]
+        while j + 8 <= end:
+            h0, h1, h2, h3 = hashes[j] & low32, hashes[j + 1] & low32, hashes[j + 2] & low32, hashes[j + 3] & low32
+            h4, h5, h6, h7 = hashes[j + 4] & low32, hashes[j + 5] & low32, hashes[j + 6] & low32, hashes[j + 7] & low32
+            for p in range(row.shape[0]):
+                ap, bp = a[p], b[p]
+                m0 = min(min(_perm(h0, ap, bp), _perm(h1, ap, bp)), min(_perm(h2, ap, bp), _perm(h3, ap, bp)))
+                m1 = min(min(_perm(h4, ap, bp), _perm(h5, ap, bp)), min(_perm(h6, ap, bp), _perm(h7, ap, bp)))
+                row[p] = min(row[p], min(m0, m1))
+            j += 8
+        while j < end:
             h = hashes[j] & low32
             for p in range(row.shape[0]):
-                v = h * a[p] + b[p]  # wraps mod 2⁶⁴, as datasketch
-                v = (v & prime) + (v >> top)  # mod 2⁶¹ − 1 without a division (Mersenne prime)
-                if v >= prime:
-                    v -= prime
-                v &= low32
-                if v < row[p]:
-                    row[p] = v
+                row[p] = min(row[p], _perm(h, a[p], b[p]))
+            j += 1
+        out[r] = row
 
 
-def signatures(texts: list[str], *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1, chunk_chars: int = 1 << 28) -> np.ndarray:
-    """MinHash signatures (n, num_perm) uint64: shingles hashed by polars, permutations by a compiled kernel."""
+def signatures(texts: Sequence[str] | pl.Series, *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1,
+               chunk_bytes: int = 1 << 26) -> np.ndarray:
+    """MinHash signatures (n, num_perm) uint32: shingles hashed by polars, permutations by a compiled kernel.
+
+    Rows go in chunks of ≤ `chunk_bytes` UTF-8 bytes (≤ 2³¹: the BinaryView offsets are 32-bit; smaller: the
+    chunk's shingle views and hashes, 24 bytes per shingle, stay small)."""
     k = ngram or (5 if shingle == "char" else 3)
     rng = np.random.default_rng(seed)
     a = rng.integers(1, (1 << 61) - 1, num_perm, dtype=np.uint64)
     b = rng.integers(0, (1 << 61) - 1, num_perm, dtype=np.uint64)
-    sig = np.empty((len(texts), num_perm), dtype=np.uint64)
-    # chunks of ≤ 2²⁸ characters (≤ 2³⁰ UTF-8 bytes): the BinaryView offsets are 32-bit
-    ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+    buf, starts = _utf8(texts)
+    n = len(starts) - 1
+    sig = np.empty((n, num_perm), dtype=np.uint32)
     lo = 0
-    while lo < len(texts):
-        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + chunk_chars, side="right")))
-        hashes, offsets = shingle_hashes(texts[lo:hi], shingle, k, seed)
+    while lo < n:
+        hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + chunk_bytes, side="right")) - 1)
+        hashes, offsets = _span_hashes(buf, starts[lo : hi + 1], shingle, k, seed)
         _minhash(hashes, offsets, a, b, sig[lo:hi])
         lo = hi
     return sig
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, nogil=True)
+def _band_keys(sig: np.ndarray, rows: int, init: np.ndarray, mult: np.uint64, keys: np.ndarray) -> None:
+    for r in range(sig.shape[0]):
+        for i in range(init.shape[0]):
+            h = init[i]
+            for c in range(i * rows, (i + 1) * rows):
+                h = (h ^ np.uint64(sig[r, c])) * mult
+                h ^= h >> np.uint64(29)
+            keys[r, i] = h
+
+
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n, bands) uint64 bucket keys: a hash of each band's `rows` signature values."""
+    init = np.array([((i + 1) * int(_MIX)) & 0xFFFFFFFFFFFFFFFF for i in range(bands)], dtype=np.uint64)
     keys = np.empty((sig.shape[0], bands), dtype=np.uint64)
-    mult = np.uint64(0x9E3779B97F4A7C15)
-    for i in range(bands):
-        h = np.full(sig.shape[0], ((i + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
-        for v in sig[:, i * rows : (i + 1) * rows].T:
-            h = (h ^ v) * mult
-            h ^= h >> np.uint64(29)
-        keys[:, i] = h
+    _band_keys(np.ascontiguousarray(sig), rows, init, _MIX, keys)
     return keys
 
 
-def candidate_edges(ids: list[str], sig: np.ndarray, keys: np.ndarray, threshold: float) -> pl.DataFrame:
+@njit(cache=True, nogil=True)
+def _bucket_pairs(keys: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """head·n + row for every row that shares a band's bucket key with a row before it in `order`, head being
+    the bucket's first row in `order` (an open-addressing table per band)."""
+    n, bands = keys.shape
+    size = 1
+    while size < 2 * n:
+        size <<= 1
+    mask = np.uint64(size - 1)
+    slot_key, slot_row = np.empty(size, np.uint64), np.empty(size, np.int64)
+    codes = np.empty(n * bands, np.int64)
+    m = 0
+    for band in range(bands):
+        slot_row[:] = -1
+        for o in range(n):
+            key = keys[o, band]
+            s = np.int64(key & mask)
+            while slot_row[s] >= 0 and slot_key[s] != key:
+                s = (s + 1) & (size - 1)
+            if slot_row[s] < 0:
+                slot_row[s], slot_key[s] = order[o], key
+            else:
+                codes[m] = slot_row[s] * n + order[o]
+                m += 1
+    return codes[:m]
+
+
+def candidate_edges(ids: Sequence[str] | pl.Series, sig: np.ndarray, keys: np.ndarray, threshold: float) -> pl.DataFrame:
     """Rows sharing a bucket, linked to the bucket's smallest id (whatever the row order) when their
     estimated Jaccard ≥ threshold."""
-    n, bands = keys.shape
+    n = keys.shape[0]
     if n < 2:
         return pl.DataFrame(schema=EDGE_SCHEMA)
-    by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")  # the row order that decides heads
-    heads, members = [], []
-    for band in range(bands):  # a bucket: a run of equal keys once sorted; stable, so its head is its smallest id
-        order = by_id[np.argsort(keys[by_id, band], kind="stable")]
-        col = keys[order, band]
-        same = col[1:] == col[:-1]
-        if not same.any():
-            continue
-        start = np.maximum.accumulate(np.where(np.concatenate([[True], ~same]), np.arange(n), 0))
-        heads.append(order[start[1:][same]])
-        members.append(order[1:][same])
-    if not heads:
+    arr = ids if isinstance(ids, pl.Series) else pl.Series(ids, dtype=pl.Utf8)
+    by_id = arr.to_frame("id").select(pl.arg_sort_by("id", maintain_order=True)).to_series().to_numpy().astype(np.int64)  # the order that decides heads
+    codes = np.unique(_bucket_pairs(keys[by_id], by_id))  # each pair once, whatever bands it shares
+    if not len(codes):
         return pl.DataFrame(schema=EDGE_SCHEMA)
-    h, i = np.concatenate(heads), np.concatenate(members)
-    _, first = np.unique(h.astype(np.int64) * n + i, return_index=True)  # each pair once, whatever bands it shares
-    h, i = h[first], i[first]
+    h, i = codes // n, codes % n
     est = np.empty(len(h))
     for s in range(0, len(h), 200_000):
         est[s : s + 200_000] = (sig[h[s : s + 200_000]] == sig[i[s : s + 200_000]]).mean(axis=1)
     ok = est >= threshold
-    arr = pl.Series(ids, dtype=pl.Utf8)
     return pl.DataFrame({"a": arr.gather(h[ok]), "b": arr.gather(i[ok]), "sim": est[ok]}, schema=EDGE_SCHEMA)
 
 
@@ -331,14 +397,13 @@ class MinHashDedupStage(EdgeDedup, GlobalStage):
 
     def signatures_of(self, frame: pl.DataFrame) -> np.ndarray:
         p = self.params
-        texts = frame.select(text_expr(p.text).alias("t"))["t"].to_list()
-        return signatures(texts, num_perm=p.num_perm, shingle=p.shingle, ngram=p.ngram, seed=p.seed)
+        return signatures(frame.select(text_expr(p.text).alias("t"))["t"], num_perm=p.num_perm, shingle=p.shingle, ngram=p.ngram, seed=p.seed)
 
     def process_all(self, frame: pl.DataFrame) -> StageResult:
         if frame.height == 0:
             return StageResult(kept=frame)
         sig = self.signatures_of(frame)
-        edges = candidate_edges(frame["id"].to_list(), sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
+        edges = candidate_edges(frame["id"], sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
         nodes = node_frame(frame, self.params.score, self.params.text)
         return dedup_result(self.label, frame, edges, nodes, self.params.threshold, "jaccard", grouping=self.params.grouping)
 
@@ -354,8 +419,8 @@ class MinHashDedupStage(EdgeDedup, GlobalStage):
 
     def edges_of(self, _key: Any, part: pl.DataFrame, _facts: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
         part = part.unique("id", keep="first", maintain_order=True)
-        sig = part[_SIG].to_numpy().astype(np.uint64)
-        edges = candidate_edges(part["id"].to_list(), sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
+        sig = part[_SIG].to_numpy()
+        edges = candidate_edges(part["id"], sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
         touched = pl.concat([edges["a"], edges["b"]]).unique()
         return edges, part.drop(_SIG).filter(pl.col("id").is_in(touched.implode()))
 
