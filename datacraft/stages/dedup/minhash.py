@@ -97,47 +97,40 @@ _ASCII_SPACE = np.zeros(128, np.uint8)
 _ASCII_SPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = 1
 
 
-@njit(cache=True)
-def _normalise(buf: np.ndarray, starts: np.ndarray, ascii_space: np.ndarray, out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray) -> None:
-    """Each row's UTF-8 text with whitespace runs collapsed to one space and stripped (`re.sub(r"\\s+", " ", t).strip()`)
-    and its ASCII letters lower-cased, into `out`; the end of every word (in `out`) into `word_ends`, their count per row
-    into `n_words`."""
-    o, w = 0, 0
-    for r in range(starts.shape[0] - 1):
-        out_starts[r] = o
-        words, i, end, in_word = 0, starts[r], starts[r + 1], False
-        while i < end:
-            c = buf[i]
-            if c < 0x80:
-                sl = np.int64(ascii_space[c])
-                if 0x41 <= c <= 0x5A:  # A-Z: str.lower of an ASCII letter
-                    c += 0x20
-            elif c == 0xC2 or c == 0xE1 or c == 0xE2 or c == 0xE3:  # lead bytes of the non-ASCII spaces
-                sl = _space_len(buf, i)
-            else:
-                sl = 0
-            if sl:
-                if in_word:
-                    word_ends[w] = o
-                    w += 1
-                    words += 1
-                    in_word = False
-                i += sl
-                continue
-            if not in_word:
-                if words:
-                    out[o] = 0x20
-                    o += 1
-                in_word = True
-            out[o] = c
-            o += 1
-            i += 1
-        if in_word:
-            word_ends[w] = o
-            w += 1
-            words += 1
-        n_words[r] = words
-    out_starts[starts.shape[0] - 1] = o
+@njit(cache=True, inline="always")
+def _normalise_row(buf: np.ndarray, i: int, end: int, ascii_space: np.ndarray, out: np.ndarray, o: int, word_ends: np.ndarray) -> tuple[int, int]:
+    """buf[i:end] with whitespace runs collapsed to one space and stripped (`re.sub(r"\\s+", " ", t).strip()`) and its
+    ASCII letters lower-cased, written to out[o:]; returns (its end in out, its words), word q ending at word_ends[q]."""
+    words, in_word = 0, False
+    while i < end:
+        c = buf[i]
+        if c < 0x80:
+            sl = np.int64(ascii_space[c])
+            if 0x41 <= c <= 0x5A:  # A-Z: str.lower of an ASCII letter
+                c += 0x20
+        elif c == 0xC2 or c == 0xE1 or c == 0xE2 or c == 0xE3:  # lead bytes of the non-ASCII spaces
+            sl = _space_len(buf, i)
+        else:
+            sl = 0
+        if sl:
+            if in_word:
+                word_ends[words] = o
+                words += 1
+                in_word = False
+            i += sl
+            continue
+        if not in_word:
+            if words:
+                out[o] = 0x20
+                o += 1
+            in_word = True
+        out[o] = c
+        o += 1
+        i += 1
+    if in_word:
+        word_ends[words] = o
+        words += 1
+    return o, words
 
 
 @njit(cache=True, inline="always")
@@ -158,88 +151,102 @@ def _put_view(views: np.ndarray, j: int, out: np.ndarray, start: int, end: int) 
 
 
 @njit(cache=True)
-def _word_views(out: np.ndarray, out_starts: np.ndarray, word_ends: np.ndarray, n_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The views (`_put_view`) of every word k-gram of every row (a row of fewer than k words: the whole text),
-    and each row's first one."""
-    rows = n_words.shape[0]
+def _shingle_views(buf: np.ndarray, starts: np.ndarray, ascii_space: np.ndarray, k: int, by_word: bool, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row buf[starts[r]:starts[r + 1]] normalised (`_normalise_row`) into `out`, then the views (`_put_view`) of
+    its shingles: every word k-gram (`by_word`) or k-code-point substring, the whole text when it is shorter than k;
+    returns (views, offsets), row r's at views[offsets[r]:offsets[r + 1]]."""
+    rows = starts.shape[0] - 1
+    size, longest = starts[rows] - starts[0], 0
+    for r in range(rows):
+        longest = max(longest, starts[r + 1] - starts[r])
+    word_ends = np.empty(longest // 2 + 1, np.int64)  # a row of m words has ≥ 2m − 1 bytes
+    views = np.empty(((size + rows) // 2 + rows if by_word else size + rows, 4), np.uint32)  # ≥ the shingles
     first = np.empty(rows + 1, np.int64)
-    first[0] = 0
+    j, o = 0, 0
     for r in range(rows):
-        first[r + 1] = first[r] + max(1, n_words[r] - k + 1)
-    views = np.empty((first[rows], 4), np.uint32)
-    j, w = 0, 0
-    for r in range(rows):
-        m = n_words[r]
-        if m < k:
-            _put_view(views, j, out, out_starts[r], out_starts[r + 1])
-            j += 1
-        else:
+        first[r] = j
+        a = o
+        o, m = _normalise_row(buf, starts[r], starts[r + 1], ascii_space, out, o, word_ends)
+        if by_word and m >= k:
             for i in range(m - k + 1):
-                _put_view(views, j, out, out_starts[r] if i == 0 else word_ends[w + i - 1] + 1, word_ends[w + i + k - 1])
+                _put_view(views, j, out, a if i == 0 else word_ends[i - 1] + 1, word_ends[i + k - 1])
                 j += 1
-        w += m
-    return views, first
-
-
-@njit(cache=True)
-def _char_views(out: np.ndarray, out_starts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The views (`_put_view`) of every k-code-point substring of every row (shorter rows: the whole text), and
-    each row's first one."""
-    rows = out_starts.shape[0] - 1
-    first = np.empty(rows + 1, np.int64)
-    first[0] = 0
-    for r in range(rows):
-        chars = 0
-        for i in range(out_starts[r], out_starts[r + 1]):
-            chars += (out[i] & 0xC0) != 0x80
-        first[r + 1] = first[r] + max(1, chars - k + 1)
-    views = np.empty((first[rows], 4), np.uint32)
-    j = 0
-    for r in range(rows):
-        a, end = out_starts[r], out_starts[r + 1]
-        b, seen = a, 0  # b: the byte after the first k characters from a
-        while b < end and seen < k:
+            continue
+        b, seen = a, 0  # b: the byte after the first k characters from a (the whole text for a short row)
+        while b < o and (seen < k or by_word):
             b += 1
-            while b < end and (out[b] & 0xC0) == 0x80:
+            while b < o and (out[b] & 0xC0) == 0x80:
                 b += 1
             seen += 1
         _put_view(views, j, out, a, b)
         j += 1
-        while b < end:  # slide one character
+        while b < o:  # characters: slide one
             a += 1
             while (out[a] & 0xC0) == 0x80:
                 a += 1
             b += 1
-            while b < end and (out[b] & 0xC0) == 0x80:
+            while b < o and (out[b] & 0xC0) == 0x80:
                 b += 1
             _put_view(views, j, out, a, b)
             j += 1
-    return views, first
+    first[rows] = j
+    return views[:j], first
+
+
+@njit(cache=True)
+def _ascii_rows(buf: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per row: all its bytes < 0x80."""
+    ok = np.ones(starts.shape[0] - 1, np.bool_)
+    for r in range(ok.shape[0]):
+        for i in range(starts[r], starts[r + 1]):
+            if buf[i] >= 0x80:
+                ok[r] = False
+                break
+    return ok
+
+
+@njit(cache=True)
+def _splice(buf: np.ndarray, starts: np.ndarray, at: np.ndarray, new: np.ndarray, new_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of (buf, starts) with rows `at` (ascending) replaced by those of (new, new_starts)."""
+    rows = starts.shape[0] - 1
+    lengths = starts[1:] - starts[:-1]
+    for q in range(at.shape[0]):
+        lengths[at[q]] = new_starts[q + 1] - new_starts[q]
+    out_starts = np.zeros(rows + 1, np.int64)
+    out_starts[1:] = np.cumsum(lengths)
+    out = np.empty(max(1, out_starts[rows]), np.uint8)
+    q = 0
+    for r in range(rows):
+        if q < at.shape[0] and at[q] == r:
+            out[out_starts[r] : out_starts[r + 1]] = new[new_starts[q] : new_starts[q + 1]]
+            q += 1
+        else:
+            out[out_starts[r] : out_starts[r + 1]] = buf[starts[r] : starts[r + 1]]
+    return out, out_starts
 
 
 def _utf8(texts: Sequence[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, offsets): the texts in UTF-8, row r at bytes[offsets[r]:offsets[r + 1]]. Rows with a non-ASCII
-    character are lower-cased by Python's `str.lower` (its case rules); `_normalise` lower-cases ASCII letters."""
+    character are lower-cased by Python's `str.lower` (its case rules); `_normalise_row` lower-cases ASCII letters."""
     s = (texts if isinstance(texts, pl.Series) else pl.Series(texts, dtype=pl.Utf8)).cast(pl.Utf8).fill_null("")
-    wide = s.str.contains(r"[^\x00-\x7F]")
-    if wide.any():
-        at = wide.arg_true()
-        s = s.clone().scatter(at, pl.Series([t.lower() for t in s.gather(at).to_list()], dtype=pl.Utf8))
     arr = s.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
     _, offsets, data = arr.buffers()
-    offsets = np.frombuffer(offsets, np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    return (np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)), offsets
+    starts = np.frombuffer(offsets, np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    buf = np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
+    wide = np.flatnonzero(~_ascii_rows(buf, starts))
+    if len(wide):
+        lowered = [t.lower().encode() for t in s.gather(wide).to_list()]
+        new_starts = np.zeros(len(wide) + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, lowered), np.int64, len(wide)), out=new_starts[1:])
+        buf, starts = _splice(buf, starts, wide, np.frombuffer(b"".join(lowered) or b"\0", np.uint8), new_starts)
+    return buf, starts
 
 
 def _span_hashes(buf: np.ndarray, starts: np.ndarray, kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, offsets) of the rows buf[starts[r]:starts[r + 1]]: their shingles cut by compiled loops, hashed by polars
     as one BinaryView column over the normalised bytes (its hash of a string is the hash of its bytes)."""
-    rows, size = len(starts) - 1, int(starts[-1] - starts[0])
-    out, out_starts = np.empty(max(1, size), np.uint8), np.empty(rows + 1, np.int64)
-    # a row of m words has ≥ 2m − 1 bytes
-    word_ends, n_words = np.empty((size + rows) // 2 + 1, np.int64), np.empty(rows, np.int64)
-    _normalise(buf, starts, _ASCII_SPACE, out, out_starts, word_ends, n_words)
-    views, first = _word_views(out, out_starts, word_ends, n_words, k) if kind == "word" else _char_views(out, out_starts, k)
+    out = np.empty(max(1, int(starts[-1] - starts[0])), np.uint8)
+    views, first = _shingle_views(buf, starts, _ASCII_SPACE, k, kind == "word", out)
     column = pa.Array.from_buffers(pa.binary_view(), len(views), [None, pa.py_buffer(views), pa.py_buffer(out)])
     return pl.Series(column).hash(seed=seed).to_numpy(), first
 
