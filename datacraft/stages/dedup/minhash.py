@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -92,44 +93,49 @@ def _space_len(buf: np.ndarray, i: int) -> int:
     return 0
 
 
-#: ASCII bytes that Python's str.isspace() calls whitespace
-_ASCII_SPACE = np.zeros(128, np.uint8)
-_ASCII_SPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = 1
+#: per byte: its class (0 a byte of a word, 1 an ASCII byte Python's str.isspace() calls whitespace, 2 the lead
+#: byte of a possible non-ASCII space) and what `_normalise_row` writes for it (A-Z lower-cased, spaces as " ")
+_CLASS = np.zeros(256, np.uint8)
+_WRITE = np.arange(256, dtype=np.uint8)
+_CLASS[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = 1
+_WRITE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = 0x20
+_WRITE[0x41:0x5B] += 0x20
+_CLASS[[0xC2, 0xE1, 0xE2, 0xE3]] = 2
 
 
 @njit(cache=True, inline="always")
-def _normalise_row(buf: np.ndarray, i: int, end: int, ascii_space: np.ndarray, out: np.ndarray, o: int, word_ends: np.ndarray) -> tuple[int, int]:
+def _normalise_row(buf: np.ndarray, i: int, end: int, classes: np.ndarray, write: np.ndarray, out: np.ndarray, o: int, word_ends: np.ndarray) -> tuple[int, int]:
     """buf[i:end] with whitespace runs collapsed to one space and stripped (`re.sub(r"\\s+", " ", t).strip()`) and its
-    ASCII letters lower-cased, written to out[o:]; returns (its end in out, its words), word q ending at word_ends[q]."""
-    words, in_word = 0, False
+    ASCII letters lower-cased, written to out[o:]; returns (its end in out, its words), word q ending at word_ends[q].
+
+    Without branches on the bytes (word lengths are not predictable): every byte writes, a space advances `o` only
+    after a word, and the space after the last word is taken back."""
+    words, in_word = 0, 0
     while i < end:
         c = buf[i]
-        if c < 0x80:
-            sl = np.int64(ascii_space[c])
-            if 0x41 <= c <= 0x5A:  # A-Z: str.lower of an ASCII letter
-                c += 0x20
-        elif c == 0xC2 or c == 0xE1 or c == 0xE2 or c == 0xE3:  # lead bytes of the non-ASCII spaces
-            sl = _space_len(buf, i)
-        else:
-            sl = 0
-        if sl:
-            if in_word:
-                word_ends[words] = o
-                words += 1
-                in_word = False
-            i += sl
-            continue
-        if not in_word:
-            if words:
+        space = np.int64(classes[c])
+        if space == 2:  # rare: a lead byte that may start a non-ASCII space
+            n = _space_len(buf, i)
+            if n:
                 out[o] = 0x20
-                o += 1
-            in_word = True
-        out[o] = c
-        o += 1
+                word_ends[words] = o
+                o += in_word
+                words += in_word
+                in_word = 0
+                i += n
+                continue
+            space = 0
+        out[o] = write[c]
+        word_ends[words] = o
+        words += in_word & space
+        o += (1 - space) | in_word
+        in_word = 1 - space
         i += 1
     if in_word:
         word_ends[words] = o
         words += 1
+    elif words:
+        o -= 1
     return o, words
 
 
@@ -151,22 +157,21 @@ def _put_view(views: np.ndarray, j: int, out: np.ndarray, start: int, end: int) 
 
 
 @njit(cache=True)
-def _shingle_views(buf: np.ndarray, starts: np.ndarray, ascii_space: np.ndarray, k: int, by_word: bool, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _shingle_views(buf: np.ndarray, starts: np.ndarray, classes: np.ndarray, write: np.ndarray, k: int, by_word: bool, out: np.ndarray,
+                   views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row buf[starts[r]:starts[r + 1]] normalised (`_normalise_row`) into `out`, then the views (`_put_view`) of
-    its shingles: every word k-gram (`by_word`) or k-code-point substring, the whole text when it is shorter than k;
-    returns (views, offsets), row r's at views[offsets[r]:offsets[r + 1]]."""
-    rows = starts.shape[0] - 1
-    size, longest = starts[rows] - starts[0], 0
+    its shingles into `views` (≥ `_view_bound` rows): every word k-gram (`by_word`) or k-code-point substring, the whole
+    text when it is shorter than k; returns (views, offsets), row r's at views[offsets[r]:offsets[r + 1]]."""
+    rows, longest = starts.shape[0] - 1, 0
     for r in range(rows):
         longest = max(longest, starts[r + 1] - starts[r])
-    word_ends = np.empty(longest // 2 + 1, np.int64)  # a row of m words has ≥ 2m − 1 bytes
-    views = np.empty(((size + rows) // 2 + rows if by_word else size + rows, 4), np.uint32)  # ≥ the shingles
+    word_ends = np.empty(longest // 2 + 2, np.int64)  # a row of m words has ≥ 2m − 1 bytes; one more written
     first = np.empty(rows + 1, np.int64)
     j, o = 0, 0
     for r in range(rows):
         first[r] = j
         a = o
-        o, m = _normalise_row(buf, starts[r], starts[r + 1], ascii_space, out, o, word_ends)
+        o, m = _normalise_row(buf, starts[r], starts[r + 1], classes, write, out, o, word_ends)
         if by_word and m >= k:
             for i in range(m - k + 1):
                 _put_view(views, j, out, a if i == 0 else word_ends[i - 1] + 1, word_ends[i + k - 1])
@@ -242,11 +247,24 @@ def _utf8(texts: Sequence[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return buf, starts
 
 
-def _span_hashes(buf: np.ndarray, starts: np.ndarray, kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _view_bound(size: int, rows: int, by_word: bool) -> int:
+    """At least the shingles of `rows` rows of `size` bytes: a row of b bytes has ≤ (b + 1) / 2 words, ≤ b characters."""
+    return (size + rows) // 2 + rows if by_word else size + rows
+
+
+def _span_hashes(buf: np.ndarray, starts: np.ndarray, kind: str, k: int, seed: int, scratch: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, offsets) of the rows buf[starts[r]:starts[r + 1]]: their shingles cut by compiled loops, hashed by polars
-    as one BinaryView column over the normalised bytes (its hash of a string is the hash of its bytes)."""
-    out = np.empty(max(1, int(starts[-1] - starts[0])), np.uint8)
-    views, first = _shingle_views(buf, starts, _ASCII_SPACE, k, kind == "word", out)
+    as one BinaryView column over the normalised bytes (its hash of a string is the hash of its bytes).
+
+    `scratch` keeps the byte and view buffers from one chunk to the next (fresh pages cost a fault each)."""
+    scratch = {} if scratch is None else scratch
+    size, rows = int(starts[-1] - starts[0]), len(starts) - 1
+    if len(scratch.get("out", ())) < max(1, size):
+        scratch["out"] = np.empty(max(1, size), np.uint8)
+    if len(scratch.get("views", ())) < _view_bound(size, rows, kind == "word"):
+        scratch["views"] = np.empty((_view_bound(size, rows, kind == "word"), 4), np.uint32)
+    out = scratch["out"]
+    views, first = _shingle_views(buf, starts, _CLASS, _WRITE, k, kind == "word", out, scratch["views"])
     column = pa.Array.from_buffers(pa.binary_view(), len(views), [None, pa.py_buffer(views), pa.py_buffer(out)])
     return pl.Series(column).hash(seed=seed).to_numpy(), first
 
@@ -301,11 +319,11 @@ def _minhash(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarr
 
 
 def signatures(texts: Sequence[str] | pl.Series, *, num_perm: int = 128, shingle: str = "char", ngram: int | None = None, seed: int = 1,
-               chunk_bytes: int = 1 << 26) -> np.ndarray:
+               chunk_bytes: int = 1 << 22) -> np.ndarray:
     """MinHash signatures (n, num_perm) uint32: shingles hashed by polars, permutations by a compiled kernel.
 
-    Rows go in chunks of ≤ `chunk_bytes` UTF-8 bytes (≤ 2³¹: the BinaryView offsets are 32-bit; smaller: the
-    chunk's shingle views and hashes, 24 bytes per shingle, stay small)."""
+    Rows go in chunks of ≤ `chunk_bytes` UTF-8 bytes (≤ 2³¹: the BinaryView offsets are 32-bit); a chunk's
+    permutations run in a second thread (the kernel releases the GIL) while the next chunk is cut and hashed."""
     k = ngram or (5 if shingle == "char" else 3)
     rng = np.random.default_rng(seed)
     a = rng.integers(1, (1 << 61) - 1, num_perm, dtype=np.uint64)
@@ -313,12 +331,17 @@ def signatures(texts: Sequence[str] | pl.Series, *, num_perm: int = 128, shingle
     buf, starts = _utf8(texts)
     n = len(starts) - 1
     sig = np.empty((n, num_perm), dtype=np.uint32)
-    lo = 0
-    while lo < n:
-        hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + chunk_bytes, side="right")) - 1)
-        hashes, offsets = _span_hashes(buf, starts[lo : hi + 1], shingle, k, seed)
-        _minhash(hashes, offsets, a, b, sig[lo:hi])
-        lo = hi
+    lo, scratch, running = 0, {}, None
+    with ThreadPoolExecutor(1) as pool:
+        while lo < n:
+            hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + chunk_bytes, side="right")) - 1)
+            hashes, offsets = _span_hashes(buf, starts[lo : hi + 1], shingle, k, seed, scratch)
+            if running is not None:
+                running.result()
+            running = pool.submit(_minhash, hashes, offsets, a, b, sig[lo:hi])
+            lo = hi
+        if running is not None:
+            running.result()
     return sig
 
 
