@@ -413,6 +413,11 @@ def candidate_edges(ids: Sequence[str] | pl.Series, sig: np.ndarray, keys: np.nd
     return pl.DataFrame({"a": arr.gather(h[ok]), "b": arr.gather(i[ok]), "sim": est[ok]}, schema=EDGE_SCHEMA)
 
 
+def with_edges(frame: pl.DataFrame, edges: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `frame` that an edge touches."""
+    return frame.filter(pl.col("id").is_in(pl.concat([edges["a"], edges["b"]]).unique().implode()))
+
+
 class MinHashDedupStage(EdgeDedup, GlobalStage):
     name = "near_dedup"
     Params = MinHashParams
@@ -434,7 +439,7 @@ class MinHashDedupStage(EdgeDedup, GlobalStage):
             return StageResult(kept=frame)
         sig = self.signatures_of(frame)
         edges = candidate_edges(frame["id"], sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
-        nodes = node_frame(frame, self.params.score, self.params.text)
+        nodes = node_frame(with_edges(frame, edges), self.params.score, self.params.text)  # the groups' rows only
         return dedup_result(self.label, frame, edges, nodes, self.params.threshold, "jaccard", grouping=self.params.grouping)
 
     # -- scale-out --------------------------------------------------------------------------------
@@ -451,6 +456,5 @@ class MinHashDedupStage(EdgeDedup, GlobalStage):
         part = part.unique("id", keep="first", maintain_order=True)
         sig = part[_SIG].to_numpy()
         edges = candidate_edges(part["id"], sig, band_keys(sig, *self.bands_rows()), self.params.threshold)
-        touched = pl.concat([edges["a"], edges["b"]]).unique()
-        return edges, part.drop(_SIG).filter(pl.col("id").is_in(touched.implode()))
+        return edges, with_edges(part.drop(_SIG), edges)
 
