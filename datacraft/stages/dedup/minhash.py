@@ -198,53 +198,18 @@ def _shingle_views(buf: np.ndarray, starts: np.ndarray, classes: np.ndarray, wri
     return views[:j], first
 
 
-@njit(cache=True)
-def _ascii_rows(buf: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Per row: all its bytes < 0x80."""
-    ok = np.ones(starts.shape[0] - 1, np.bool_)
-    for r in range(ok.shape[0]):
-        for i in range(starts[r], starts[r + 1]):
-            if buf[i] >= 0x80:
-                ok[r] = False
-                break
-    return ok
-
-
-@njit(cache=True)
-def _splice(buf: np.ndarray, starts: np.ndarray, at: np.ndarray, new: np.ndarray, new_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of (buf, starts) with rows `at` (ascending) replaced by those of (new, new_starts)."""
-    rows = starts.shape[0] - 1
-    lengths = starts[1:] - starts[:-1]
-    for q in range(at.shape[0]):
-        lengths[at[q]] = new_starts[q + 1] - new_starts[q]
-    out_starts = np.zeros(rows + 1, np.int64)
-    out_starts[1:] = np.cumsum(lengths)
-    out = np.empty(max(1, out_starts[rows]), np.uint8)
-    q = 0
-    for r in range(rows):
-        if q < at.shape[0] and at[q] == r:
-            out[out_starts[r] : out_starts[r + 1]] = new[new_starts[q] : new_starts[q + 1]]
-            q += 1
-        else:
-            out[out_starts[r] : out_starts[r + 1]] = buf[starts[r] : starts[r + 1]]
-    return out, out_starts
-
-
 def _utf8(texts: Sequence[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, offsets): the texts in UTF-8, row r at bytes[offsets[r]:offsets[r + 1]]. Rows with a non-ASCII
     character are lower-cased by Python's `str.lower` (its case rules); `_normalise_row` lower-cases ASCII letters."""
     s = (texts if isinstance(texts, pl.Series) else pl.Series(texts, dtype=pl.Utf8)).cast(pl.Utf8).fill_null("")
+    wide = s.str.len_bytes() != s.str.len_chars()
+    if wide.any():
+        at = wide.arg_true()
+        s = s.clone().scatter(at, pl.Series([t.lower() for t in s.gather(at).to_list()], dtype=pl.Utf8))
     arr = s.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
     _, offsets, data = arr.buffers()
     starts = np.frombuffer(offsets, np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    buf = np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
-    wide = np.flatnonzero(~_ascii_rows(buf, starts))
-    if len(wide):
-        lowered = [t.lower().encode() for t in s.gather(wide).to_list()]
-        new_starts = np.zeros(len(wide) + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, lowered), np.int64, len(wide)), out=new_starts[1:])
-        buf, starts = _splice(buf, starts, wide, np.frombuffer(b"".join(lowered) or b"\0", np.uint8), new_starts)
-    return buf, starts
+    return (np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)), starts
 
 
 def _view_bound(size: int, rows: int, by_word: bool) -> int:
