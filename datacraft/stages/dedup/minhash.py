@@ -1,18 +1,21 @@
 """`near_dedup`: MinHash-LSH near-duplicate detection over character or word shingles.
 
 Each row's text (`text` view, lower-cased, whitespace collapsed) becomes a set of shingles (`char`
-k-grams, default 5, or `word` k-grams, default 3). Compiled loops (numba) cut the shingles from the
-rows' UTF-8 bytes, polars hashes them as one column, and a compiled kernel turns them into `num_perm`-value
+k-grams, default 5, or `word` k-grams, default 3). One compiled pass (numba) normalises the rows'
+UTF-8 bytes (Python's `str.lower` only for rows with a non-ASCII character) and writes their shingles as
+Arrow views, polars hashes them as one column, and a compiled kernel (8 shingles per pass over the
+permutations, in a second thread while the next 4 MB chunk is cut) turns them into `num_perm`-value
 MinHash signatures: h_p(x) = ((a_p·x + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) as datasketch (the Mersenne
 modulus without a division), the minimum per row (`shingle_lists` + `_reference` in the tests is
 the plain-Python form they equal). LSH: `bands` × `rows` (chosen so the S-curve's
-midpoint ≈ `threshold` when not given); rows sharing a band bucket are candidates, kept as an edge
-when their estimated Jaccard (signature agreement) ≥ `threshold`. Groups by union-find; the kept row
-is the best by `score` (else the longest); the others are dropped "near-duplicate" with detail
-"near-duplicate of <id> (jaccard=0.91)".
+midpoint ≈ `threshold` when not given; buckets found by an open-addressing table per band); rows
+sharing a band bucket are candidates, kept as an edge when their estimated Jaccard (signature
+agreement) ≥ `threshold`. Groups by union-find; the kept row is the best by `score` (else the
+longest); the others are dropped "near-duplicate" with detail "near-duplicate of <id> (jaccard=0.91)".
 
-Memory: signatures N × num_perm × 8 bytes (1M × 128 ≈ 1 GB) + the bucket table. Beam form: bucket
-keys hashed into `shards` partitions (GroupByKey), edges per shard, one resolve (see groups.py).
+Memory: signatures N × num_perm × 4 bytes (uint32: the values are < 2³²; 1M × 128 ≈ 0.5 GB) + the
+band keys (N × bands × 8 bytes). Beam form: bucket keys hashed into `shards` partitions
+(GroupByKey), edges per shard, one resolve (see groups.py).
 Order independence: a bucket's rows are linked to its smallest id (not to the first row that
 arrived), so the edges — and the groups — do not depend on batch order or partitioning.
 """
