@@ -140,6 +140,15 @@ def test_candidate_edges_link_each_bucket_to_its_smallest_id_whatever_the_row_or
     assert set(edges.iter_rows()) == ref and edges.height == len(ref)
     flip = np.arange(len(ids))[::-1]  # rows in another order: the same edges
     assert set(candidate_edges(pl.Series([ids[i] for i in flip]), sig[flip], keys[flip], 0.5).iter_rows()) == ref
+    # past 4096 rows the buckets are found part by part (split by the keys' top bits): planted copies, shuffled ids
+    rng = np.random.default_rng(0)
+    sig = rng.integers(0, 2**32, (10_000, 16), dtype=np.uint64).astype(np.uint32)
+    sig[rng.integers(0, 10_000, 600)] = sig[rng.integers(0, 10_000, 600)]
+    sig[:300, :8] = sig[300:600, :8]  # half equal: shares some bands, estimate 0.5
+    ids = [f"r{i}" for i in rng.permutation(10_000)]
+    keys = band_keys(sig, 4, 4)
+    ref = _reference_edges(ids, sig, keys, 0.5)
+    assert len(ref) >= 800 and set(candidate_edges(ids, sig, keys, 0.5).iter_rows()) == ref
 
 
 def test_signatures_of_a_sliced_series_equal_those_of_its_strings() -> None:

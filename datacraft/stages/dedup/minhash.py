@@ -330,36 +330,79 @@ def _band_keys(sig: np.ndarray, rows: int, init: np.ndarray, mult: np.uint64, ke
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n, bands) uint64 bucket keys: a hash of each band's `rows` signature values."""
     init = np.array([((i + 1) * int(_MIX)) & 0xFFFFFFFFFFFFFFFF for i in range(bands)], dtype=np.uint64)
-    keys = np.empty((sig.shape[0], bands), dtype=np.uint64)
+    keys = np.empty((bands, sig.shape[0]), dtype=np.uint64).T  # column-major: one band's keys contiguous
     _band_keys(np.ascontiguousarray(sig), rows, init, _MIX, keys)
     return keys
 
 
+@njit(cache=True, inline="always")
+def _slot(slot_key: np.ndarray, slot_row: np.ndarray, key: np.uint64, mask: int) -> int:
+    """The slot of `key` in an open-addressing table (linear probing): its own, or the empty one it would take."""
+    s = np.int64(key & np.uint64(mask))
+    while slot_row[s] >= 0 and slot_key[s] != key:
+        s = (s + 1) & mask
+    return s
+
+
 @njit(cache=True, nogil=True)
-def _bucket_pairs(keys: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """head·n + row for every row that shares a band's bucket key with a row before it in `order`, head being
-    the bucket's first row in `order` (an open-addressing table per band)."""
+def _bucket_pairs(keys: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """head·n + row for every row that shares a band's bucket key with a row of lower `rank`, head being the
+    bucket's row of lowest rank. Per band the rows are first split by the key's top bits into parts of ~4k
+    rows, so that each part's table stays in cache (one table over all rows misses it at every probe)."""
     n, bands = keys.shape
-    size = 1
-    while size < 2 * n:
-        size <<= 1
-    mask = np.uint64(size - 1)
-    slot_key, slot_row = np.empty(size, np.uint64), np.empty(size, np.int64)
+    bits = 0
+    while (n >> bits) > 4096:
+        bits += 1
+    parts, shift = 1 << bits, np.uint64(64 - bits) if bits else np.uint64(0)
+    part_key, part_row = np.empty(n, np.uint64), np.empty(n, np.int64)
+    start, fill = np.empty(parts + 1, np.int64), np.empty(parts, np.int64)
+    slot_key, slot_row = np.empty(16, np.uint64), np.empty(16, np.int64)
     codes = np.empty(n * bands, np.int64)
     m = 0
     for band in range(bands):
-        slot_row[:] = -1
-        for o in range(n):
-            key = keys[o, band]
-            s = np.int64(key & mask)
-            while slot_row[s] >= 0 and slot_key[s] != key:
-                s = (s + 1) & (size - 1)
-            if slot_row[s] < 0:
-                slot_row[s], slot_key[s] = order[o], key
-            else:
-                codes[m] = slot_row[s] * n + order[o]
-                m += 1
+        col = keys[:, band]
+        start[:] = 0
+        for r in range(n):
+            start[(np.int64(col[r] >> shift) if bits else 0) + 1] += 1
+        for p in range(parts):
+            start[p + 1] += start[p]
+        fill[:] = start[:-1]
+        for r in range(n):  # stable: a part keeps the rows' order
+            p = np.int64(col[r] >> shift) if bits else 0
+            part_key[fill[p]], part_row[fill[p]] = col[r], r
+            fill[p] += 1
+        for p in range(parts):
+            lo, hi = start[p], start[p + 1]
+            size = 2
+            while size < 2 * (hi - lo):
+                size <<= 1
+            if size > slot_row.shape[0]:
+                slot_key, slot_row = np.empty(size, np.uint64), np.empty(size, np.int64)
+            slot_row[:size] = -1
+            for q in range(lo, hi):  # each bucket's row of lowest rank
+                s = _slot(slot_key, slot_row, part_key[q], size - 1)
+                if slot_row[s] < 0:
+                    slot_key[s], slot_row[s] = part_key[q], part_row[q]
+                elif rank[part_row[q]] < rank[slot_row[s]]:
+                    slot_row[s] = part_row[q]
+            for q in range(lo, hi):
+                head = slot_row[_slot(slot_key, slot_row, part_key[q], size - 1)]
+                if head != part_row[q]:
+                    codes[m] = head * n + part_row[q]
+                    m += 1
     return codes[:m]
+
+
+@njit(cache=True, nogil=True)
+def _agreement(sig: np.ndarray, h: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """The share of equal signature values of rows h[q] and i[q] (the estimated Jaccard), per pair."""
+    est = np.empty(h.shape[0])
+    for q in range(h.shape[0]):
+        same = 0
+        for p in range(sig.shape[1]):
+            same += sig[h[q], p] == sig[i[q], p]
+        est[q] = same / sig.shape[1]
+    return est
 
 
 def candidate_edges(ids: Sequence[str] | pl.Series, sig: np.ndarray, keys: np.ndarray, threshold: float) -> pl.DataFrame:
@@ -369,14 +412,13 @@ def candidate_edges(ids: Sequence[str] | pl.Series, sig: np.ndarray, keys: np.nd
     if n < 2:
         return pl.DataFrame(schema=EDGE_SCHEMA)
     arr = ids if isinstance(ids, pl.Series) else pl.Series(ids, dtype=pl.Utf8)
-    by_id = arr.to_frame("id").select(pl.arg_sort_by("id", maintain_order=True)).to_series().to_numpy().astype(np.int64)  # the order that decides heads
-    codes = np.unique(_bucket_pairs(keys[by_id], by_id))  # each pair once, whatever bands it shares
+    rank = arr.to_frame("id").select(pl.col("id").rank("ordinal")).to_series().to_numpy().astype(np.int64)  # decides heads
+    codes = np.sort(_bucket_pairs(keys, rank))
     if not len(codes):
         return pl.DataFrame(schema=EDGE_SCHEMA)
+    codes = codes[np.concatenate(([True], codes[1:] != codes[:-1]))]  # each pair once, whatever bands it shares
     h, i = codes // n, codes % n
-    est = np.empty(len(h))
-    for s in range(0, len(h), 200_000):
-        est[s : s + 200_000] = (sig[h[s : s + 200_000]] == sig[i[s : s + 200_000]]).mean(axis=1)
+    est = _agreement(sig, h, i)
     ok = est >= threshold
     return pl.DataFrame({"a": arr.gather(h[ok]), "b": arr.gather(i[ok]), "sim": est[ok]}, schema=EDGE_SCHEMA)
 
