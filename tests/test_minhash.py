@@ -9,6 +9,8 @@ import pytest
 from datacraft.core.rows import batch_from_rows, make_row, text_expr
 from datacraft.stages.dedup.minhash import (
     MinHashDedupStage,
+    band_keys,
+    candidate_edges,
     choose_bands,
     shingle_hashes,
     shingle_lists,
@@ -99,7 +101,7 @@ def test_compiled_signatures_equal_the_plain_form_on_real_rows(kind: str, k: int
     ref = _reference_signatures(texts, kind, k, 32)
     assert np.array_equal(signatures(texts, shingle=kind, ngram=k, num_perm=32), ref)
     # row chunks (the 32-bit offsets' bound) do not change a signature
-    assert np.array_equal(signatures(texts, shingle=kind, ngram=k, num_perm=32, chunk_chars=500), ref)
+    assert np.array_equal(signatures(texts, shingle=kind, ngram=k, num_perm=32, chunk_bytes=500), ref)
 
 
 def test_whitespace_is_pythons_for_every_code_point() -> None:
@@ -107,3 +109,51 @@ def test_whitespace_is_pythons_for_every_code_point() -> None:
     hashes, offsets = shingle_hashes([f"x{c}y" for c in chars], "word", 1, 1)
     split = np.diff(offsets) == 2  # "x y": two one-word shingles
     assert [c for c, s in zip(chars, split, strict=True) if s] == [c for c in chars if re.fullmatch(r"\s", c)]
+
+
+def _reference_edges(ids: list[str], sig: np.ndarray, keys: np.ndarray, threshold: float) -> set[tuple[str, str, float]]:
+    """The plain form of `candidate_edges`: per band, every row of a bucket linked to the bucket's smallest id."""
+    out = set()
+    for band in range(keys.shape[1]):
+        buckets: dict[int, list[int]] = {}
+        for r, key in enumerate(keys[:, band].tolist()):
+            buckets.setdefault(key, []).append(r)
+        for members in buckets.values():
+            head = min(members, key=lambda r: ids[r])
+            for r in members:
+                est = float((sig[head] == sig[r]).mean())
+                if r != head and est >= threshold:
+                    out.add((ids[head], ids[r], est))
+    return out
+
+
+def test_candidate_edges_link_each_bucket_to_its_smallest_id_whatever_the_row_order() -> None:
+    frame = _with_near_copies()
+    texts = frame.select(text_expr("conversation").alias("t"))["t"].to_list()
+    texts += [t + " again" for t in texts[:20]]  # more near-copies: buckets of three and more
+    ids = frame["id"].to_list() + [f"z{i}" for i in range(20)]
+    sig = signatures(texts, num_perm=64)
+    keys = band_keys(sig, 16, 4)
+    ref = _reference_edges(ids, sig, keys, 0.5)
+    assert len(ref) >= 30
+    edges = candidate_edges(ids, sig, keys, 0.5)
+    assert set(edges.iter_rows()) == ref and edges.height == len(ref)
+    flip = np.arange(len(ids))[::-1]  # rows in another order: the same edges
+    assert set(candidate_edges(pl.Series([ids[i] for i in flip]), sig[flip], keys[flip], 0.5).iter_rows()) == ref
+    # past 4096 rows the buckets are found part by part (split by the keys' top bits): planted copies, shuffled ids
+    rng = np.random.default_rng(0)
+    sig = rng.integers(0, 2**32, (10_000, 16), dtype=np.uint64).astype(np.uint32)
+    sig[rng.integers(0, 10_000, 600)] = sig[rng.integers(0, 10_000, 600)]
+    sig[:300, :8] = sig[300:600, :8]  # half equal: shares some bands, estimate 0.5
+    ids = [f"r{i}" for i in rng.permutation(10_000)]
+    keys = band_keys(sig, 4, 4)
+    ref = _reference_edges(ids, sig, keys, 0.5)
+    assert len(ref) >= 800 and set(candidate_edges(ids, sig, keys, 0.5).iter_rows()) == ref
+
+
+def test_signatures_of_a_sliced_series_equal_those_of_its_strings() -> None:
+    texts = ["Skip me", "Hello  World, how are you", "ÉCOLE  Straße ΣΑΣ", "", "one"]
+    series = pl.Series(texts).slice(1, 4)
+    assert np.array_equal(signatures(series, shingle="word", ngram=2, num_perm=16), signatures(texts[1:], shingle="word", ngram=2, num_perm=16))
+    # rows of one byte: more words than half the bytes (the word-end buffer's bound)
+    assert signatures(list("abcdefgh"), shingle="word", num_perm=8).shape == (8, 8)
