@@ -16,7 +16,7 @@ input); one datacraft trial repeats the selection until it has run ≥ `--min-se
 in the JSON) and counts the mean, so a short side is not one sample of the load. Ratios: datacraft /
 peer, median of the paired wall ratios and CPU-time ratio.
 
-    python benchmarks/bench_select.py --quick                      # N=6k static vs apricot (< 60 s)
+    python benchmarks/bench_select.py --quick                      # N=5.5k static vs apricot (< 60 s)
     python benchmarks/bench_select.py --n 10000                    # static, apricot dense and submodlib
     python benchmarks/bench_select.py --data minilm --n 50000      # apricot on an exact k-NN graph
     python benchmarks/bench_select.py --data blobs --n 50000       # synthetic clustered vectors
@@ -109,20 +109,20 @@ def real_embeddings(n: int, kind: str) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="N=6k static embeddings vs apricot dense (< 60 s)")
+    ap.add_argument("--quick", action="store_true", help="N=5.5k static embeddings vs apricot dense (< 60 s)")
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--data", default="static", choices=["blobs", "static", "minilm"], help="real text embeddings or clustered synthetic ones")
     ap.add_argument("--d", type=int, default=384, help="dimension of the synthetic blobs")
     ap.add_argument("--k", type=int, default=DEFAULTS.k)
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--pairs", type=int, default=3, help="alternating rounds")
-    ap.add_argument("--min-seconds", type=float, default=None, help="one datacraft trial repeats the selection this long (default 2; --quick 1)")
+    ap.add_argument("--min-seconds", type=float, default=None, help="one datacraft trial repeats the selection this long (default 2; --quick 0.5)")
     ap.add_argument("--exact-max", type=int, default=DEFAULTS.exact_max, help="above this our graph uses IVF blocks")
     ap.add_argument("--peers", default=None, help="comma list (default apricot,submodlib; --quick apricot); submodlib runs where its dense kernel fits (N ≤ 20k)")
     args = ap.parse_args()
-    n = args.n or (6_000 if args.quick else 50_000)
+    n = args.n or (5_500 if args.quick else 50_000)
     peers = args.peers if args.peers is not None else ("apricot" if args.quick else "apricot,submodlib")
-    min_seconds = args.min_seconds or (1.0 if args.quick else 2.0)
+    min_seconds = args.min_seconds or (0.5 if args.quick else 2.0)
     x = blobs_on_sphere(n, args.d) if args.data == "blobs" else real_embeddings(n, args.data)
     budget = int(n * args.fraction)
     dense = n <= 20_000
