@@ -31,7 +31,7 @@ DEFAULTS = [
     ("semantic_dedup", "threshold", 0.9, "stage help / README: cosine ≥ 0.9 is a duplicate"),
     ("semantic_dedup", "exact_max", 5_000, "stage help: exact kNN up to 5k rows, FAISS IVF above (bench_semdedup's crossover)"),
     ("semantic_dedup", "nprobe", 8, "stage help: 8 of ≈ 4·√N IVF lists, the recall contract (pair recall ≥ 0.99 at τ ≥ 0.9)"),
-    ("select", "exact_max", 20_000, "stage help: exact kNN graph up to 20k rows, IVF above"),
+    ("select", "exact_max", 5_000, "stage help: exact kNN graph up to 5k rows, IVF blocks above (bench_select: ≥ 20× apricot from 10k rows)"),
     ("select", "epsilon", 0.01, "stochastic greedy's ε (Mirzasoleiman et al. 2015), apricot's default"),
 ]
 

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from datacraft.vectors.knn import knn, knn_graph, union_find_groups
+from datacraft.stages.select.submodular import dense_facility_location, greedy, similarity_graph
+from datacraft.vectors.embedders import ensure_embeddings
+from datacraft.vectors.knn import ivf_block_knn, knn, knn_graph, union_find_groups
 
-from ._embed_helpers import clustered
+from ._embed_helpers import clustered, rows
 
 
 def test_exact_knn_matches_brute_force_and_excludes_self() -> None:
@@ -50,3 +53,30 @@ def test_pairs_above_widens_rows_in_dense_groups() -> None:
     pairs = {(min(i, j), max(i, j)) for i, j in zip(a.tolist(), b.tolist(), strict=True)}
     assert pairs == {(i, j) for i in range(60) for j in range(i + 1, 60)}
     assert (sim >= 0.9).all() and (a != b).all()
+
+
+def test_ivf_block_knn_neighbours() -> None:
+    """The select stage's kNN above `exact_max`: true similarities, self-free, sorted, nearly the exact neighbours."""
+    x = clustered(3000, d=48, clusters=60)
+    s, i = ivf_block_knn(x, 10)
+    assert (i != np.arange(3000)[:, None]).all() and (i >= 0).all() and (np.diff(s, axis=1) <= 0).all()
+    assert np.allclose(s, np.einsum("nd,nkd->nk", x, x[i]), atol=1e-5)
+    exact = knn(x, 10)[1]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, i, strict=True)]) >= 0.95
+
+
+@pytest.mark.slow
+def test_ivf_block_graph_objective_on_real_embeddings() -> None:
+    """On 1,500 real instructions (static embedder) the facility-location greedy on the block-kNN graph
+    keeps ≥ 0.995 of the dense greedy's objective (bench_select's goal; exact_max 500 forces that path)."""
+    x = ensure_embeddings(rows("gpteacher_toolformer_dedupe_only_1500.jsonl"), None, "instruction", kind="static")
+    n = x.shape[0]
+    budget = n // 10
+    dense = dense_facility_location(x, greedy(similarity_graph(x, n - 1), budget).indices)
+    assert dense_facility_location(x, greedy(similarity_graph(x, 20, exact_max=500), budget).indices) >= 0.995 * dense
+
+
+def test_ivf_block_knn_pads_small_inputs() -> None:
+    x = clustered(6, d=8)
+    s, i = ivf_block_knn(x, 9, n_clusters=2, nprobe=2)
+    assert (i[:, :5] >= 0).all() and (i[:, 5:] == -1).all() and np.isinf(s[:, 5:]).all()

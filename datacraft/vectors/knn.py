@@ -26,7 +26,9 @@ import math
 import faiss
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 from scipy.sparse.csgraph import connected_components
+from threadpoolctl import threadpool_limits
 
 IP = faiss.METRIC_INNER_PRODUCT
 
@@ -296,6 +298,90 @@ def pairs_above(
         s.append(s2[keep2])
         todo = todo[keep2.sum(axis=1) >= width]
     return np.concatenate(a), np.concatenate(b), np.concatenate(s)
+
+
+@njit(cache=True)
+def _push_topk(sims: np.ndarray, rows: np.ndarray, cols: np.ndarray, best_s: np.ndarray, best_i: np.ndarray) -> None:
+    """Merge a block of similarities (row ids `rows` × column ids `cols`) into every row's top-k,
+    kept as a min-heap (root = the k-th best so far); a row never takes itself."""
+    k = best_s.shape[1]
+    for a in range(sims.shape[0]):
+        r = rows[a]
+        hs = best_s[r]
+        hi = best_i[r]
+        for b in range(sims.shape[1]):
+            s = sims[a, b]
+            if s <= hs[0] or cols[b] == r:
+                continue
+            p = 0
+            while True:  # replace the root, sift down
+                child = 2 * p + 1
+                if child >= k:
+                    break
+                if child + 1 < k and hs[child + 1] < hs[child]:
+                    child += 1
+                if hs[child] >= s:
+                    break
+                hs[p] = hs[child]
+                hi[p] = hi[child]
+                p = child
+            hs[p] = s
+            hi[p] = cols[b]
+
+
+#: `ivf_block_knn`'s coarse k-means: training rows per list and Lloyd iterations (cheaper than `ivf_index`'s
+#: 39 × 5: the graph of a selection needs good neighbours, not FAISS's recall contract; measured in bench_select)
+BLOCK_TRAIN_PER_LIST, BLOCK_TRAIN_ITER = 16, 3
+#: up to this many rows `ivf_block_knn` runs on one thread throughout, above it FAISS's steps keep their threads
+BLOCK_ONE_THREAD_MAX = 200_000
+
+
+def ivf_block_knn(x: np.ndarray, k: int, *, nprobe: int = 8, n_clusters: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate self-kNN (self excluded, sorted descending, -1 / -inf where fewer than k) for graphs.
+
+    IVF without FAISS's per-query scan: spherical k-means lists (≈ 4·√N, trained on a seeded sample),
+    each row probes its `nprobe` nearest lists and lives in the first; then list by list, the rows that
+    probe it × its members is one BLAS block merged into per-row top-k heaps (numba). The rows' own
+    lists go first, so the heaps start with close neighbours and later blocks are mostly skipped."""
+    x = _f32(x)
+    # the blocks are small GEMMs: extra BLAS / OpenMP threads only spin (3-7x the CPU time under load,
+    # measured); FAISS's k-means and list assignment keep their threads where they are large
+    with threadpool_limits(1, user_api=None if x.shape[0] <= BLOCK_ONE_THREAD_MAX else "blas"):
+        return _ivf_block_knn(x, k, nprobe, n_clusters, seed)
+
+
+def _ivf_block_knn(x: np.ndarray, k: int, nprobe: int, n_clusters: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n, d = x.shape
+    best_s = np.full((n, k), -np.inf, np.float32)
+    best_i = np.full((n, k), -1, np.int64)
+    if n < 2 or k < 1:
+        return best_s, best_i
+    nlist = min(n, n_clusters or n_lists(n))
+    take = np.sort(np.random.default_rng(seed).choice(n, min(n, BLOCK_TRAIN_PER_LIST * nlist), replace=False))
+    km = faiss.Kmeans(d, nlist, niter=BLOCK_TRAIN_ITER, seed=seed, spherical=True, min_points_per_centroid=1,
+                      max_points_per_centroid=BLOCK_TRAIN_PER_LIST)
+    km.train(x[take])
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(km.centroids)
+    _, probes = quantizer.search(x, min(nprobe, nlist))
+    order = np.argsort(probes[:, 0], kind="stable")
+    bounds = np.searchsorted(probes[order, 0], np.arange(nlist + 1))
+    rest_q = np.repeat(np.arange(n), probes.shape[1] - 1)
+    rest_c = probes[:, 1:].ravel()
+    valid = rest_c >= 0
+    rest_q, rest_c = rest_q[valid], rest_c[valid]
+    rorder = np.argsort(rest_c, kind="stable")
+    rbounds = np.searchsorted(rest_c[rorder], np.arange(nlist + 1))
+    lists = [order[bounds[c] : bounds[c + 1]] for c in range(nlist)]
+    members = [x[m] for m in lists]
+    for c in range(nlist):  # own lists first
+        if lists[c].size:
+            _push_topk(members[c] @ members[c].T, lists[c], lists[c], best_s, best_i)
+    for c in range(nlist):
+        qs = rest_q[rorder[rbounds[c] : rbounds[c + 1]]]
+        if lists[c].size and qs.size:
+            _push_topk(x[qs] @ members[c].T, qs, lists[c], best_s, best_i)
+    return _sort_desc(best_s, best_i)
 
 
 def knn_graph(sims: np.ndarray, idx: np.ndarray, *, self_loops: bool = True, symmetric: bool = False, transform: str = "cos") -> sp.csr_matrix:

@@ -41,7 +41,7 @@ from datacraft.core.rows import SCORE_PREFIX, set_scores, text_expr, with_drop
 from datacraft.core.stage import GlobalStage, Shape, StageResult, score
 from datacraft.stages.vectors.embed import EmbeddingSourceParams
 from datacraft.vectors.embedders import EMBEDDING_COLUMN, embedding_series, ensure_embeddings
-from datacraft.vectors.knn import knn, knn_graph
+from datacraft.vectors.knn import ivf_block_knn, knn, knn_graph
 
 # ---------------------------------------------------------------------------------------------
 # greedy kernels over a CSR "cover" graph: row j lists (i, w_ij) for the rows i that j covers
@@ -176,12 +176,17 @@ class Selection:
 
 
 def similarity_graph(x: np.ndarray, k: int, *, similarity: str = "cos2", exact_max: int = 50_000, nprobe: int = 8, seed: int = 0) -> sp.csr_matrix:
-    """Symmetric sparse kNN similarity graph with self loops (weights: cos clipped at 0, or cos²)."""
+    """Symmetric sparse kNN similarity graph with self loops (weights: cos clipped at 0, or cos²).
+
+    Exact kNN up to `exact_max` rows, above it `ivf_block_knn` (IVF lists searched as BLAS blocks)."""
     n = x.shape[0]
     k = max(1, min(k, n - 1)) if n > 1 else 1
     if n <= 1:
         return sp.identity(n, format="csr", dtype=np.float64)
-    sims, idx = knn(x, k, exact_max=exact_max, nprobe=nprobe, seed=seed)
+    if n <= exact_max:
+        sims, idx = knn(x, k, exact_max=exact_max, seed=seed)
+    else:
+        sims, idx = ivf_block_knn(x, k, nprobe=nprobe, seed=seed)
     return knn_graph(sims, idx, symmetric=True, self_loops=True, transform=similarity)
 
 
@@ -308,8 +313,8 @@ class SelectParams(EmbeddingSourceParams):
     epsilon: float = Field(0.01, gt=0, lt=1)
     weight: str | None = Field(None, description="score used as per-row weight (quality): selects good and diverse")
     weight_power: float = 1.0
-    exact_max: int = Field(20_000, ge=1, description="exact kNN graph up to this many rows, IVF above (recall ≥ 0.99 on sentence embeddings)")
-    nprobe: int = Field(8, ge=1, description="IVF lists probed per query (FAISS IndexIVFFlat, nlist ≈ 4·√N)")
+    exact_max: int = Field(5_000, ge=1, description="exact kNN graph up to this many rows, IVF lists searched as BLAS blocks above")
+    nprobe: int = Field(8, ge=1, description="IVF lists probed per row (nlist ≈ 4·√N)")
     partitions: int = Field(1, ge=1, description="GreeDi partitions for the Beam form (1 = one process)")
     oversample: float = Field(2.0, ge=1.0, description="GreeDi: each partition proposes oversample·B/P rows")
 
