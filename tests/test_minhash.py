@@ -11,6 +11,7 @@ from datacraft.stages.dedup.minhash import (
     MinHashDedupStage,
     band_keys,
     candidate_edges,
+    candidate_probability,
     choose_bands,
     shingle_hashes,
     shingle_lists,
@@ -41,8 +42,11 @@ def test_signature_estimates_jaccard() -> None:
     sb = {b.strip()[i : i + 5] for i in range(len(b.strip()) - 4)}
     true = len(sa & sb) / len(sa | sb)
     assert abs(est - true) < 0.1 and (sig[0] == sig[2]).mean() < 0.1
-    b_, r_ = choose_bands(128, 0.8)
-    assert b_ * r_ <= 128 and abs((1 / b_) ** (1 / r_) - 0.8) < 0.05
+    assert [choose_bands(128, t) for t in (0.7, 0.8, 0.9)] == [(21, 6), (16, 8), (9, 14)]
+    for t in (0.5, 0.7, 0.8, 0.9, 0.95):
+        b_, r_ = choose_bands(128, t)
+        # a pair at the threshold becomes a candidate ≥ 90% of the time, with one more row per band it would not
+        assert b_ * r_ <= 128 and candidate_probability(t, b_, r_) >= 0.9 > candidate_probability(t, 128 // (r_ + 1), r_ + 1)
 
 
 def test_near_copies_dropped_with_detail() -> None:

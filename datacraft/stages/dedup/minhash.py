@@ -53,16 +53,26 @@ class MinHashParams(StageParams):
     seed: int = 1
 
 
-def choose_bands(num_perm: int, threshold: float) -> tuple[int, int]:
-    """(bands, rows) with bands·rows ≤ num_perm whose S-curve midpoint (1/b)^(1/r) is nearest the threshold."""
-    best = (1, num_perm)
-    gap = float("inf")
-    for r in range(1, num_perm + 1):
-        b = num_perm // r
-        mid = (1.0 / b) ** (1.0 / r)
-        if abs(mid - threshold) < gap:
-            best, gap = (b, r), abs(mid - threshold)
-    return best
+#: the share of pairs at exactly the threshold that LSH must make candidates. Candidates are then
+#: kept only at an estimated Jaccard ≥ the threshold, so a chance candidate costs one comparison
+#: while a missed pair is a duplicate left in the data.
+MIN_RECALL_AT_THRESHOLD = 0.9
+
+
+def candidate_probability(similarity: float, bands: int, rows: int) -> float:
+    """The chance that a pair of this Jaccard shares at least one of `bands` bands of `rows` rows."""
+    return 1.0 - (1.0 - similarity**rows) ** bands
+
+
+def choose_bands(num_perm: int, threshold: float, recall: float = MIN_RECALL_AT_THRESHOLD) -> tuple[int, int]:
+    """(bands, rows) with bands·rows ≤ num_perm: the most rows per band (the fewest chance
+    candidates) that still make a pair at the threshold a candidate with probability ≥ `recall`.
+    (The S-curve midpoint at the threshold, the textbook choice, finds such a pair only ≈ 60% of the
+    time: at τ 0.7 with 16 × 8 bands, pairs of true Jaccard 0.82–0.88 were measured missed.)"""
+    for r in range(num_perm, 0, -1):
+        if candidate_probability(threshold, num_perm // r, r) >= recall:
+            return num_perm // r, r
+    return num_perm, 1
 
 
 def shingle_lists(texts: list[str], kind: str, k: int) -> list[list[str]]:
