@@ -7,8 +7,8 @@ Arrow views, polars hashes them as one column, and a compiled kernel (8 shingles
 permutations, in a second thread while the next 4 MB chunk is cut) turns them into `num_perm`-value
 MinHash signatures: h_p(x) = ((a_p·x + b_p) mod 2⁶⁴ mod (2⁶¹ − 1)) as datasketch (the Mersenne
 modulus without a division), the minimum per row (`shingle_lists` + `_reference` in the tests is
-the plain-Python form they equal). LSH: `bands` × `rows` (chosen so the S-curve's
-midpoint ≈ `threshold` when not given; buckets found by an open-addressing table per band); rows
+the plain-Python form they equal). LSH: `bands` × `rows` (when not given, the
+most rows per band that make a pair at `threshold` a candidate ≥ 90% of the time; buckets found by an open-addressing table per band); rows
 sharing a band bucket are candidates, kept as an edge when their estimated Jaccard (signature
 agreement) ≥ `threshold`. Groups by union-find; the kept row is the best by `score` (else the
 longest); the others are dropped "near-duplicate" with detail "near-duplicate of <id> (jaccard=0.91)".
