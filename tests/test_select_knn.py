@@ -80,3 +80,25 @@ def test_ivf_block_knn_pads_small_inputs() -> None:
     x = clustered(6, d=8)
     s, i = ivf_block_knn(x, 9, n_clusters=2, nprobe=2)
     assert (i[:, :5] >= 0).all() and (i[:, 5:] == -1).all() and np.isinf(s[:, 5:]).all()
+
+
+def test_ivf_block_knn_lanes_give_the_same_graph_on_any_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above BLOCK_LANES_MIN_ROWS the search runs in lanes on threads; the result depends on the lane
+    count (fixed) only, not on how many threads the machine gives them."""
+    import os
+
+    import datacraft.vectors.knn as knn_module
+
+    x = clustered(3000, d=64, clusters=60, seed=3)
+    monkeypatch.setattr(knn_module, "BLOCK_LANES_MIN_ROWS", 1000)
+    outs = []
+    for cpus in (1, 2, 4):
+        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        outs.append(ivf_block_knn(x, 10))
+    assert all(np.array_equal(outs[0][0], s) and np.array_equal(outs[0][1], i) for s, i in outs[1:])
+    exact = knn(x, 10)[1]
+    # and the lanes lose nothing: recall against exact neighbours as high as one lane's
+    monkeypatch.setattr(knn_module, "BLOCK_LANES_MIN_ROWS", 10**9)
+    one = ivf_block_knn(x, 10)
+    recall = lambda got: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got[1], exact, strict=True)])  # noqa: E731
+    assert recall(outs[0]) >= recall(one) - 0.01 and recall(outs[0]) >= 0.95

@@ -22,6 +22,8 @@ Vectors are L2-normalised float32, so inner product = cosine similarity.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
@@ -300,7 +302,7 @@ def pairs_above(
     return np.concatenate(a), np.concatenate(b), np.concatenate(s)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _push_topk(sims: np.ndarray, rows: np.ndarray, cols: np.ndarray, best_s: np.ndarray, best_i: np.ndarray) -> None:
     """Merge a block of similarities (row ids `rows` × column ids `cols`) into every row's top-k,
     kept as a min-heap (root = the k-th best so far); a row never takes itself."""
@@ -334,6 +336,9 @@ def _push_topk(sims: np.ndarray, rows: np.ndarray, cols: np.ndarray, best_s: np.
 BLOCK_TRAIN_PER_LIST, BLOCK_TRAIN_ITER = 16, 3
 #: up to this many rows `ivf_block_knn` runs on one thread throughout, above it FAISS's steps keep their threads
 BLOCK_ONE_THREAD_MAX = 200_000
+#: lanes of the list-by-list search from this many rows: each on its own thread (single-threaded BLAS)
+#: where the machine has the cores
+BLOCK_LANES, BLOCK_LANES_MIN_ROWS = 2, 20_000
 
 
 def ivf_block_knn(x: np.ndarray, k: int, *, nprobe: int = 8, n_clusters: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -374,13 +379,31 @@ def _ivf_block_knn(x: np.ndarray, k: int, nprobe: int, n_clusters: int | None, s
     rbounds = np.searchsorted(rest_c[rorder], np.arange(nlist + 1))
     lists = [order[bounds[c] : bounds[c + 1]] for c in range(nlist)]
     members = [x[m] for m in lists]
-    for c in range(nlist):  # own lists first
-        if lists[c].size:
-            _push_topk(members[c] @ members[c].T, lists[c], lists[c], best_s, best_i)
-    for c in range(nlist):
-        qs = rest_q[rorder[rbounds[c] : rbounds[c + 1]]]
-        if lists[c].size and qs.size:
-            _push_topk(x[qs] @ members[c].T, qs, lists[c], best_s, best_i)
+    # the lane count is fixed by n, not by the machine: a lane's GEMM shapes decide the last bits
+    # of the similarities (so ties), and the output must not depend on the CPU count
+    lanes = BLOCK_LANES if n >= BLOCK_LANES_MIN_ROWS else 1
+
+    def own(lane: int) -> None:  # a row lives in one list: lanes take whole lists
+        for c in range(lane, nlist, lanes):
+            if lists[c].size:
+                _push_topk(members[c] @ members[c].T, lists[c], lists[c], best_s, best_i)
+
+    def probed(lane: int) -> None:  # a row probes several lists: lanes take rows, so no heap is shared
+        for c in range(nlist):
+            qs = rest_q[rorder[rbounds[c] : rbounds[c + 1]]]
+            qs = qs[qs % lanes == lane] if lanes > 1 else qs
+            if lists[c].size and qs.size:
+                _push_topk(x[qs] @ members[c].T, qs, lists[c], best_s, best_i)
+
+    # every row's heap gets its own list first, then the other lists in list order, on any lane count
+    threads = min(lanes, os.cpu_count() or 1)
+    for step in (own, probed):
+        if threads == 1:
+            for lane in range(lanes):
+                step(lane)
+        else:
+            with ThreadPoolExecutor(threads) as pool:  # the GEMMs and the numba kernel release the GIL
+                list(pool.map(step, range(lanes)))
     return _sort_desc(best_s, best_i)
 
 
