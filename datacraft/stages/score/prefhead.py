@@ -55,7 +55,7 @@ EMBEDDED_HEAD = "embedded"
 HEAD_FORMAT = 1
 SPLIT_SALT = "datacraft-pref-split-v1"
 #: the shipped head's: the best length-balanced accuracy in grouped CV on the training instructions
-DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format", "ngrams")
+DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format", "style", "ngrams")
 #: heuristics sub-scores used by the `heuristics` feature (length ones excluded: `loglen` covers them)
 HEURISTIC_FEATURES = ("lexical_diversity", "repetition", "alpha_ratio", "stopword_ratio", "refusal")
 FORMAT_FEATURES = ("lines", "list_items", "bold", "headers", "code_blocks", "sentences", "words_per_sentence", "words")
