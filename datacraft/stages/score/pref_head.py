@@ -6,8 +6,7 @@ preference rows, `scores.pref_head_margin` = score(chosen) − score(rejected).
 
 `model`: `embedded` (the head shipped in datacraft/resources/pref_head, fitted on the AlpacaEval GPT-4
 judgements of 75% of its instructions and length-balanced weak generator pairs; features: response embedding,
-log length, heuristics, layout counts, style markers and instruction overlap, instruction–response cosine,
-hashed word n-grams) or a folder written by `datacraft fit-scorer`. The head
+log length, heuristics, layout counts, style markers and instruction overlap, hashed word n-grams) or a folder written by `datacraft fit-scorer`. The head
 names its embedder; both views (instruction, response) go through the `embed` stage core and its
 vector cache. `embedding: column` reads the response vectors from an `embedding` column written by
 an `embed` stage with `text: response` instead of embedding the responses again.
