@@ -97,21 +97,45 @@ def test_format_features_count_the_layout() -> None:
     assert got.shape[1] == len(prefhead.FORMAT_FEATURES)
 
 
+def test_style_features_count_markers_and_instruction_overlap() -> None:
+    text = ("Sure! Here are two ideas:\n\n- Bake bread. It is easy.\n- Plant basil\n\n1. Water it daily\n\n"
+            "As an AI, I cannot taste it. I'm sorry! Overall, enjoy. Let me know?")
+    got = prefhead.style_matrix([text, ""], ["Give me ideas for the weekend: bread, basil", ""])
+    assert got.shape == (2, len(prefhead.STYLE_FEATURES))
+    col = {name: got[0, i] for i, name in enumerate(prefhead.STYLE_FEATURES)}
+    counts = {k: round(float(np.expm1(v)), 6) for k, v in col.items() if k not in ("multiline", "instruction_overlap")}
+    assert counts == {"paragraphs": 4, "bullets": 2, "numbered": 1, "sentence_words_sd": pytest.approx(counts["sentence_words_sd"]),
+                      "sentence_words_max": 10, "as_an_ai": 1, "sorry": 1, "cannot": 1, "summary": 0, "sure": 1, "here": 0,
+                      "note": 0, "hope": 1, "question": 1, "exclaim": 2, "colon_eol": 1}
+    # sentences end at . ! ? before whitespace ("1." too): 1, 7, 3, 4, 10, 2, 2, 3 words; population sd
+    assert counts["sentence_words_sd"] == pytest.approx(np.std([1, 7, 3, 4, 10, 2, 2, 3]), abs=1e-5)
+    assert col["multiline"] == 1.0
+    assert col["instruction_overlap"] == pytest.approx(3 / 5)  # of give, ideas, weekend, bread, basil: ideas, bread, basil
+    np.testing.assert_allclose(got[1], np.zeros(len(prefhead.STYLE_FEATURES)))
+
+
 def test_stage_scores_equal_the_head_on_its_own_views(tmp_path: Path) -> None:
-    """The stage builds the shipped head's features (embeddings, length, heuristics, layout, n-grams) from rows
-    as the fit built them from pairs: the same scores."""
+    """The stage builds the shipped head's features (embeddings, length, heuristics, layout, style, cosine,
+    n-grams) from rows as the fit built them from pairs: the same scores."""
     head = prefhead.PrefHead.load("embedded")
-    assert head.features == list(prefhead.DEFAULT_FEATURES) and head.needs_format
+    assert head.features == list(prefhead.DEFAULT_FEATURES) and head.needs_format and head.needs_style
     pairs = prefhead.load_pairs([AE_SLICE]).head(4)
     rows = prefhead.pair_rows(pairs)
     kept, _, _ = build_stage("pref_head", {}, context=RunContext(cache_dir=str(tmp_path))).run_local([rows])
     ins = pairs["instruction"].to_list() * 2
-    views = prefhead.row_views(ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=True, formats=True, ngrams=True,
+    views = prefhead.row_views(ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, **prefhead.view_flags(head.features),
                                cache_dir=str(tmp_path))
     np.testing.assert_allclose(kept["scores.pref_head"].to_numpy(), head.score(views), atol=1e-4)
-    no_layout = prefhead.RowViews(views.instruction, views.response, views.chars, views.heuristics, ngrams=views.ngrams)
+    no_layout = prefhead.RowViews(views.instruction, views.response, views.chars, views.heuristics, ngrams=views.ngrams, style=views.style)
     with pytest.raises(ValueError, match="format"):
         head.score(no_layout)
+    no_style = prefhead.RowViews(views.instruction, views.response, views.chars, views.heuristics, views.format, views.ngrams)
+    with pytest.raises(ValueError, match="style"):
+        head.score(no_style)
+    # the instruction matters (style's overlap): the same answers under other instructions score differently
+    other = prefhead.row_views(ins[::-1], pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, **prefhead.view_flags(head.features),
+                               cache_dir=str(tmp_path))
+    assert np.abs(head.score(other) - head.score(views)).max() > 1e-3
 
 
 def test_fit_scorer_cli_writes_a_loadable_head(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     def fit_scorer_cmd(
         pairs: Annotated[list[str], typer.Argument(help="preference files (prompt, chosen, rejected or any format with chosen/rejected)")],
         output: Annotated[str, typer.Option("-o", "--output", help="folder to write the head to (weights.npz + metadata.json)")],
-        features: Annotated[str, typer.Option(help="comma-separated: response, product, cos, loglen, lenprompt, heuristics, format, ngrams")] = "response,loglen,heuristics,format,ngrams",
+        features: Annotated[str, typer.Option(help="comma-separated: response, product, cos, loglen, lenprompt, heuristics, format, style, ngrams")] = "response,loglen,heuristics,format,style,ngrams",
         holdout: Annotated[float, typer.Option(help="share of instructions held out of the fit (for the reported accuracy)")] = 0.25,
         l2: Annotated[float | None, typer.Option(help="L2 strength (default: chosen by grouped cross-validation)")] = None,
         embedder: Annotated[str, typer.Option(help="sentence-transformers (MiniLM) | static (≈70× faster, less accurate)")] = "sentence-transformers",

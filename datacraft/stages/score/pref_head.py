@@ -5,7 +5,8 @@ two answers to one instruction means the head gives the higher one e/(1+e) ≈ 0
 preference rows, `scores.pref_head_margin` = score(chosen) − score(rejected).
 
 `model`: `embedded` (the head shipped in datacraft/resources/pref_head, fitted on the AlpacaEval GPT-4
-judgements of 75% of its instructions; features: response embedding, log length, heuristics, layout counts) or a folder written by `datacraft fit-scorer`. The head
+judgements of 75% of its instructions and length-balanced weak generator pairs; features: response embedding,
+log length, heuristics, layout counts, style markers and instruction overlap, hashed word n-grams) or a folder written by `datacraft fit-scorer`. The head
 names its embedder; both views (instruction, response) go through the `embed` stage core and its
 vector cache. `embedding: column` reads the response vectors from an `embedding` column written by
 an `embed` stage with `text: response` instead of embedding the responses again.
@@ -20,10 +21,17 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datacraft.core.rows import is_preference_expr, response_expr, set_scores
+from datacraft.core.rows import instruction_expr, is_preference_expr, response_expr, set_scores
 from datacraft.core.stage import MapStage, StageParams, StageResult, score, split_kept
 from datacraft.stages.score.judge import spread
-from datacraft.stages.score.prefhead import PrefHead, RowViews, format_matrix, heuristic_matrix, ngram_matrix
+from datacraft.stages.score.prefhead import (
+    PrefHead,
+    RowViews,
+    format_matrix,
+    heuristic_matrix,
+    ngram_matrix,
+    style_matrix,
+)
 from datacraft.stages.vectors.embed import EmbedStage
 from datacraft.vectors.embedders import EMBEDDING_COLUMN, embeddings_of
 
@@ -93,7 +101,8 @@ class PrefHeadStage(MapStage[PrefHeadParams, HeadAndEmbedders]):
         head = self.resource.head
         heur = heuristic_matrix(frame) if head.needs_heuristics else None
         grams = ngram_matrix(text.to_list(), head.ngram_dim) if head.needs_ngrams else None
-        return head.score(RowViews(ins, res, chars, heur, format_matrix(text) if head.needs_format else None, grams))
+        style = style_matrix(text.to_list(), frame.select(instruction_expr().fill_null(""))[:, 0].to_list()) if head.needs_style else None
+        return head.score(RowViews(ins, res, chars, heur, format_matrix(text) if head.needs_format else None, grams, style))
 
     def process(self, batch: pl.DataFrame, resource: HeadAndEmbedders) -> StageResult:
         if batch.height == 0:

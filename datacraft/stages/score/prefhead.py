@@ -18,6 +18,10 @@ regression without intercept on feature differences). Features, by name:
     format      the response's layout, log counts: lines, list items, bold spans, headers, code
                 blocks, sentences, words per sentence, words (GPT-4 judges reward structure; this
                 is what moves the length-balanced pairs)
+    style       the response's markdown and phrasing markers, log counts: paragraphs, bullets, numbered
+                items, sentence-length spread and maximum, "as an AI" / apology / "I cannot" / closing-summary /
+                "Sure" / "Here is" / caveat / "let me know" markers, ? and !, lines ending in a colon; and the
+                share of the instruction's words (> 3 letters) the response repeats
     ngrams      the response's words, word pairs, line openings and first / last three tokens,
                 hashed (crc32) into NGRAM_DIM buckets, log counts, unit length: a sparse block with
                 its own L2 (`ngram_l2`); it sees the phrasing a mean-pooled embedding blurs
@@ -51,11 +55,26 @@ EMBEDDED_HEAD = "embedded"
 HEAD_FORMAT = 1
 SPLIT_SALT = "datacraft-pref-split-v1"
 #: the shipped head's: the best length-balanced accuracy in grouped CV on the training instructions
-DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format", "ngrams")
+DEFAULT_FEATURES = ("response", "loglen", "heuristics", "format", "style", "ngrams")
 #: heuristics sub-scores used by the `heuristics` feature (length ones excluded: `loglen` covers them)
 HEURISTIC_FEATURES = ("lexical_diversity", "repetition", "alpha_ratio", "stopword_ratio", "refusal")
 FORMAT_FEATURES = ("lines", "list_items", "bold", "headers", "code_blocks", "sentences", "words_per_sentence", "words")
-ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics", "format", "ngrams")
+#: `style` phrasing markers (regexes on the lower-cased response), after its six layout counts
+STYLE_MARKERS = {
+    "as_an_ai": r"\bas an ai\b|\blanguage model\b",
+    "sorry": r"\b(?:i'm sorry|i am sorry|i apologi[sz]e|unfortunately)\b",
+    "cannot": r"\bi (?:cannot|can't|am unable|'m unable|do not have|don't have)\b",
+    "summary": r"(?m)^(?:in summary|in conclusion|overall|to summarize|in short)\b",
+    "sure": r"^\s*(?:sure|certainly|of course|absolutely|great question)\b",
+    "here": r"^\s*here (?:is|are)\b",
+    "note": r"\b(?:note that|keep in mind|it's important|it is important|remember that)\b",
+    "hope": r"\b(?:i hope|let me know|feel free)\b",
+    "question": r"\?",
+    "exclaim": r"!",
+    "colon_eol": r"(?m):\s*$",
+}
+STYLE_FEATURES = ("paragraphs", "bullets", "numbered", "sentence_words_sd", "sentence_words_max", "multiline", *STYLE_MARKERS, "instruction_overlap")
+ALL_FEATURES = ("response", "product", "cos", "loglen", "lenprompt", "heuristics", "format", "style", "ngrams")
 NGRAM_DIM = 2**16
 #: L2 of the n-gram block (rows are unit vectors): of 0.3 / 1 / 3, the one grouped CV on training
 #: instructions picked (length-balanced accuracy, with length-balanced weak pairs ×0.3)
@@ -212,11 +231,13 @@ class RowViews:
     heuristics: np.ndarray | None = None  # (n, len(HEURISTIC_FEATURES))
     format: np.ndarray | None = None  # (n, len(FORMAT_FEATURES)), from `format_matrix`
     ngrams: sp.csr_matrix | None = None  # (n, NGRAM_DIM), from `ngram_matrix`
+    style: np.ndarray | None = None  # (n, len(STYLE_FEATURES)), from `style_matrix`
 
     def take(self, rows: np.ndarray | slice) -> RowViews:
         """The views of a subset of the rows (a mask, indices or a slice)."""
         pick = lambda a: None if a is None else a[rows]  # noqa: E731
-        return RowViews(self.instruction[rows], self.response[rows], self.chars[rows], pick(self.heuristics), pick(self.format), pick(self.ngrams))
+        return RowViews(self.instruction[rows], self.response[rows], self.chars[rows], pick(self.heuristics), pick(self.format), pick(self.ngrams),
+                        pick(self.style))
 
 
 def feature_matrix(views: RowViews, features: Sequence[str]) -> np.ndarray:
@@ -243,6 +264,10 @@ def feature_matrix(views: RowViews, features: Sequence[str]) -> np.ndarray:
             if views.format is None:
                 raise ValueError("the 'format' feature needs the responses' layout counts (format_matrix)")
             blocks.append(views.format)
+        elif name == "style":
+            if views.style is None:
+                raise ValueError("the 'style' feature needs the responses' markers (style_matrix)")
+            blocks.append(views.style)
         else:
             raise ValueError(f"unknown feature {name!r}; expected one of {ALL_FEATURES}")
     return np.concatenate([np.asarray(b, dtype=np.float64) for b in blocks], axis=1)
@@ -272,6 +297,29 @@ def format_matrix(responses: pl.Series | Sequence[str]) -> np.ndarray:
     counts = np.log1p(frame.to_numpy().astype(np.float64))
     lines, items, bold, heads, code, sent, words = counts.T
     return np.stack([lines, items, bold, heads, code, sent, words - sent, words], axis=1)
+
+
+_STYLE_RES = [re.compile(p) for p in STYLE_MARKERS.values()]
+_LONG_WORD = re.compile(r"\w{4,}")
+
+
+def style_matrix(responses: Sequence[str], instructions: Sequence[str]) -> np.ndarray:
+    """The `style` feature of each row, (n, len(STYLE_FEATURES)): log(1 + count) of the response's paragraphs,
+    bullets, numbered items, sentence-length spread and maximum (words), whether it has several lines,
+    log(1 + count) of each STYLE_MARKERS match, and the share of the instruction's words longer than three
+    characters that the response repeats."""
+    out = np.zeros((len(responses), len(STYLE_FEATURES)))
+    for i, (text, ins) in enumerate(zip(responses, instructions, strict=True)):
+        text = text or ""
+        low = text.lower()
+        paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+        words = np.array([len(s.split()) for s in sentences]) if sentences else np.zeros(1)
+        layout = [len(paras), len(re.findall(r"(?m)^\s*[-*•]\s", text)), len(re.findall(r"(?m)^\s*\d+[.)]\s", text)), words.std(), words.max()]
+        asked = set(_LONG_WORD.findall((ins or "").lower()))
+        said = set(_TOKEN.findall(low))
+        out[i] = [*np.log1p(layout), float("\n" in text), *(np.log1p(len(r.findall(low))) for r in _STYLE_RES), len(asked & said) / max(1, len(asked))]
+    return out
 
 
 def ngram_matrix(responses: Sequence[str], dim: int = NGRAM_DIM) -> sp.csr_matrix:
@@ -465,6 +513,10 @@ class PrefHead:
         return "ngrams" in self.features
 
     @property
+    def needs_style(self) -> bool:
+        return "style" in self.features
+
+    @property
     def needs_instruction(self) -> bool:
         """Whether a feature reads the instruction's embedding (else it is not computed)."""
         return bool({"product", "cos", "lenprompt"} & set(self.features))
@@ -500,7 +552,7 @@ def fit_head(chosen: RowViews, rejected: RowViews, groups: Sequence[str], featur
         weights = np.concatenate([np.ones(n), np.full(len(weak.targets), weak_weight)])
         all_groups += weak.groups
     width = {"response": chosen.response.shape[1], "product": chosen.response.shape[1], "lenprompt": chosen.response.shape[1]}
-    scalars = {"heuristics": len(HEURISTIC_FEATURES), "format": len(FORMAT_FEATURES), "ngrams": 0}
+    scalars = {"heuristics": len(HEURISTIC_FEATURES), "format": len(FORMAT_FEATURES), "style": len(STYLE_FEATURES), "ngrams": 0}
     is_vector = np.concatenate([np.full(width.get(f, scalars.get(f, 1)), f in width) for f in features])
     cv: dict[str, float] = {}
     if l2 is None:
@@ -578,29 +630,29 @@ def embed_texts(texts: list[str], kind: str = "sentence-transformers", model: st
 
 
 def row_views(instructions: list[str], responses: list[str], frame: pl.DataFrame | None = None, *, heuristics: bool = False, formats: bool = False,
-              ngrams: bool = False, embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> RowViews:
+              ngrams: bool = False, styles: bool = False, embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> RowViews:
     """The views of rows given as texts (`frame`, rows in the same order, for the heuristics)."""
     emb = embedder or {"kind": "sentence-transformers", "model": "embedded"}
     vec = embed_texts(list(instructions) + list(responses), emb["kind"], emb["model"], cache_dir)
     n = len(instructions)
     heur = heuristic_matrix(frame) if heuristics and frame is not None else None
     return RowViews(vec[:n], vec[n:], np.array([len(r) for r in responses], dtype=np.float64), heur, format_matrix(responses) if formats else None,
-                    ngram_matrix(responses) if ngrams else None)
+                    ngram_matrix(responses) if ngrams else None, style_matrix(responses, instructions) if styles else None)
 
 
 def view_flags(features: Sequence[str]) -> dict[str, bool]:
     """Which optional views `row_views` / `pair_views` must build for these features."""
-    return {"heuristics": "heuristics" in features, "formats": "format" in features, "ngrams": "ngrams" in features}
+    return {"heuristics": "heuristics" in features, "formats": "format" in features, "ngrams": "ngrams" in features, "styles": "style" in features}
 
 
-def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, formats: bool = False, ngrams: bool = False, embedder: dict[str, str] | None = None,
-               cache_dir: str | None = None) -> tuple[RowViews, RowViews]:
+def pair_views(pairs: pl.DataFrame, *, heuristics: bool = False, formats: bool = False, ngrams: bool = False, styles: bool = False,
+               embedder: dict[str, str] | None = None, cache_dir: str | None = None) -> tuple[RowViews, RowViews]:
     """(chosen views, rejected views) of a pairs frame (from `load_pairs`)."""
     rows = pair_rows(pairs)
     n = pairs.height
     ins = pairs["instruction"].to_list()
     v = row_views(ins + ins, pairs["chosen"].to_list() + pairs["rejected"].to_list(), rows, heuristics=heuristics, formats=formats, ngrams=ngrams,
-                  embedder=embedder, cache_dir=cache_dir)
+                  styles=styles, embedder=embedder, cache_dir=cache_dir)
     return v.take(slice(0, n)), v.take(slice(n, 2 * n))
 
 
