@@ -26,6 +26,7 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
+from datacraft.core.frames import in_chunks
 from datacraft.core.rows import SCORE_PREFIX, instruction_expr, response_expr
 from datacraft.core.stage import MapStage, StageParams, StageResult, score
 
@@ -116,6 +117,6 @@ class HeuristicsStage(MapStage[HeuristicsParams, None]):
 
     def process(self, batch: pl.DataFrame, resource: None = None) -> StageResult:
         p = self.params
-        texts = batch.with_columns(instruction_expr().alias("_ins"), response_expr().alias("_res"))
+        texts = in_chunks(batch.with_columns(instruction_expr().alias("_ins"), response_expr().alias("_res")))
         scored = add_heuristics(texts, list(p.scores), p.extra_refusal_patterns).drop("_ins", "_res")
         return StageResult(kept=scored)
