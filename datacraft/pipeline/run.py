@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -108,13 +109,14 @@ def _run_into(config: PipelineConfig, out_dir: str, beam_args: Sequence[str], te
     )
     report.update(branch_sections(out_dir, tails, report["stages"]))
     side = {b: [os.path.join(out_dir, f) for f in info["files"]] for b, info in report["branches"].items() if b != MAIN_BRANCH}
-    report["output_digest"] = output_digest([os.path.join(out_dir, f) for f in report["output"]["files"]],
-                                            [str(f) for f in sorted(Path(out_dir, DROPPED_DIR).rglob("*")) if f.is_file()],
-                                            branches=side)
-    report["timings"] = timings
-    report["score_uses"] = score_uses((s.label, s.name, s.params.model_dump(mode="json")) for s in config.build_stages())
-    t_report = time.perf_counter()
-    write_report(out_dir, report, html=config.output.html_report)
+    with ThreadPoolExecutor(1) as pool:  # the digest reads the written files while the report reads them too
+        digest = pool.submit(output_digest, [os.path.join(out_dir, f) for f in report["output"]["files"]],
+                             [str(f) for f in sorted(Path(out_dir, DROPPED_DIR).rglob("*")) if f.is_file()], branches=side)
+        report["output_digest"] = None  # its place in report.json; filled by write_report
+        report["timings"] = timings
+        report["score_uses"] = score_uses((s.label, s.name, s.params.model_dump(mode="json")) for s in config.build_stages())
+        t_report = time.perf_counter()
+        write_report(out_dir, report, html=config.output.html_report, pending={"output_digest": digest})
     report["timings"]["report_s"] = round(time.perf_counter() - t_report, 3)
     write_report(out_dir, report, html=False)  # again, with the report's own time
     return report

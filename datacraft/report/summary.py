@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,8 +153,10 @@ def output_digest(data_files: list[str], dropped_files: list[str], read_stage: s
     return h.hexdigest()[:16]
 
 
-def write_report(run_dir: str | Path, report: dict[str, Any], html: bool = True) -> Path:
-    """Write report.json (adding each score's spread, `scores`, the first time) and report.html."""
+def write_report(run_dir: str | Path, report: dict[str, Any], html: bool = True, pending: Mapping[str, Future[Any]] | None = None) -> Path:
+    """Write report.json (adding each score's spread, `scores`, the first time) and report.html.
+    `pending`: report keys whose values are still being computed (a future each: the run's output
+    digest reads the files while the facts are read); they are filled before the HTML is drawn."""
     path = Path(run_dir) / REPORT_JSON
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     facts = None
@@ -171,6 +174,8 @@ def write_report(run_dir: str | Path, report: dict[str, Any], html: bool = True)
             facts.report = report
             for warning in (s["warning"] for s in report["scores"].values() if s.get("warning")):
                 log.warning("%s", warning)
+    for key, future in (pending or {}).items():
+        report[key] = future.result()
     if html and facts is not None:
         from datacraft.report.html import render_html
 
