@@ -204,3 +204,24 @@ def test_each_score_says_what_it_agreed_with(run: tuple[Path, dict[str, Any]]) -
     first = measured["datasets"][0]
     assert f"of {first['n']} " in html_text and f"{first['acc']:.2f}" in html_text
     assert "not measured against preference labels" in html_text  # the fixture's `length` score has no recorded figure
+
+
+def test_rows_a_stage_names_are_previewed_from_parquet_shards(tmp_path: Path) -> None:
+    """Parquet output without embeddings: the loader threads read the rows an exact-dedup example
+    names (kept and dropped); each preview is that row's own text and status."""
+    from datacraft.pipeline.config import load_config
+    from datacraft.pipeline.run import run_config
+
+    from .conftest import DATA
+
+    out = tmp_path / "o"
+    report = run_config(load_config(data={
+        "name": "previews", "input": {"path": str(DATA / "alpaca_eval_7gen_30.jsonl")},
+        "stages": [{"name": "exact_dedup", "text": "instruction"}], "output": {"path": str(out), "format": "parquet"}}))
+    examples = next(s for s in report["stages"] if s["name"] == "exact_dedup")["extras"]["examples"]
+    assert len(examples) >= 3
+    facts = collect_facts(str(out))
+    for ex in examples:
+        kept, dropped = facts.previews[ex["kept_id"]], facts.previews[ex["dropped_id"]]
+        assert (kept["status"], kept["id"], dropped["id"]) == ("kept", ex["kept_id"], ex["dropped_id"])
+        assert kept["instruction"][:60] == dropped["instruction"][:60] == ex["text"][:60]

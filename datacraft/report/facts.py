@@ -146,14 +146,29 @@ class _Collector:
         if "scores" in df.columns and isinstance(df.schema["scores"], pl.Struct):
             for f in df.schema["scores"].fields:
                 self.add_scores(f.name, df["scores"].struct.field(f.name).cast(pl.Float64).fill_null(np.nan).to_numpy(), status == KEPT)
+        return self.picks(df, status, self.wanted)
+
+    @staticmethod
+    def picks(df: pl.DataFrame, status: str, wanted: set[str]) -> list[int]:
+        """The row indices of a frame worth reading whole: each drop reason's first examples and
+        the rows named in stage extras (`wanted`)."""
         idx = df.with_row_index("_i")
         picks: set[int] = set()
         if status != KEPT and {"drop_stage", "drop_reason"} <= set(df.columns):
             picks.update(idx.group_by("drop_stage", "drop_reason", maintain_order=True).head(EXAMPLES_PER_REASON)["_i"].to_list())
-        if "id" in df.columns and self.wanted:
-            picks.update(idx.filter(pl.col("id").cast(pl.Utf8).is_in(sorted(self.wanted)))
+        if "id" in df.columns and wanted:
+            picks.update(idx.filter(pl.col("id").cast(pl.Utf8).is_in(sorted(wanted)))
                          .unique("id", keep="first")["_i"].to_list())
         return sorted(picks)
+
+    @staticmethod
+    def prefetch(path: str, status: str, wanted: set[str]) -> tuple[tuple[pl.DataFrame, bool] | None, pl.DataFrame | None]:
+        """`load_columns`, and for a Parquet file without embeddings (no rows to sample) its picked
+        rows too: decoding them is most of a file's cost, and the loader threads do it in parallel."""
+        columns = _Collector.load_columns(path)
+        if columns is None or not path.endswith(".parquet") or columns[1]:
+            return columns, None
+        return columns, _read_parquet_rows(path, _Collector.picks(columns[0], status, wanted))
 
     def _sample(self, n: int) -> set[int]:
         return {i for i in range(n) if self.rng.random() < self.fraction} if self.fraction < 1 else set(range(n))
@@ -181,15 +196,15 @@ class _Collector:
         except Exception:  # noqa: BLE001 - any polars parse problem: use the per-row path
             return None
 
-    def add_file(self, path: str, status: str, columns: tuple[pl.DataFrame, bool] | None = None) -> int:
-        """Stream one file into the facts (`columns`: its `load_columns`, when already loaded);
+    def add_file(self, path: str, status: str, columns: tuple[pl.DataFrame, bool] | None = None, rows: pl.DataFrame | None = None) -> int:
+        """Stream one file into the facts (`columns` / `rows`: its `prefetch`, when already loaded);
         returns its number of rows."""
         if columns is None:
             columns = self.load_columns(path)
         if columns is not None:
             df, has_embedding = columns
             if path.endswith(".parquet"):
-                return self._add_parquet(path, status, df, has_embedding)
+                return self._add_parquet(path, status, df, has_embedding, rows)
             return self._add_jsonl_columnar(path, status, df, has_embedding)
         n = 0
         for chunk in iter_row_chunks(path, _ROW_COLUMNS):
@@ -199,17 +214,12 @@ class _Collector:
             n += len(chunk)
         return n
 
-    def _add_parquet(self, path: str, status: str, df: pl.DataFrame, has_embedding: bool) -> int:
-        lf = pl.scan_parquet(path)
-        names = lf.collect_schema().names()
+    def _add_parquet(self, path: str, status: str, df: pl.DataFrame, has_embedding: bool, rows: pl.DataFrame | None = None) -> int:
         picks = set(self._columns(df, status))
         sampled = self._sample(df.height) if has_embedding else set()
-        rows = sorted(picks | sampled)
-        if rows:
-            cols = [c for c in _ROW_COLUMNS if c in names]
-            frame = lf.with_row_index("_i").filter(pl.col("_i").is_in(rows)).select(["_i", *cols]).collect()
-            for row in frame.iter_rows(named=True):
-                self._show(row, status, row["_i"] in sampled)
+        frame = rows if rows is not None else _read_parquet_rows(path, sorted(picks | sampled))
+        for row in frame.iter_rows(named=True):
+            self._show(row, status, row["_i"] in sampled)
         return df.height
 
     def _add_jsonl_columnar(self, path: str, status: str, df: pl.DataFrame, has_embedding: bool) -> int:
@@ -233,6 +243,16 @@ class _Collector:
         return df.height
 
 
+def _read_parquet_rows(path: str, rows: list[int]) -> pl.DataFrame:
+    """Rows `rows` of a Parquet file (the columns a preview reads) with their index `_i`."""
+    lf = pl.scan_parquet(path)
+    names = lf.collect_schema().names()
+    cols = [c for c in _ROW_COLUMNS if c in names]
+    if not rows:
+        return pl.DataFrame(schema={"_i": pl.UInt32})
+    return lf.with_row_index("_i").filter(pl.col("_i").is_in(rows)).select(["_i", *cols]).collect()
+
+
 def collect_facts(run_dir: str) -> RunFacts:
     """Read a run folder once: report, config, scores, dropped examples, embedding sample."""
     run = RunFolder(run_dir)
@@ -245,9 +265,9 @@ def collect_facts(run_dir: str) -> RunFacts:
     col = _Collector(facts, expected, _referenced_ids(report), seed=0)
     files = list(run.files())
     with ThreadPoolExecutor(2) as pool:  # polars reads the next files while this one is folded in
-        loads = [pool.submit(_Collector.load_columns, path) for _status, path in files]
+        loads = [pool.submit(_Collector.prefetch, path, status, col.wanted) for status, path in files]
         for (status, path), load in zip(files, loads, strict=True):
-            n = col.add_file(path, status, load.result())
+            n = col.add_file(path, status, *load.result())
             if status == KEPT:
                 facts.rows_written += n
                 facts.output_files += 1
