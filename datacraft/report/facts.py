@@ -143,10 +143,13 @@ class _Collector:
 
     def _columns(self, df: pl.DataFrame, status: str) -> list[int]:
         """Scores of a frame (id, scores struct, drop_*), and the row indices worth reading whole."""
+        self._add_frame_scores(df, status)
+        return self.picks(df, status, self.wanted)
+
+    def _add_frame_scores(self, df: pl.DataFrame, status: str) -> None:
         if "scores" in df.columns and isinstance(df.schema["scores"], pl.Struct):
             for f in df.schema["scores"].fields:
                 self.add_scores(f.name, df["scores"].struct.field(f.name).cast(pl.Float64).fill_null(np.nan).to_numpy(), status == KEPT)
-        return self.picks(df, status, self.wanted)
 
     @staticmethod
     def picks(df: pl.DataFrame, status: str, wanted: set[str]) -> list[int]:
@@ -215,9 +218,13 @@ class _Collector:
         return n
 
     def _add_parquet(self, path: str, status: str, df: pl.DataFrame, has_embedding: bool, rows: pl.DataFrame | None = None) -> int:
-        picks = set(self._columns(df, status))
-        sampled = self._sample(df.height) if has_embedding else set()
-        frame = rows if rows is not None else _read_parquet_rows(path, sorted(picks | sampled))
+        if rows is not None:  # prefetched: picked by the loader, nothing to sample
+            self._add_frame_scores(df, status)
+            frame, sampled = rows, set()
+        else:
+            picks = set(self._columns(df, status))
+            sampled = self._sample(df.height) if has_embedding else set()
+            frame = _read_parquet_rows(path, sorted(picks | sampled))
         for row in frame.iter_rows(named=True):
             self._show(row, status, row["_i"] in sampled)
         return df.height
@@ -245,11 +252,11 @@ class _Collector:
 
 def _read_parquet_rows(path: str, rows: list[int]) -> pl.DataFrame:
     """Rows `rows` of a Parquet file (the columns a preview reads) with their index `_i`."""
+    if not rows:
+        return pl.DataFrame(schema={"_i": pl.UInt32})
     lf = pl.scan_parquet(path)
     names = lf.collect_schema().names()
     cols = [c for c in _ROW_COLUMNS if c in names]
-    if not rows:
-        return pl.DataFrame(schema={"_i": pl.UInt32})
     return lf.with_row_index("_i").filter(pl.col("_i").is_in(rows)).select(["_i", *cols]).collect()
 
 

@@ -397,13 +397,9 @@ def _ivf_block_knn(x: np.ndarray, k: int, nprobe: int, n_clusters: int | None, s
 
     # every row's heap gets its own list first, then the other lists in list order, on any lane count
     threads = min(lanes, os.cpu_count() or 1)
-    for step in (own, probed):
-        if threads == 1:
-            for lane in range(lanes):
-                step(lane)
-        else:
-            with ThreadPoolExecutor(threads) as pool:  # the GEMMs and the numba kernel release the GIL
-                list(pool.map(step, range(lanes)))
+    with ThreadPoolExecutor(threads) as pool:  # the GEMMs and the numba kernel release the GIL
+        for step in (own, probed):  # all own lists before any probed one
+            list(pool.map(step, range(lanes)))
     return _sort_desc(best_s, best_i)
 
 
